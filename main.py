@@ -77,6 +77,125 @@ def cmd_plan(args) -> int:
     return 0
 
 
+# ---------------------------------------------------------------- submit / resume / status / cancel / run
+
+def _sdir(args, sweep):
+    return sweepdir.sweep_dir(args.root, sweep.name)
+
+
+def cmd_submit(args, retry_failed=False) -> int:
+    from jobs import launcher
+    sweep = _load(args)
+    sdir = _sdir(args, sweep)
+    try:
+        entry = launcher.submit(sweep, sdir, executor=args.executor, force=args.force or (),
+                                retry_failed=retry_failed or getattr(args, "retry_failed", False))
+    except launcher.SubmitError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    print(f"sweep dir: {sdir}")
+    if entry and args.wait:
+        return _wait(sweep, sdir)
+    if entry and entry.get("executor") != "debug":
+        print(f"watch it: python main.py status {args.spec}" + (f" --root {args.root}" if args.root else ""))
+    return 0
+
+
+def cmd_resume(args) -> int:
+    args.force = None
+    return cmd_submit(args, retry_failed=args.retry_failed)
+
+
+def _wait(sweep, sdir) -> int:
+    """Show a progress bar until no run of the sweep is in flight; non-zero if any run failed."""
+    import time
+    from jobs import launcher
+    tty = sys.stderr.isatty()
+    last, last_print = None, 0.0
+    while True:
+        st = launcher.states(sweep, sdir)
+        counts = _counts(st.values())
+        line = _bar(counts, len(st))
+        if tty:
+            print("\r" + line, end="", file=sys.stderr, flush=True)
+        elif line != last and time.time() - last_print > 5 or not counts.get("in flight"):
+            print(line, file=sys.stderr, flush=True)
+            last_print = time.time()
+        last = line
+        if not counts.get("in flight"):
+            break
+        time.sleep(1.0)
+    if tty:
+        print(file=sys.stderr)
+    failed = counts.get("failed", 0)
+    if failed:
+        print(f"{failed} runs failed: see python main.py status {sweep.path}")
+    return 1 if failed else 0
+
+
+def _counts(values):
+    out = {}
+    for v in values:
+        out[v] = out.get(v, 0) + 1
+    return out
+
+
+def _bar(counts, total, width=30):
+    done = counts.get("done", 0)
+    filled = int(width * done / max(total, 1))
+    rest = ", ".join(f"{n} {s}" for s, n in sorted(counts.items()) if s != "done")
+    return f"[{'#' * filled}{'.' * (width - filled)}] {done}/{total} done" + (f", {rest}" if rest else "")
+
+
+def cmd_status(args) -> int:
+    import shutil
+    from jobs import launcher, progress
+    sweep = _load(args)
+    sdir = _sdir(args, sweep)
+    if not (sdir / "plan.json").exists():
+        print(f"{sweep.name}: not submitted yet ({sdir} does not exist)\nnext: python main.py submit {args.spec}")
+        return 0
+    st = launcher.states(sweep, sdir)
+    rows = [progress.run_row(sdir, r, st[r.run_id]) for r in sweep.runs]
+    counts = _counts(st.values())
+    print(f"{sweep.name}: {len(rows)} runs: " + ", ".join(f"{n} {s}" for s, n in sorted(counts.items())))
+    size = shutil.get_terminal_size((120, 40))
+    order = {"failed": 0, "in flight": 1, "pending": 2, "new": 3, "done": 4}
+    shown = rows if args.all else sorted(rows, key=lambda r: order.get(r["state"], 5))[:max(5, size.lines - 8)]
+    if not args.all:
+        shown.sort(key=lambda r: rows.index(r))
+    print(progress.table(shown, size.columns))
+    if len(shown) < len(rows):
+        print(f"... {len(rows) - len(shown)} more runs (--all shows every run)")
+    print(progress.next_step(counts, args.spec))
+    return 0
+
+
+def cmd_cancel(args) -> int:
+    from jobs import launcher
+    sweep = _load(args)
+    launcher.cancel(_sdir(args, sweep))
+    return 0
+
+
+def cmd_run(args) -> int:
+    from jobs import launcher, runner
+    sweep = _load(args)
+    run = sweep.by_label(args.only) or next((r for r in sweep.runs if r.run_id == args.only), None)
+    if run is None:
+        labels = [r.label for r in sweep.runs]
+        print(f"error: no run labelled {args.only!r}{specs._did_you_mean(args.only, labels)}; "
+              f"`python main.py plan {args.spec}` lists them", file=sys.stderr)
+        return 2
+    sdir = _sdir(args, sweep)
+    launcher.prepare(sweep, sdir, launcher.new_submission_id())
+    res, ckpt = launcher.resources_of(sweep), launcher.checkpoint_of(sweep)
+    outcome = runner.run_one(sdir, run.run_id, gpus=res["gpus"], checkpoint=ckpt,
+                             margin_s=launcher.margin_of(res, ckpt), reraise=sys.stdin.isatty() and args.pdb)
+    print(f"{run.label}: {outcome} ({sweepdir.run_dir(sdir, run.run_id)})")
+    return 0 if outcome == "done" else 1
+
+
 # ---------------------------------------------------------------- aggregate
 
 def cmd_aggregate(args) -> int:
@@ -113,6 +232,35 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("spec", help="a sweep spec, e.g. sweeps/depth_ladder_digits.yaml")
     sp.add_argument("--json", action="store_true", help="print an object with a `runs` list for scripts")
     sp.add_argument("--max-runs", type=int, help=f"cap on the number of runs (default: the spec's max_runs, else {specs.DEFAULT_MAX_RUNS:,})")
+
+    def spec_arg(sp):
+        sp.add_argument("spec", help="a sweep spec, e.g. sweeps/depth_ladder_digits.yaml")
+        sp.add_argument("--max-runs", type=int, help="cap on the number of runs (default: the spec's max_runs)")
+
+    sp = add("submit", "submit every run that is neither done nor in flight; returns at once unless --wait", cmd_submit)
+    spec_arg(sp)
+    sp.add_argument("--executor", choices=["local", "debug"],
+                    help="local: subprocesses via submitit (default without sbatch); debug: in-process")
+    sp.add_argument("--force", nargs="+", metavar="RUN", help="rerun these runs (labels or run_ids); their old dirs are kept aside")
+    sp.add_argument("--wait", action="store_true", help="show a progress bar until every run has finished")
+
+    sp = add("resume", "resubmit unfinished runs (and failed ones with --retry-failed)", cmd_resume)
+    spec_arg(sp)
+    sp.add_argument("--executor", choices=["local", "debug"])
+    sp.add_argument("--retry-failed", action="store_true", help="also resubmit runs whose task raised")
+    sp.add_argument("--wait", action="store_true", help="show a progress bar until every run has finished")
+
+    sp = add("status", "counts by state and a table of runs: state, attempts, progress, elapsed, last error", cmd_status)
+    spec_arg(sp)
+    sp.add_argument("--all", action="store_true", help="list every run, not only what fits the terminal")
+
+    sp = add("cancel", "stop the sweep's jobs; runs checkpoint and can be resumed", cmd_cancel)
+    spec_arg(sp)
+
+    sp = add("run", "run one run in this process (for debugging), results in the sweep dir", cmd_run)
+    spec_arg(sp)
+    sp.add_argument("--only", required=True, metavar="LABEL", help="the run's label (or run_id), as `plan` prints it")
+    sp.add_argument("--pdb", action="store_true", help="post-mortem debugger on an exception (at a terminal)")
 
     sp = add("aggregate", "turn a sweep dir into tables (CSV, Markdown, LaTeX) and figures (PNG, PDF)", cmd_aggregate)
     sp.add_argument("target", help="a sweep spec or a sweep dir")

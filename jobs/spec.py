@@ -525,16 +525,19 @@ def _expand(task, axes, fixed, defaults, include, exclude, where):
         kept.append((rid, cfg))
     if not kept:
         raise where.error(("grid",), "the sweep has no runs" + (" left after include/exclude" if include or exclude else ""))
-    distinct = {k: list(dict.fromkeys([_hashable(c[k]) for _, c in kept])) for k in axis_keys}
+    distinct = {k: _distinct([c[k] for _, c in kept]) for k in axis_keys}
     varied_keys = [k for k in axis_keys if len(distinct[k]) > 1]
     pieces = {}
     for k in varied_keys:
         for v in distinct[k]:
-            pieces[k, v] = _label_piece(k, list(v) if isinstance(v, tuple) else v, where)
+            pieces[k, _hashable(v)] = _label_piece(k, list(v) if isinstance(v, tuple) else v, where)
     runs = []
     for rid, cfg in kept:
         varied = {k: cfg[k] for k in varied_keys}
-        label = ",".join([pieces[k, _hashable(v)] for k, v in varied.items()])
+        try:
+            label = ",".join([pieces[kv] for kv in varied.items()])
+        except TypeError:      # a list-valued key: look it up by its tuple form
+            label = ",".join([pieces[k, _hashable(v)] for k, v in varied.items()])
         runs.append(Run(rid, label, cfg, varied))
     return runs, {k: distinct[k] for k in varied_keys}
 
@@ -628,6 +631,14 @@ def load_sweep(path, *, models_dir=MODELS_DIR, max_runs=None) -> Sweep:
     runs, axis_values = _expand(task, axes, fixed, defaults, include, exclude, where)
     _check_sections(spec, where)
     return Sweep(name, task, path, spec, runs, axis_values, defaults)
+
+
+def _distinct(values):
+    """The distinct values in order of appearance (lists compared as tuples)."""
+    try:
+        return list(dict.fromkeys(values))
+    except TypeError:
+        return list(dict.fromkeys(_hashable(v) for v in values))
 
 
 def _hashable(v):
