@@ -46,6 +46,8 @@ def run_row(sdir, run, state) -> dict:
         error = _last_line(rdir / "error.txt")
     elif starts and ends.get(starts[-1]["attempt"], {}).get("error"):
         error = ends[starts[-1]["attempt"]]["error"]
+    elif state == "pending" and starts and starts[-1]["attempt"] not in ends:
+        error = f"attempt {starts[-1]['attempt']} ended abruptly (killed, out of memory, node failure?)"
     result = sweepdir.read_json(rdir / "result.json") if state == "done" else None
     if result:
         elapsed = result.get("wall_time_s", elapsed)

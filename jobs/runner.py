@@ -110,6 +110,9 @@ def _attempt(sdir, rdir, run_id, deadline, margin_s, gpus, checkpoint, on_ctx, r
         detail = f"{type(e).__name__}: {e}".splitlines()[0][:300]
         if reraise:
             raise
+    except BaseException:            # KeyboardInterrupt from a cancel, SystemExit: resumable, not failed
+        outcome = "cancelled"
+        raise
     finally:
         sweepdir.append_jsonl(rdir / "attempts.jsonl", {
             "event": "end", "attempt": attempt, "job_id": job_id(), "started": started,
@@ -162,6 +165,8 @@ class PackJob:
                                         gpus=self.gpus, checkpoint=self.checkpoint, on_ctx=stop.attach,
                                         reraise=self.reraise)
                 stop.detach()
+                if outcomes[rid] == INTERRUPTED:
+                    stop.requested = True    # out of time: start no further run in this attempt
         left = [rid for rid, o in outcomes.items() if o == INTERRUPTED]
         if left and self._may_requeue():
             requeue()

@@ -1,0 +1,41 @@
+"""Every spec shipped under sweeps/ plans cleanly against its task, with the run count it promises."""
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from jobs.spec import load_sweep
+
+REPO = Path(__file__).resolve().parent.parent
+EXPECTED = {
+    "ponder.yaml": 4 * 3,
+    "deep_supervision.yaml": 2 * 3,
+    "ds_schedules.yaml": (3 * 3 + 1) * 3,
+    "lambda_grid.yaml": 3 * 3 * 3,
+    "depth_ladder.yaml": 3 * (5 + 3) * 3,
+    "depth_ladder_digits.yaml": 3 * 5 * 2,
+    "refine_random.yaml": 16 * 2,
+}
+
+
+def test_every_shipped_spec_is_listed_here():
+    assert sorted(p.name for p in (REPO / "sweeps").glob("*.yaml")) == sorted(EXPECTED)
+
+
+@pytest.mark.parametrize("name", sorted(EXPECTED))
+def test_shipped_spec_plans(name):
+    sweep = load_sweep(REPO / "sweeps" / name)
+    assert len(sweep.runs) == EXPECTED[name]
+    assert len({r.run_id for r in sweep.runs}) == len(sweep.runs)
+
+
+def test_plan_json_for_scripts():
+    r = subprocess.run([sys.executable, "main.py", "plan", "sweeps/depth_ladder.yaml", "--json", "--root", "/nonexistent"],
+                       cwd=REPO, capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    out = json.loads(r.stdout)
+    assert out["count"] == 72 and len(out["runs"]) == 72
+    assert {"run_id", "label", "config"} <= set(out["runs"][0])
+    assert out["axes"]["method"] == ["bp", "fa", "dfa"]
