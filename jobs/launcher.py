@@ -228,7 +228,7 @@ def _describe(counts):
 def pack_job(sdir, run_ids, res, ckpt, executor) -> PackJob:
     max_requeue = min(res["max_requeue"], LOCAL_MAX_REQUEUE) if executor == "local" else res["max_requeue"]
     return PackJob(str(sdir), list(run_ids), time_min=float(res["time_min"]),
-                   margin_s=margin_of(res, ckpt), gpus=res["gpus"],
+                   margin_s=margin_of(res, ckpt), gpus=res["gpus"], cpus=res["cpus"],
                    checkpoint={k: ckpt[k] for k in CHECKPOINT_DEFAULTS}, concurrent=res["pack_concurrent"],
                    max_requeue=max_requeue,
                    reraise=executor == "debug" and sys.stdin.isatty())
@@ -267,6 +267,7 @@ def drive(sdir: Path, sid: str) -> None:
     ex = submitit.LocalExecutor(folder=sdir / "logs")
     ex.update_parameters(timeout_min=float(res["time_min"]), signal_delay_s=int(margin_of(res, ckpt)),
                          gpus_per_node=res["gpus"])
+    os.environ.setdefault("OMP_NUM_THREADS", str(res["cpus"]))     # jobs inherit it
     queue = [(i, pack, 0) for i, pack in enumerate(entry["packs"])]     # (pack index, runs, chain number)
     running = {}
     stopping = []

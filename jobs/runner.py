@@ -59,7 +59,7 @@ def _device(gpus: int) -> str:
     return "cpu"
 
 
-def run_one(sdir, run_id, *, deadline=None, margin_s=60.0, gpus=0, checkpoint=None,
+def run_one(sdir, run_id, *, deadline=None, margin_s=60.0, gpus=0, cpus=0, checkpoint=None,
             on_ctx=None, reraise=False) -> str:
     """Run (or resume) one run to its end or its next interruption; the outcome's name."""
     rdir = sweepdir.run_dir(sdir, run_id)
@@ -73,9 +73,18 @@ def run_one(sdir, run_id, *, deadline=None, margin_s=60.0, gpus=0, checkpoint=No
     try:
         if (rdir / "result.json").exists():
             return DONE
+        if cpus:
+            _limit_threads(cpus)
         return _attempt(Path(sdir), rdir, run_id, deadline, margin_s, gpus, checkpoint, on_ctx, reraise)
     finally:
         lock.release()
+
+
+def _limit_threads(cpus):
+    """Use the cores the job asked for, no more: jobs side by side must not oversubscribe a node."""
+    import torch
+    if torch.get_num_threads() != cpus:
+        torch.set_num_threads(cpus)
 
 
 def _attempt(sdir, rdir, run_id, deadline, margin_s, gpus, checkpoint, on_ctx, reraise):
@@ -143,6 +152,7 @@ class PackJob:
     time_min: float = 0.0            # the job's wall-time limit (0: none)
     margin_s: float = 60.0           # save when less than this is left
     gpus: int = 0
+    cpus: int = 0                    # torch threads per run (0: torch's default)
     checkpoint: dict = field(default_factory=dict)
     concurrent: bool = False
     max_requeue: int = 3             # attempts of this job beyond the first before it stops requeuing
@@ -162,7 +172,7 @@ class PackJob:
                     outcomes[rid] = INTERRUPTED
                     continue
                 outcomes[rid] = run_one(self.sweep_dir, rid, deadline=deadline, margin_s=self.margin_s,
-                                        gpus=self.gpus, checkpoint=self.checkpoint, on_ctx=stop.attach,
+                                        gpus=self.gpus, cpus=self.cpus, checkpoint=self.checkpoint, on_ctx=stop.attach,
                                         reraise=self.reraise)
                 stop.detach()
                 if outcomes[rid] == INTERRUPTED:
@@ -183,7 +193,7 @@ class PackJob:
         procs = {}
         for rid in self.run_ids:
             p = ctx.Process(target=_child, args=(self.sweep_dir, rid, deadline, self.margin_s, self.gpus,
-                                                 self.checkpoint), daemon=False)
+                                                 self.cpus, self.checkpoint), daemon=False)
             p.start()
             procs[rid] = p
         stop.children = [p.pid for p in procs.values()]
@@ -195,10 +205,10 @@ class PackJob:
         return {rid: by_code.get(code, FAILED) for rid, code in codes.items()}
 
 
-def _child(sdir, rid, deadline, margin_s, gpus, checkpoint):
+def _child(sdir, rid, deadline, margin_s, gpus, cpus, checkpoint):
     stop = _Stop()
     stop.install()
-    sys.exit(_EXIT[run_one(sdir, rid, deadline=deadline, margin_s=margin_s, gpus=gpus,
+    sys.exit(_EXIT[run_one(sdir, rid, deadline=deadline, margin_s=margin_s, gpus=gpus, cpus=cpus,
                            checkpoint=checkpoint, on_ctx=stop.attach)])
 
 
