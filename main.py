@@ -89,7 +89,8 @@ def cmd_submit(args, retry_failed=False) -> int:
     sdir = _sdir(args, sweep)
     try:
         entry = launcher.submit(sweep, sdir, executor=args.executor, force=args.force or (),
-                                retry_failed=retry_failed or getattr(args, "retry_failed", False))
+                                retry_failed=retry_failed or getattr(args, "retry_failed", False),
+                                cluster=args.cluster)
     except launcher.SubmitError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
@@ -239,14 +240,16 @@ def build_parser() -> argparse.ArgumentParser:
 
     sp = add("submit", "submit every run that is neither done nor in flight; returns at once unless --wait", cmd_submit)
     spec_arg(sp)
-    sp.add_argument("--executor", choices=["local", "debug"],
-                    help="local: subprocesses via submitit (default without sbatch); debug: in-process")
+    sp.add_argument("--executor", choices=["slurm", "local", "debug"],
+                    help="slurm (default where sbatch is on PATH); local: subprocesses via submitit; debug: in-process")
+    sp.add_argument("--cluster", help="cluster profile from env/clusters.yaml (default: $HPCSWEEP_CLUSTER, else local)")
     sp.add_argument("--force", nargs="+", metavar="RUN", help="rerun these runs (labels or run_ids); their old dirs are kept aside")
     sp.add_argument("--wait", action="store_true", help="show a progress bar until every run has finished")
 
     sp = add("resume", "resubmit unfinished runs (and failed ones with --retry-failed)", cmd_resume)
     spec_arg(sp)
-    sp.add_argument("--executor", choices=["local", "debug"])
+    sp.add_argument("--executor", choices=["slurm", "local", "debug"])
+    sp.add_argument("--cluster", help="cluster profile from env/clusters.yaml")
     sp.add_argument("--retry-failed", action="store_true", help="also resubmit runs whose task raised")
     sp.add_argument("--wait", action="store_true", help="show a progress bar until every run has finished")
 

@@ -124,17 +124,45 @@ def live_runs(sdir: Path) -> dict:
     """run_id -> submission id, for every run a live submission still holds."""
     entries = sweepdir.journal(sdir)
     ended = {e["submission"] for e in entries if e.get("event") == "driver_end"}
-    live = {}
+    live = _live_slurm_runs(entries)
     for e in entries:
         if e.get("event") != "submit" or e["submission"] in ended:
             continue
         if e.get("executor") == "local":
             if e.get("host") == socket.gethostname() and not _alive(e.get("driver_pid", -1), e["submission"]):
                 continue
-        elif e.get("executor") == "debug":
+        elif e.get("executor") in ("debug", "slurm"):
             continue
         for rid in e.get("runs", []):
             live[rid] = e["submission"]
+    return live
+
+
+def slurm_jobs(entries) -> list:
+    """(job id, runs, submission, since) of every SLURM job the journal names (submits and chains)."""
+    out, since = [], {}
+    for e in entries:
+        if e.get("event") == "submit" and e.get("executor") == "slurm":
+            since[e["submission"]] = e.get("since")
+            for jid, pack in zip(e.get("job_ids", []), e.get("packs", [])):
+                out.append((jid, pack, e["submission"], e.get("since")))
+        elif e.get("event") == "chain":
+            out.append((e["job_id"], e.get("runs", []), e["submission"], since.get(e["submission"])))
+    return out
+
+
+def _live_slurm_runs(entries) -> dict:
+    jobs = slurm_jobs(entries)
+    if not jobs:
+        return {}
+    from jobs import slurm
+    states = slurm.sacct_states([j for j, *_ in jobs], min(s or "now-7days" for *_, s in jobs))
+    live = {}
+    for jid, runs, sid, _ in jobs:
+        # a job sacct does not know yet (just submitted) counts as live
+        if slurm.is_live(states.get(jid, "PENDING")):
+            for rid in runs:
+                live[rid] = sid
     return live
 
 
@@ -149,11 +177,21 @@ def new_submission_id() -> str:
     return datetime.now(timezone.utc).strftime("%Y%m%d-%H%M%S-") + secrets.token_hex(2)
 
 
-def submit(sweep, sdir: Path, *, executor=None, force=(), retry_failed=False, log=print) -> dict:
+def submit(sweep, sdir: Path, *, executor=None, force=(), retry_failed=False, cluster=None, log=print) -> dict:
     """Submit every run that is neither done nor in flight (plus `force`d ones); the journal entry."""
     executor = executor or default_executor()
-    if executor not in ("local", "debug"):
-        raise SubmitError(f"executor {executor!r} is not available here (local, debug)")
+    if executor not in ("local", "debug", "slurm"):
+        raise SubmitError(f"unknown executor {executor!r} (local, debug, slurm)")
+    prof = None
+    if executor == "slurm":
+        from jobs import slurm
+        if not shutil.which("sbatch"):
+            raise SubmitError("executor slurm: no sbatch on PATH (use --executor local here)")
+        try:
+            prof = slurm.load_profile(cluster)
+            slurm.check_path(Path(sdir).resolve())
+        except (slurm.ProfileError, ValueError) as e:
+            raise SubmitError(str(e))
     sdir = Path(sdir)
     sdir.mkdir(parents=True, exist_ok=True)
     with FileLock(str(sdir / "submit.lock")):
@@ -184,6 +222,8 @@ def submit(sweep, sdir: Path, *, executor=None, force=(), retry_failed=False, lo
         if executor == "local":
             atomic.write_json(sdir / "logs" / f"{sid}.json", entry)     # what the driver reads
             entry["driver_pid"] = _start_driver(sdir, sid)
+        elif executor == "slurm":
+            entry.update(_submit_slurm(sweep, sdir, sid, packs, prof))
         sweepdir.append_jsonl(sdir / "journal.jsonl", entry)
         log(f"submitted {len(todo)} runs in {len(packs)} jobs ({executor}) as {sid}"
             + (f"; skipped {_describe(skipped)}" if skipped else ""))
@@ -232,6 +272,28 @@ def pack_job(sdir, run_ids, res, ckpt, executor) -> PackJob:
                    checkpoint={k: ckpt[k] for k in CHECKPOINT_DEFAULTS}, concurrent=res["pack_concurrent"],
                    max_requeue=max_requeue,
                    reraise=executor == "debug" and sys.stdin.isatty())
+
+
+def _submit_slurm(sweep, sdir, sid, packs, prof) -> dict:
+    """Submit the packs as job arrays: {cluster, job_ids (one per pack), sbatch_calls, since}."""
+    from jobs import slurm
+    res = slurm.resources_for(resources_of(sweep), prof)
+    ckpt = checkpoint_of(sweep)
+    res["signal_delay_s"] = res.get("signal_delay_s") or int(margin_of(res, ckpt))
+    params = slurm.executor_params({**res, "_pack": packs[0]}, prof, job_name=sweep.name)
+    max_requeue = res["max_requeue"] if res.get("requeue", True) else 0
+    jobs = []
+    for pack in packs:
+        pj = pack_job(sdir, pack, res, ckpt, "slurm")
+        pj.max_requeue, pj.submission = max_requeue, sid
+        pj.chain = {"params": params, "left": res["max_chain"]}
+        jobs.append(pj)
+    since = datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%S")
+    try:
+        submitted = slurm.submit_packs(sdir, jobs, params)
+    except Exception as e:          # sbatch refused: say what it said
+        raise SubmitError(f"sbatch failed: {e}")
+    return {"cluster": prof["name"], "job_ids": [str(j.job_id) for j in submitted], "since": since}
 
 
 def _run_debug(sweep, sdir, sid, packs, log):
@@ -324,6 +386,17 @@ def cancel(sdir: Path, log=print) -> int:
                 os.kill(pid, signal.SIGTERM)
                 n += 1
                 log(f"cancelling {e['submission']} (driver pid {pid}): its runs checkpoint and stop")
+    jobs = slurm_jobs(entries)
+    if jobs:
+        from jobs import slurm
+        states = slurm.sacct_states([j for j, *_ in jobs], min(s or "now-7days" for *_, s in jobs))
+        live = [jid for jid, *_ in jobs if slurm.is_live(states.get(jid, "PENDING"))]
+        if live:
+            # USR2 first: each run checkpoints; then the jobs end (KillWait later) and stay resumable
+            subprocess.run(["scancel", "--signal=USR2", *live], capture_output=True, timeout=60)
+            subprocess.run(["scancel", *live], capture_output=True, timeout=60)
+            log(f"cancelled {len(live)} SLURM jobs: {', '.join(live[:10])}{' ...' if len(live) > 10 else ''}")
+            n += len(live)
     if not n:
         log("nothing in flight to cancel")
     return n

@@ -157,6 +157,8 @@ class PackJob:
     concurrent: bool = False
     max_requeue: int = 3             # attempts of this job beyond the first before it stops requeuing
     reraise: bool = False            # the debug executor at a terminal: let pdb see a task's exception
+    submission: str = ""             # the journal's submission id
+    chain: dict = field(default_factory=dict)   # SLURM: {"params": executor params, "left": chains left}
 
     def __call__(self) -> dict:
         started = time.time()
@@ -180,7 +182,19 @@ class PackJob:
         left = [rid for rid, o in outcomes.items() if o == INTERRUPTED]
         if left and self._may_requeue():
             requeue()
+        if left and self.chain.get("left", 0) > 0:
+            self._chain(left)
         return {"outcomes": outcomes, "unfinished": left}
+
+    def _chain(self, left):
+        """The requeue budget is spent (or the site forbids requeue): go on in a fresh job."""
+        from dataclasses import replace
+        from jobs import slurm
+        nxt = replace(self, run_ids=list(left), chain={**self.chain, "left": self.chain["left"] - 1})
+        job = slurm.submit_packs(Path(self.sweep_dir), [nxt], self.chain["params"])[0]
+        sweepdir.append_jsonl(Path(self.sweep_dir) / "journal.jsonl", {
+            "event": "chain", "submission": self.submission, "job_id": str(job.job_id), "from": job_id(),
+            "runs": list(left), "time": sweepdir.now_iso()})
 
     def _may_requeue(self) -> bool:
         me = job_id()
