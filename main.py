@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -26,7 +27,7 @@ def _load(args):
 
 def cmd_plan(args) -> int:
     sweep = _load(args)
-    sdir = sweepdir.sweep_dir(args.root, sweep.name)
+    sdir = _sdir(args, sweep)
     exists = (sdir / "plan.json").exists() or (sdir / "journal.jsonl").exists()
     states = {r.run_id: sweepdir.run_state(sdir, r.run_id) for r in sweep.runs} if exists else {}
     before = sweepdir.previous_plan(sdir) if exists else {}
@@ -80,7 +81,15 @@ def cmd_plan(args) -> int:
 # ---------------------------------------------------------------- submit / resume / status / cancel / run
 
 def _sdir(args, sweep):
-    return sweepdir.sweep_dir(args.root, sweep.name)
+    """The sweep dir; the cluster profile's root counts where a cluster is in play."""
+    profile_root = None
+    if getattr(args, "cluster", None) or os.environ.get("HPCSWEEP_CLUSTER"):
+        from jobs import slurm
+        try:
+            profile_root = slurm.load_profile(getattr(args, "cluster", None)).get("root")
+        except slurm.ProfileError as e:
+            raise specs.SpecError(str(e))
+    return sweepdir.sweep_dir(args.root, sweep.name, profile_root)
 
 
 def cmd_submit(args, retry_failed=False) -> int:
@@ -204,7 +213,7 @@ def cmd_aggregate(args) -> int:
     target = Path(args.target)
     if target.is_file():
         sweep = specs.load_sweep(target)
-        sdir = sweepdir.sweep_dir(args.root, sweep.name)
+        sdir = _sdir(args, sweep)
     else:
         sdir = target
     if not (sdir / "spec.yaml").exists():

@@ -19,13 +19,14 @@ from jobs import atomic
 DEFAULT_ROOT = "results"
 
 
-def root_dir(root=None) -> Path:
-    """The root under which sweep dirs live: --root, else $HPCSWEEP_ROOT, else ./results."""
-    return Path(root or os.environ.get("HPCSWEEP_ROOT") or DEFAULT_ROOT)
+def root_dir(root=None, profile_root=None) -> Path:
+    """Where sweep dirs live: --root, else $HPCSWEEP_ROOT, else the cluster profile's root, else ./results."""
+    chosen = root or os.environ.get("HPCSWEEP_ROOT") or profile_root or DEFAULT_ROOT
+    return Path(os.path.expandvars(os.path.expanduser(str(chosen))))
 
 
-def sweep_dir(root, name) -> Path:
-    return root_dir(root) / name
+def sweep_dir(root, name, profile_root=None) -> Path:
+    return root_dir(root, profile_root) / name
 
 
 def run_dir(sdir, run_id) -> Path:

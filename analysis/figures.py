@@ -1,0 +1,579 @@
+"""Figures a paper can take as they are: labelled axes with units, a legend, error bars.
+
+One function per kind (ladder/line, pareto, curves, heatmap, hist), each taking the sweep, one
+entry of `analysis.figures` and returning a matplotlib Figure (plus tables some kinds list,
+such as the Pareto front). Error bars and bands are the std over seeds unless the figure or the
+block says `error: sem | ci95 | none`. Points whose group has fewer finished runs than planned
+are drawn hollow, with a note under the axes, so a partial sweep never passes for a whole one.
+
+Rendering goes through matplotlib's object API (no pyplot, no global backend switch): PNG via
+Agg and PDF with fixed metadata, so the same data gives the same bytes.
+"""
+from __future__ import annotations
+
+import io
+import math
+import re
+
+import numpy as np
+import pandas as pd
+from matplotlib import rc_context
+from matplotlib.figure import Figure
+from matplotlib.lines import Line2D
+from matplotlib.ticker import FixedLocator, MaxNLocator, NullLocator
+
+from analysis import schema
+from analysis.load import DONE
+from analysis.pareto import front
+from analysis.summary import PARTIAL, counts, error_of, stats, t975, value_text
+
+# Okabe & Ito's palette: told apart with every common colour-vision deficiency and in greyscale
+# together with the markers.
+PALETTE = ["#0072B2", "#D55E00", "#009E73", "#CC79A7", "#E69F00", "#56B4E9", "#000000", "#F0E442"]
+MARKERS = ["o", "s", "^", "D", "v", "P", "X", "*"]
+LINESTYLES = ["-", "--", ":", "-."]
+STYLE = {
+    "font.size": 8, "axes.labelsize": 8, "axes.titlesize": 8, "legend.fontsize": 7,
+    "legend.title_fontsize": 7, "xtick.labelsize": 7, "ytick.labelsize": 7,
+    "axes.spines.top": False, "axes.spines.right": False, "axes.linewidth": 0.6,
+    "axes.grid": True, "grid.linewidth": 0.4, "grid.alpha": 0.35,
+    "xtick.major.width": 0.6, "ytick.major.width": 0.6, "lines.linewidth": 1.3,
+    "lines.markersize": 4, "errorbar.capsize": 2, "legend.frameon": False,
+    "pdf.fonttype": 42, "ps.fonttype": 42,          # TrueType in the PDF: what venues ask for
+    "svg.hashsalt": "hpcsweep", "savefig.dpi": 300, "figure.dpi": 100,
+}
+PANEL_W, PANEL_H = 3.3, 2.4          # inches: one column of a two-column paper
+DEFAULT_LABELS = {"wall_time_s": "Wall time", "step": "Step", "attempts": "Attempts"}
+DEFAULT_UNITS = {"wall_time_s": "s"}
+ERROR_WORDS = {"std": "mean ± std", "sem": "mean ± s.e.m.", "ci95": "mean ± 95% CI", "none": "mean"}
+
+
+class Skip(Exception):
+    """This figure cannot be drawn from this sweep (the message says why)."""
+
+
+# ---------------------------------------------------------------- naming and text
+
+def names(figures) -> list:
+    """The file stem of each figure: its `name`, else the kind, else kind_y_vs_x when a kind repeats."""
+    kinds = [f["kind"] for f in figures]
+    out, used = [], set()
+    for f in figures:
+        if f.get("name"):
+            stem = f["name"]
+        elif kinds.count(f["kind"]) == 1:
+            stem = f["kind"]
+        else:
+            parts = [f["kind"], str(f.get("z") or f["y"])] + ([f"vs_{f['x']}"] if f.get("x") else [])
+            stem = re.sub(r"[^A-Za-z0-9_.+-]+", "-", "_".join(parts))[:80]
+        base, k = stem, 2
+        while stem in used:
+            stem, k = f"{base}_{k}", k + 1
+        used.add(stem)
+        out.append(stem)
+    return out
+
+
+def label(sweep, key, unit=True) -> str:
+    text = sweep.analysis["labels"].get(key) or DEFAULT_LABELS.get(key, key)
+    u = sweep.analysis["units"].get(key, DEFAULT_UNITS.get(key))
+    return f"{text} ({u})" if unit and u else text
+
+
+def _key_text(sweep, keys, values) -> str:
+    return ", ".join(f"{label(sweep, k, unit=False)} = {value_text(v)}" for k, v in zip(keys, values))
+
+
+NA = float("nan")      # every missing key value becomes this one object, so tuples and dicts match it
+
+
+def _norm(v):
+    return NA if isinstance(v, float) and math.isnan(v) or v is None or v is pd.NA else v
+
+
+def _tuples(df, cols) -> list:
+    """Each row's values of `cols` as a tuple, missing values normalised (see NA)."""
+    if not cols:
+        return [()] * len(df)
+    return [tuple(map(_norm, r)) for r in df[list(cols)].itertuples(index=False, name=None)]
+
+
+def _distinct(items) -> list:
+    return list(dict.fromkeys(items))
+
+
+def _match(df, cols, values):
+    """Rows of `df` whose `cols` equal `values` (a missing value matches a missing value)."""
+    mask = np.ones(len(df), dtype=bool)
+    for c, v in zip(cols, values):
+        mask &= (df[c].isna() if v is NA else df[c] == v).to_numpy(dtype=bool)
+    return df[mask]
+
+
+def _order(values) -> list:
+    """Distinct values: numbers ascending (missing last), anything else in order of appearance."""
+    uniq = _distinct(map(_norm, values))
+    nums = [v for v in uniq if isinstance(v, (int, float, np.integer, np.floating)) and not isinstance(v, bool)]
+    if len(nums) == len(uniq):
+        return sorted(nums, key=lambda v: (math.isnan(v), v))
+    return uniq
+
+
+# ---------------------------------------------------------------- data
+
+def _need(sweep, fig, keys, numeric=()):
+    cols = sweep.runs.columns
+    options = [c for c in cols if c not in ("run_id", "label", "state", "error", "in_plan", "finished")]
+    for k in keys:
+        if k and k not in cols:
+            raise Skip(f"{k!r} is neither a config key nor a final metric{schema.did_you_mean(k, options)}")
+    for k in numeric:
+        if not pd.api.types.is_numeric_dtype(sweep.runs[k]) or pd.api.types.is_bool_dtype(sweep.runs[k]):
+            raise Skip(f"{k!r} is not numeric")
+
+
+def _runs(sweep, fig):
+    """The planned runs this figure covers (its `where` applied)."""
+    runs = sweep.runs[sweep.runs["in_plan"]]
+    for k, v in (fig.get("where") or {}).items():
+        if k not in runs.columns:
+            raise Skip(f"where: {k!r} is no config key{schema.did_you_mean(k, runs.columns)}")
+        runs = runs[runs[k].isin(v if isinstance(v, list) else [v])]
+    if runs.empty:
+        raise Skip("no planned run matches its `where`" if fig.get("where") else "the sweep has no runs")
+    return runs
+
+
+def _point_stats(runs, keys, values):
+    """stats() over finished runs plus planned/done counts, for the groups of `keys`."""
+    frame = runs[keys].copy()
+    for v in values:
+        frame[v] = runs[v].where(runs["state"] == DONE)
+    st = stats(frame, keys, values)
+    ct = counts(runs, keys)
+    st["planned"], st["done"], st["partial"] = ct["planned"].values, ct[DONE].values, ct["partial"].values
+    return st
+
+
+def _leftover(sweep, runs, used):
+    """Group keys the figure does not place (not x, hue, facet...) that still vary among its runs:
+    pooling over them would mix configurations, so they split lines (or panels) further."""
+    return [k for k in sweep.analysis["group_by"]
+            if k not in used and k in runs.columns and runs[k].nunique(dropna=False) > 1]
+
+
+def _facets(st, facet):
+    if not facet:
+        return [(None, st)]
+    return [(v, _match(st, [facet], [v])) for v in _order(st[facet].tolist())]
+
+
+def _axes(n, fig_kwargs=None, sharey=True):
+    ncols = min(n, 4)
+    nrows = math.ceil(n / ncols)
+    extra = 0.9 if n > 1 else 1.0
+    f = Figure(figsize=(PANEL_W * extra * ncols, PANEL_H * nrows), layout="constrained", **(fig_kwargs or {}))
+    axs = f.subplots(nrows, ncols, sharey=sharey, squeeze=False).ravel()
+    for ax in axs[n:]:
+        ax.set_visible(False)
+    return f, axs[:n]
+
+
+def _rests(combos, hue):
+    """The distinct non-hue parts of line keys, in order: they set line style (with a hue) or colour."""
+    return list(dict.fromkeys(tuple(c[1:] if hue else c) for c in combos))
+
+
+def _line_style(sweep, lines, hue, combo, hue_vals, rests, y):
+    """(colour, marker, linestyle, legend text) of one line: colour and marker follow the hue,
+    the line style the other group keys (or colour and marker, without a hue)."""
+    ri = rests.index(tuple(combo[1:] if hue else combo))
+    color, marker = _style_of(hue_vals.index(combo[0]) if hue else ri)
+    ls = LINESTYLES[ri % len(LINESTYLES)] if hue else "-"
+    if not lines:
+        text = label(sweep, y, unit=False)
+    elif hue and len(lines) == 1:
+        text = value_text(combo[0])
+    else:
+        text = _key_text(sweep, lines, combo)
+    return color, marker, ls, text
+
+
+def _style_of(i):
+    return PALETTE[i % len(PALETTE)], MARKERS[i % len(MARKERS)]
+
+
+def _note(f, text):
+    f.text(0.5, 0.0, text, ha="center", va="top", fontsize=6.5, color="0.3",
+           transform=f.transFigure)
+
+
+def _log(ax, axis, values):
+    """Log scale, or symlog when some values are <= 0 (a ponder cost of 0, say)."""
+    values = np.asarray([v for v in values if np.isfinite(v)], dtype=float)
+    pos = values[values > 0]
+    set_scale = ax.set_xscale if axis == "x" else ax.set_yscale
+    if len(pos) and len(pos) < len(values):
+        set_scale("symlog", linthresh=float(pos.min()), linscale=0.5)
+    else:
+        set_scale("log")
+
+
+def _legend(f, handles, title=None):
+    """Above the axes in a row (never over the data), or on the right when there are many entries."""
+    if not handles:
+        return
+    few = len(handles) <= 4 and sum(len(t) for t in handles) <= 60
+    f.legend(list(handles.values()), list(handles), title=title, handlelength=1.8, borderaxespad=0.2,
+             loc="outside upper center" if few else "outside right upper", ncols=len(handles) if few else 1,
+             columnspacing=1.2)
+
+
+# ---------------------------------------------------------------- kinds
+
+def ladder(sweep, fig, **_):
+    """A metric against an ordered axis, one line per hue group (and per other group key)."""
+    x, y, hue, facet = fig["x"], fig["y"], fig.get("hue"), fig.get("facet")
+    _need(sweep, fig, [x, y, hue, facet], numeric=[y])
+    runs = _runs(sweep, fig)
+    lines = ([hue] if hue else []) + _leftover(sweep, runs, {x, y, hue, facet, "seed"})
+    keys = ([facet] if facet else []) + lines + [x]
+    st = _point_stats(runs, keys, [y])
+    st["err"] = error_of(st, y, fig.get("error", sweep.analysis["error"])).values
+    numeric_x = pd.api.types.is_numeric_dtype(runs[x]) and not pd.api.types.is_bool_dtype(runs[x])
+    xs_all = _order(st[x].dropna().tolist() if numeric_x else st[x].tolist())
+    pos = (lambda v: v) if numeric_x else (lambda v: xs_all.index(_norm(v)))
+    hue_vals = _order(st[hue].tolist()) if hue else [None]
+    combos = _distinct(_tuples(st, lines)) if lines else [()]
+    rests = _rests(combos, hue)
+    panels = _facets(st, facet)
+    f, axs = _axes(len(panels))
+    handles, partial = {}, False
+    for ax, (fv, part) in zip(axs, panels):
+        for combo in combos:
+            sel = _match(part, lines, combo)
+            sel = sel[sel[f"{y}_n"] > 0]
+            if sel.empty:
+                continue
+            color, marker, ls, text = _line_style(sweep, lines, hue, combo, hue_vals, rests, y)
+            base = sel[sel[x].isna()] if numeric_x else sel.iloc[:0]
+            sel = sel[sel[x].notna()] if numeric_x else sel
+            sel = sel.assign(_p=sel[x].map(pos)).sort_values("_p")
+            if not sel.empty:
+                ax.errorbar(sel["_p"], sel[f"{y}_mean"], yerr=sel["err"], color=color, ls=ls, marker=marker,
+                                markerfacecolor=color, elinewidth=0.8)
+                hollow = sel[sel["partial"]]
+                if len(hollow):
+                    partial = True
+                    ax.plot(hollow["_p"], hollow[f"{y}_mean"], ls="none", marker=marker, color=color,
+                            markerfacecolor="white", zorder=3)
+                handles.setdefault(text, Line2D([], [], color=color, ls=ls, marker=marker))
+            for _, b in base.iterrows():       # a group without this axis (a baseline): a flat line
+                ax.axhline(b[f"{y}_mean"], color=color, ls="--", lw=1.0)
+                if np.isfinite(b["err"]):
+                    ax.axhspan(b[f"{y}_mean"] - b["err"], b[f"{y}_mean"] + b["err"], color=color, alpha=0.12, lw=0)
+                handles.setdefault(text, Line2D([], [], color=color, ls="--"))
+                partial |= bool(b["partial"])
+        if facet:
+            ax.set_title(_key_text(sweep, [facet], [fv]))
+        ax.set_xlabel(label(sweep, x))
+        if fig.get("logx") and numeric_x:
+            _log(ax, "x", xs_all)
+        if fig.get("logy"):
+            _log(ax, "y", st[f"{y}_mean"].tolist())
+        if not numeric_x:
+            ax.xaxis.set_major_locator(FixedLocator(range(len(xs_all))))
+            ax.set_xticklabels([value_text(v) for v in xs_all])
+        elif fig["kind"] == "ladder" and not fig.get("logx") and len(xs_all) <= 12:
+            ax.xaxis.set_major_locator(FixedLocator(xs_all))
+            ax.xaxis.set_minor_locator(NullLocator())
+        elif all(float(v).is_integer() for v in xs_all) and not fig.get("logx"):
+            ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    axs[0].set_ylabel(label(sweep, y))
+    if len(handles) > 1 or hue:
+        _legend(f, handles, label(sweep, hue, unit=False) if hue and len(lines) == 1 else None)
+    _finish(f, fig, partial, fig.get("error", sweep.analysis["error"]))
+    return f, {}
+
+
+line = ladder
+
+
+def pareto(sweep, fig, **_):
+    """Each group as a point (error bars on both axes) and the non-dominated front through them."""
+    x, y, hue, facet = fig["x"], fig["y"], fig.get("hue"), fig.get("facet")
+    _need(sweep, fig, [x, y, hue, facet], numeric=[x, y])
+    x_dir, y_dir = fig.get("x_dir", "min"), fig.get("y_dir", "max")
+    runs = _runs(sweep, fig)
+    keys = list(dict.fromkeys(([facet] if facet else []) + ([hue] if hue else []) +
+                              [k for k in sweep.analysis["group_by"] if k not in (x, y)]))
+    st = _point_stats(runs, keys, [x, y])
+    kind = fig.get("error", sweep.analysis["error"])
+    st["x_err"], st["y_err"] = error_of(st, x, kind).values, error_of(st, y, kind).values
+    st = st[(st[f"{x}_n"] > 0) & (st[f"{y}_n"] > 0)].reset_index(drop=True)
+    if st.empty:
+        raise Skip(f"no finished run has both {x!r} and {y!r}")
+    st["on_front"] = False
+    for _, part in _facets(st, facet):
+        mask = front(part[f"{x}_mean"], part[f"{y}_mean"], x_dir, y_dir)
+        st.loc[part.index[mask], "on_front"] = True
+    hue_vals = _order(st[hue].tolist()) if hue else [None]
+    panels = _facets(st, facet)
+    f, axs = _axes(len(panels), sharey=True)
+    handles, partial = {}, False
+    for ax, (fv, part) in zip(axs, panels):
+        for hi, hv in enumerate(hue_vals):
+            sel = _match(part, [hue], [hv]) if hue else part
+            if sel.empty:
+                continue
+            color, marker = _style_of(hi)
+            ax.errorbar(sel[f"{x}_mean"], sel[f"{y}_mean"], xerr=sel["x_err"], yerr=sel["y_err"], ls="none",
+                        marker=marker, color=color, elinewidth=0.7, alpha=0.9)
+            hollow = sel[sel["partial"]]
+            if len(hollow):
+                partial = True
+                ax.plot(hollow[f"{x}_mean"], hollow[f"{y}_mean"], ls="none", marker=marker, color=color,
+                        markerfacecolor="white", zorder=3)
+            if hue:
+                handles.setdefault(value_text(hv), Line2D([], [], color=color, marker=marker, ls="none"))
+        fr = part[part["on_front"]].sort_values([f"{x}_mean", f"{y}_mean"])
+        ax.plot(fr[f"{x}_mean"], fr[f"{y}_mean"], color="0.25", ls="--", lw=0.9, zorder=1)
+        ax.plot(fr[f"{x}_mean"], fr[f"{y}_mean"], ls="none", marker="o", ms=7, mfc="none", mec="0.25",
+                mew=0.8, zorder=4)
+        if facet:
+            ax.set_title(_key_text(sweep, [facet], [fv]))
+        ax.set_xlabel(label(sweep, x) + (" ↓" if x_dir == "min" else " ↑"))
+        if fig.get("logx"):
+            _log(ax, "x", part[f"{x}_mean"].tolist())
+        if fig.get("logy"):
+            _log(ax, "y", part[f"{y}_mean"].tolist())
+    axs[0].set_ylabel(label(sweep, y) + (" ↓" if y_dir == "min" else " ↑"))
+    handles["Pareto front"] = Line2D([], [], color="0.25", ls="--", lw=0.9, marker="o", ms=7, mfc="none",
+                                     mec="0.25", mew=0.8)
+    _legend(f, handles, label(sweep, hue, unit=False) if hue else None)
+    _finish(f, fig, partial, kind)
+    cols = keys + [f"{x}_mean", "x_err", f"{y}_mean", "y_err", f"{x}_n", f"{y}_n", "planned", "partial"]
+    table = st[st["on_front"]].sort_values(([facet] if facet else []) + [f"{x}_mean"])[cols]
+    table = table.rename(columns={"x_err": f"{x}_{kind}", "y_err": f"{y}_{kind}"})
+    return f, {"": table.reset_index(drop=True)}
+
+
+def curves(sweep, fig, curve_frame=None, **_):
+    """A logged metric against step (or another logged key): mean line and error band per group."""
+    x, y, hue, facet = fig.get("x", "step"), fig["y"], fig.get("hue"), fig.get("facet")
+    _need(sweep, fig, [hue, facet])
+    runs = _runs(sweep, fig)
+    data = curve_frame([x, y]) if curve_frame else None
+    if data is None or x not in data.columns or y not in data.columns:
+        raise Skip(f"no run logged both {x!r} and {y!r} in metrics.jsonl")
+    lines = list(dict.fromkeys(([hue] if hue else []) + _leftover(sweep, runs, {x, y, hue, facet, "seed"})))
+    keys = ([facet] if facet else []) + lines
+    data = data[data["run"].isin(runs.index)].dropna(subset=[x, y])
+    if data.empty:
+        raise Skip(f"no planned run logged both {x!r} and {y!r}")
+    # a run may log several values at one x (say, per iteration within a step): keep the last
+    run = data["run"].to_numpy()
+    xv = data[x].to_numpy()
+    same = (run[1:] == run[:-1]) & (xv[1:] == xv[:-1])
+    if same.any() or (np.diff(xv)[run[1:] == run[:-1]] < 0).any():
+        data = data.drop_duplicates(["run", x], keep="last")
+    tuples = _tuples(runs, keys)
+    groups = _distinct(tuples)
+    number = {g: i for i, g in enumerate(groups)}
+    group_of = pd.Series([number[t] for t in tuples], index=runs.index)
+    data = data.assign(_g=group_of.reindex(data["run"]).to_numpy())
+    g = data.groupby(["_g", x], sort=True)[y]
+    agg = pd.DataFrame({"mean": g.mean(), "std": g.std(ddof=1), "n": g.count()}).reset_index()
+    kind = fig.get("error", sweep.analysis["error"])
+    agg["err"] = {"std": agg["std"], "sem": agg["std"] / np.sqrt(agg["n"]),
+                  "ci95": agg["std"] / np.sqrt(agg["n"]) * agg["n"].map(lambda n: t975(n - 1)),
+                  "none": agg["std"] * np.nan}[kind]
+    planned = runs.groupby(group_of, sort=False).size()
+    logged = data.groupby("_g")["run"].nunique()
+    hue_vals = _order([grp[keys.index(hue)] for grp in groups]) if hue else [None]
+    facet_vals = _order([grp[0] for grp in groups]) if facet else [None]
+    f, axs = _axes(len(facet_vals))
+    handles, partial = {}, False
+    rests = _rests([grp[1:] if facet else grp for grp in groups], hue)
+    for ax, fv in zip(axs, facet_vals):
+        for gi, grp in enumerate(groups):
+            if facet and grp[0] is not fv and grp[0] != fv:
+                continue
+            a = agg[agg["_g"] == gi]
+            if a.empty:
+                continue
+            combo = grp[1:] if facet else grp
+            color, _, ls, text = _line_style(sweep, lines, hue, combo, hue_vals, rests, y)
+            ax.plot(a[x], a["mean"], color=color, ls=ls, lw=1.1)
+            if kind != "none":
+                ax.fill_between(a[x], a["mean"] - a["err"], a["mean"] + a["err"], color=color, alpha=0.18, lw=0)
+            n_runs, n_planned = int(logged.get(gi, 0)), int(planned.get(gi, 0))
+            if n_runs < n_planned:
+                partial = True
+                text += f" ({n_runs}/{n_planned} runs {PARTIAL})"
+            handles.setdefault(text, Line2D([], [], color=color, ls=ls))
+        if facet:
+            ax.set_title(_key_text(sweep, [facet], [fv]))
+        ax.set_xlabel(label(sweep, x))
+        if fig.get("logx"):
+            _log(ax, "x", agg[x].tolist())
+        if fig.get("logy"):
+            _log(ax, "y", agg["mean"].tolist())
+    axs[0].set_ylabel(label(sweep, y))
+    if len(handles) > 1 or hue:
+        _legend(f, handles, label(sweep, hue, unit=False) if hue and len(lines) == 1 else None)
+    word = ERROR_WORDS[kind] + " over runs"
+    if partial:
+        _note(f, f"{word}; {PARTIAL}: fewer runs have logged than planned")
+    _finish(f, fig, False, kind, note=False)
+    return f, {}
+
+
+def heatmap(sweep, fig, **_):
+    """A metric over two axes: one cell per (x, y) with its mean (± std when there is room)."""
+    x, y, z, facet = fig["x"], fig["y"], fig["z"], fig.get("facet")
+    _need(sweep, fig, [x, y, z, facet], numeric=[z])
+    runs = _runs(sweep, fig)
+    extra = _leftover(sweep, runs, {x, y, z, facet, "seed"})
+    keys = ([facet] if facet else []) + extra + [y, x]
+    st = _point_stats(runs, keys, [z])
+    panel_keys = ([facet] if facet else []) + extra
+    panels = _distinct(_tuples(st, panel_keys)) if panel_keys else [()]
+    xs, ys = _order(st[x].tolist()), _order(st[y].tolist())
+    f, axs = _axes(len(panels), sharey=True)
+    vals = st[f"{z}_mean"].to_numpy(dtype=float)
+    finite = vals[np.isfinite(vals)]
+    if not len(finite):
+        raise Skip(f"no finished run has {z!r}")
+    vmin, vmax = float(finite.min()), float(finite.max())
+    annotate = fig.get("annotate", len(xs) * len(ys) <= 100)
+    image = None
+    for ax, pv in zip(axs, panels):
+        part = _match(st, panel_keys, pv)
+        grid = np.full((len(ys), len(xs)), np.nan)
+        for _, r in part.iterrows():
+            i, j = ys.index(_norm(r[y])), xs.index(_norm(r[x]))
+            grid[i, j] = r[f"{z}_mean"]
+            if annotate and np.isfinite(r[f"{z}_mean"]):
+                text = f"{r[f'{z}_mean']:.3g}"
+                if np.isfinite(r[f"{z}_std"]) and len(xs) <= 6:
+                    text += f"\n±{r[f'{z}_std']:.2g}"
+                if r["partial"]:
+                    text += PARTIAL
+                shade = (r[f"{z}_mean"] - vmin) / (vmax - vmin) if vmax > vmin else 0.5
+                ax.text(j, i, text, ha="center", va="center", fontsize=6,
+                        color="white" if shade < 0.55 else "black")
+        image = ax.imshow(grid, origin="lower", aspect="auto", cmap=fig.get("cmap", "viridis"),
+                          vmin=vmin, vmax=vmax, interpolation="nearest")
+        ax.set_xticks(range(len(xs)), [value_text(v) for v in xs])
+        ax.set_yticks(range(len(ys)), [value_text(v) for v in ys])
+        ax.grid(False)
+        ax.tick_params(length=0)
+        for side in ("top", "right", "left", "bottom"):
+            ax.spines[side].set_visible(False)
+        ax.set_xlabel(label(sweep, x))
+        if panel_keys:
+            ax.set_title(_key_text(sweep, panel_keys, pv))
+    axs[0].set_ylabel(label(sweep, y))
+    bar = f.colorbar(image, ax=list(axs), shrink=0.9, pad=0.02)
+    bar.set_label(label(sweep, z))
+    bar.outline.set_visible(False)
+    if st["partial"].any():
+        _note(f, f"{PARTIAL}: fewer finished runs than planned; cells show the mean over runs")
+    _finish(f, fig, False, "none", note=False)
+    return f, {}
+
+
+def hist(sweep, fig, curve_lists=None, **_):
+    """Distributions: a list-valued metric pooled over each hue group's runs (or a scalar metric's
+    values across runs)."""
+    y, hue, facet = fig["y"], fig.get("hue"), fig.get("facet")
+    _need(sweep, fig, [hue, facet])
+    runs = _runs(sweep, fig)
+    done = runs[runs["state"] == DONE]
+
+    def values_of(rid):
+        v = sweep.lists.get(rid, {}).get(y)
+        if v is None and curve_lists:
+            v = curve_lists(rid).get(y)
+        return v
+
+    scalar = y in runs.columns
+    if not scalar and not any(values_of(r) is not None for r in runs["run_id"]):
+        raise Skip(f"no run has a list {y!r} in result.json or metrics.jsonl")
+    pool = runs if not scalar else done
+    groups = ([facet] if facet else []) + ([hue] if hue else [])
+    combos = _distinct(_tuples(pool, groups)) if groups else [()]
+    data = {}
+    for combo in combos:
+        sel = _match(pool, groups, combo)
+        if scalar:
+            vals = sel[y].dropna().to_numpy(dtype=float)
+        else:
+            vals = [values_of(r) for r in sel["run_id"]]
+            vals = np.asarray([float(t) for v in vals if v is not None for t in _flat(v)], dtype=float)
+        vals = vals[np.isfinite(vals)]
+        if len(vals):
+            data[combo] = vals
+    if not data:
+        raise Skip(f"no finite values of {y!r}")
+    every = np.concatenate(list(data.values()))
+    edges = np.histogram_bin_edges(every, bins=fig.get("bins", 30))
+    facet_vals = _order([c[0] for c in data]) if facet else [None]
+    hue_vals = _order([c[-1] for c in data]) if hue else [None]
+    f, axs = _axes(len(facet_vals))
+    density = fig.get("density", True)
+    handles = {}
+    for ax, fv in zip(axs, facet_vals):
+        for combo, vals in data.items():
+            if facet and combo[0] is not fv and combo[0] != fv:
+                continue
+            hi = hue_vals.index(combo[-1]) if hue else 0
+            color = PALETTE[hi % len(PALETTE)]
+            ax.hist(vals, bins=edges, density=density, histtype="stepfilled", color=color, alpha=0.25, lw=0)
+            ax.hist(vals, bins=edges, density=density, histtype="step", color=color, lw=1.1)
+            if hue:
+                handles.setdefault(value_text(combo[-1]), Line2D([], [], color=color, lw=1.1))
+        if facet:
+            ax.set_title(_key_text(sweep, [facet], [fv]))
+        ax.set_xlabel(label(sweep, y))
+        if fig.get("logy"):
+            ax.set_yscale("log")
+    axs[0].set_ylabel("Density" if density else "Count")
+    if hue:
+        _legend(f, handles, label(sweep, hue, unit=False))
+    _finish(f, fig, False, "none", note=False)
+    return f, {}
+
+
+def _flat(v):
+    if isinstance(v, (list, tuple)):
+        for x in v:
+            yield from _flat(x)
+    elif isinstance(v, (int, float)) and not isinstance(v, bool):
+        yield v
+
+
+def _finish(f, fig, partial, kind, note=True):
+    if fig.get("title"):
+        f.suptitle(fig["title"], fontsize=9)
+    if note and partial:
+        _note(f, f"error bars: {ERROR_WORDS[kind]} over seeds; hollow: fewer finished runs than planned")
+
+
+KINDS = {"ladder": ladder, "line": line, "pareto": pareto, "curves": curves, "heatmap": heatmap, "hist": hist}
+
+
+def draw(sweep, fig, **data):
+    """(Figure, {suffix: table}) for one entry of analysis.figures; raises Skip when it cannot be drawn."""
+    with rc_context(STYLE):
+        return KINDS[fig["kind"]](sweep, fig, **data)
+
+
+def to_bytes(f, fmt) -> bytes:
+    """The figure as PNG or PDF bytes with nothing in them that changes from run to run."""
+    buf = io.BytesIO()
+    meta = {"Software": None} if fmt == "png" else {"Creator": None, "Producer": None, "CreationDate": None}
+    with rc_context(STYLE):
+        f.savefig(buf, format=fmt, metadata=meta, bbox_inches="tight", pad_inches=0.03)
+    return buf.getvalue()

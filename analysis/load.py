@@ -1,0 +1,257 @@
+"""A sweep dir -> one table with a row per run, and the sweep's analysis settings.
+
+Reads only what the sweep wrote (README, "The sweep dir"): spec.yaml, plan.json and, per run,
+config.yaml, result.json and error.txt. A run is `done` when its result.json parses, `failed`
+when it has error.txt and no result, else `pending`. Anything unreadable becomes a warning and
+the rest goes on: one corrupt file never stops an aggregate.
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pandas as pd
+import yaml
+
+from analysis import schema
+
+SEED = "seed"
+BASE_COLUMNS = ["run_id", "label", "state", "attempts", "wall_time_s", "finished"]
+DONE, FAILED, PENDING = "done", "failed", "pending"
+_Loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+
+
+@dataclass
+class Sweep:
+    dir: Path
+    spec: dict
+    analysis: dict                  # schema.normalize(spec["analysis"]), group_by and metrics resolved
+    runs: pd.DataFrame              # one row per run: BASE_COLUMNS, config keys, final metrics, error, in_plan
+    config_keys: list               # config columns, varied ones first
+    varied: list                    # keys that vary across the plan, seed included, in plan order
+    metrics: list                   # numeric final-metric columns of `runs`
+    lists: dict                     # run_id -> {metric: list} for list-valued final metrics
+    warnings: list = field(default_factory=list)   # (kind, text)
+
+    def warn(self, kind, text):
+        self.warnings.append((kind, text))
+
+
+def read_json(path):
+    """(parsed object, None) or (None, why it could not be read); (None, None) when missing."""
+    try:
+        data = Path(path).read_bytes()
+    except FileNotFoundError:
+        return None, None
+    except OSError as e:
+        return None, f"{type(e).__name__}: {e}"
+    try:
+        return json.loads(data), None
+    except ValueError as e:
+        return None, f"{type(e).__name__}: {e}" if data.strip() else "empty file"
+
+
+def read_yaml(path):
+    try:
+        return yaml.load(Path(path).read_text(encoding="utf-8"), Loader=_Loader), None
+    except FileNotFoundError:
+        return None, None
+    except (OSError, ValueError, yaml.YAMLError) as e:
+        return None, f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
+
+
+def _cell(v):
+    """A config value as a table cell: scalars as they are, lists and mappings as JSON text."""
+    if v is None or isinstance(v, (str, int, float, bool)):
+        return v
+    return json.dumps(v, sort_keys=True, default=str)
+
+
+def _flatten(metrics, prefix=""):
+    for k, v in metrics.items():
+        if isinstance(v, dict):
+            yield from _flatten(v, f"{prefix}{k}.")
+        else:
+            yield f"{prefix}{k}", v
+
+
+def load(sweep_dir) -> Sweep:
+    """Read a sweep dir (complete or not) into a Sweep; problems land in Sweep.warnings."""
+    sdir = Path(sweep_dir)
+    warnings = []
+    spec, err = read_yaml(sdir / "spec.yaml")
+    if err or not isinstance(spec, dict):
+        warnings.append(("spec", f"spec.yaml: unreadable ({err or 'not a mapping'}); using the default analysis"))
+        spec = {}
+    block = spec.get("analysis")
+    for path, message in schema.check(block):
+        warnings.append(("spec", f"spec.yaml: analysis{'.' + path if path and not path.startswith('[') else path}: "
+                                 f"{message}; ignored"))
+    analysis = schema.normalize(block)
+
+    plan, err = read_json(sdir / "plan.json")
+    planned = []
+    if err or (plan is not None and not isinstance(plan, dict)):
+        warnings.append(("plan", f"plan.json: unreadable ({err or 'not a mapping'}); planned runs are taken "
+                                 f"from the run dirs, so missing runs cannot be counted"))
+    elif plan:
+        planned = [r for r in plan.get("runs") or [] if isinstance(r, dict) and r.get("run_id")]
+
+    runs_dir = sdir / "runs"
+    try:
+        on_disk = sorted(e.name for e in os.scandir(runs_dir) if e.is_dir() and not e.name.startswith("."))
+    except FileNotFoundError:
+        on_disk = []
+    in_plan = {r["run_id"] for r in planned}
+    entries = [(r, True) for r in planned]
+    for rid in on_disk:
+        if rid in in_plan:
+            continue
+        cfg, err = read_yaml(runs_dir / rid / "config.yaml")
+        if err or not isinstance(cfg, dict):
+            if err or cfg is not None:
+                warnings.append(("config", f"runs/{rid}/config.yaml: unreadable ({err or 'not a mapping'}); run skipped"))
+            continue
+        entries.append(({"run_id": rid, "label": cfg.get("label", rid), "config": cfg.get("config") or {},
+                         "varied": cfg.get("varied") or {}}, not planned))
+    on_disk = set(on_disk)
+
+    varied, config_keys = {}, {}
+    rows, lists, metric_order = [], {}, {}
+    for entry, planned_run in entries:
+        rid = str(entry["run_id"])
+        cfg = entry.get("config") if isinstance(entry.get("config"), dict) else {}
+        for k in entry.get("varied") or {}:
+            varied.setdefault(k, None)
+        for k in cfg:
+            config_keys.setdefault(k, None)
+        row = {"run_id": rid, "label": entry.get("label") or rid, "in_plan": planned_run}
+        row.update({f"config:{k}": _cell(v) for k, v in cfg.items()})
+        if rid in on_disk:
+            result, err = read_json(runs_dir / rid / "result.json")
+            if err is None and result is not None and not isinstance(result, dict):
+                err = "not a JSON object"
+            if err:
+                warnings.append(("result", f"runs/{rid}/result.json ({row['label']}): unreadable ({err}); "
+                                           f"the run counts as not finished"))
+            if result is not None and not err:
+                row["state"] = DONE
+                row["attempts"] = result.get("attempts")
+                row["wall_time_s"] = result.get("wall_time_s")
+                row["finished"] = result.get("finished")
+                metrics = result.get("metrics")
+                if not isinstance(metrics, dict):
+                    warnings.append(("result", f"runs/{rid}/result.json ({row['label']}): no `metrics` mapping"))
+                    metrics = {}
+                for name, v in _flatten(metrics):
+                    if isinstance(v, list):
+                        lists.setdefault(rid, {})[name] = v
+                        continue
+                    metric_order.setdefault(name, None)
+                    row[f"metric:{name}"] = float("nan") if v is None else v
+            else:
+                error_txt = runs_dir / rid / "error.txt"
+                try:
+                    text = error_txt.read_text(encoding="utf-8", errors="replace").strip()
+                    row["state"] = FAILED
+                    row["error"] = text.splitlines()[-1][:300] if text else ""
+                except FileNotFoundError:
+                    row["state"] = PENDING
+                except OSError as e:
+                    row["state"] = FAILED
+                    row["error"] = f"error.txt unreadable: {e}"
+        else:
+            row["state"] = PENDING
+        rows.append(row)
+
+    varied = _label_order(list(varied), entries)
+    config_keys = [k for k in varied if k in config_keys] + [k for k in config_keys if k not in varied]
+    runs, metrics = _frame(rows, config_keys, list(metric_order), warnings)
+    analysis["group_by"] = _group_by(analysis, varied, runs, warnings)
+    analysis["metrics"] = _metrics(analysis, metrics, runs, warnings)
+    return Sweep(sdir, spec, analysis, runs, config_keys, varied, metrics, lists, warnings)
+
+
+def _label_order(varied, entries):
+    """The varied keys in the order the spec gives them, read off the labels (`method=bp,k=2,seed=1`):
+    plan.json is written with sorted keys, labels keep the spec's order."""
+    order = {}
+    for entry, _ in entries[:50]:
+        for part in str(entry.get("label") or "").split(","):
+            key = part.split("=", 1)[0]
+            if key in varied:
+                order.setdefault(key, None)
+    return list(order) + [k for k in varied if k not in order]
+
+
+def _frame(rows, config_keys, metric_names, warnings):
+    """The runs table with plain column names: config keys as they are, metrics renamed on a clash."""
+    taken = set(BASE_COLUMNS) | {"error", "in_plan"} | set(config_keys)
+    rename, metrics = {}, []
+    for name in metric_names:
+        col = name if name not in taken else f"metrics.{name}"
+        if col != name:
+            warnings.append(("metric", f"final metric {name!r} has the name of a config key or column; "
+                                       f"it is `{col}` in the tables"))
+        rename[f"metric:{name}"] = col
+        metrics.append(col)
+    rename.update({f"config:{k}": k for k in config_keys})
+    columns = BASE_COLUMNS + [f"config:{k}" for k in config_keys] + [f"metric:{m}" for m in metric_names] + ["error", "in_plan"]
+    runs = pd.DataFrame.from_records(rows, columns=columns).rename(columns=rename)
+    runs["attempts"] = pd.to_numeric(runs["attempts"], errors="coerce").astype("Int64")
+    runs["wall_time_s"] = pd.to_numeric(runs["wall_time_s"], errors="coerce").astype(float)
+    runs["in_plan"] = runs["in_plan"].astype(bool)
+    numeric = []
+    for m in metrics:
+        col = runs[m]
+        as_num = pd.to_numeric(col.map(lambda v: float(v) if isinstance(v, bool) else v), errors="coerce")
+        if as_num.notna().sum() == col.notna().sum() and col.notna().any():
+            runs[m] = as_num.astype(float)
+            numeric.append(m)
+    return runs, numeric
+
+
+def _group_by(analysis, varied, runs, warnings):
+    keys = analysis["group_by"]
+    if keys is None:
+        return [k for k in varied if k != SEED]
+    out = []
+    for k in keys:
+        if k in runs.columns:
+            out.append(k)
+        else:
+            options = [c for c in runs.columns if c not in ("run_id", "label", "state", "error", "in_plan")]
+            warnings.append(("spec", f"analysis.group_by: {k!r} is no config key of this sweep"
+                                     f"{schema.did_you_mean(k, options)}; ignored"))
+    return out
+
+
+def _metrics(analysis, metrics, runs, warnings):
+    wanted = analysis["metrics"]
+    if wanted is None:
+        return list(metrics)
+    out = []
+    done = runs["state"] == DONE
+    for m in wanted:
+        if m not in runs.columns:
+            if done.any():
+                warnings.append(("metric", f"analysis.metrics: {m!r} is in no result.json"
+                                           f"{schema.did_you_mean(m, metrics)}; known: {', '.join(metrics) or 'none'}"))
+            continue
+        if m not in metrics and m not in ("wall_time_s", "attempts"):
+            warnings.append(("metric", f"analysis.metrics: {m!r} is not a number in every result; left out"))
+            continue
+        missing = runs.loc[done, m].isna()
+        if missing.any():
+            labels = runs.loc[done, "label"][missing]
+            warnings.append(("metric", f"metric {m!r} is missing from {int(missing.sum())} of {int(done.sum())} "
+                                       f"finished runs (e.g. {labels.iloc[0]}); their groups have a smaller n"))
+        out.append(m)
+    return out
+
+
+def is_number(v) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and not (isinstance(v, float) and math.isnan(v))

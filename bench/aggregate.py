@@ -1,0 +1,171 @@
+"""Time `aggregate` on a synthetic 10,000-run sweep whose runs each logged 1,000 lines
+(targets: tables under 5 s, figures under 10 s more).
+
+    python bench/aggregate.py                      # 10,000 runs x 1,000 lines, in a temp dir
+    python bench/aggregate.py --runs 1000 --keep   # smaller; keep the sweep dir to look at
+
+Builds the sweep dir first (not timed): spec.yaml with an analysis block of six figures, plan.json,
+and per run config.yaml, result.json and a metrics.jsonl written the way ctx.log writes it
+({"step", "time", loss, lr} every step, {"step", "time", val_acc} every 50 steps, a router-weight
+list every 250). Then one full aggregate, timed by phase: "tables" is everything up to the CSV,
+Markdown and LaTeX files (runs.csv, summary.*, curves.csv with every logged line); "figures" is
+the six figures as PNG and PDF. A second call (nothing new) shows the cost of finding that nothing
+changed. Wall and CPU seconds are both printed: on a shared machine the wall time also holds the
+time other processes took.
+"""
+import argparse
+import json
+import math
+import os
+import random
+import resource
+import shutil
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from analysis.aggregate import aggregate  # noqa: E402
+
+METHODS = ["bp", "fa", "dfa", "pc"]
+ANALYSIS = {
+    "group_by": ["method", "d_hidden", "k", "ponder_coef", "lambda_sparse"],
+    "metrics": ["test_acc", "mean_ponder_steps", "macs"],
+    "units": {"macs": "MACs", "wall_time_s": "s"},
+    "labels": {"test_acc": "Test accuracy", "mean_ponder_steps": "Mean ponder steps", "k": "Trainable blocks k",
+               "ponder_coef": "Ponder cost", "lambda_sparse": "Sparsity weight", "loss": "Training loss",
+               "method": "Method", "d_hidden": "Width", "router_weights": "Router weight"},
+    "figures": [
+        {"kind": "ladder", "x": "k", "y": "test_acc", "hue": "method", "facet": "d_hidden",
+         "where": {"ponder_coef": 0.001, "lambda_sparse": 0.0001}},
+        {"kind": "line", "x": "ponder_coef", "y": "test_acc", "hue": "method", "logx": True,
+         "where": {"d_hidden": 256, "k": 2, "lambda_sparse": 0.0001}},
+        {"kind": "pareto", "x": "mean_ponder_steps", "y": "test_acc", "x_dir": "min", "y_dir": "max", "hue": "method"},
+        {"kind": "curves", "x": "step", "y": "loss", "hue": "method",
+         "where": {"d_hidden": 256, "k": 2, "ponder_coef": 0.001, "lambda_sparse": 0.0001}},
+        {"kind": "heatmap", "x": "lambda_sparse", "y": "ponder_coef", "z": "test_acc",
+         "where": {"method": "bp", "d_hidden": 256, "k": 2}},
+        {"kind": "hist", "y": "router_weights", "hue": "method"},
+    ],
+}
+
+
+def configs(n_runs):
+    """A grid of method x d_hidden x k x ponder_coef x lambda_sparse x seed with about n_runs points."""
+    axes = {"method": METHODS, "d_hidden": [256, 512], "k": list(range(5)),
+            "ponder_coef": [0.0001, 0.001, 0.01, 0.1, 1.0], "lambda_sparse": [0.0001, 0.001, 0.01, 0.1, 1.0]}
+    per_seed = math.prod(len(v) for v in axes.values())
+    seeds = max(1, round(n_runs / per_seed))
+    out = []
+    for m in axes["method"]:
+        for d in axes["d_hidden"]:
+            for k in axes["k"]:
+                for p in axes["ponder_coef"]:
+                    for lam in axes["lambda_sparse"]:
+                        for s in range(seeds):
+                            out.append({"method": m, "d_hidden": d, "k": k, "ponder_coef": p,
+                                        "lambda_sparse": lam, "seed": s})
+    return out[:n_runs] if len(out) > n_runs else out
+
+
+def log_text(rng, lines, quality):
+    """One metrics.jsonl as ctx.log writes it."""
+    t = 1.7e9 + rng.random() * 1e6
+    out = []
+    for step in range(lines):
+        t += 0.05 + 0.01 * rng.random()
+        if step % 250 == 249:
+            out.append(json.dumps({"step": step, "time": t, "router_weights": [rng.random() for _ in range(8)]}))
+        elif step % 50 == 49:
+            out.append(json.dumps({"step": step, "time": t, "val_acc": quality * (1 - math.exp(-step / 200))}))
+        else:
+            loss = 2.3 * math.exp(-step / (150 + 300 * quality)) + 0.2 * (1 - quality) + 0.03 * rng.gauss(0, 1)
+            out.append(json.dumps({"step": step, "time": t, "loss": loss, "lr": 1e-3 * (1 - step / lines)}))
+    return ("\n".join(out) + "\n").encode()
+
+
+def build(sdir: Path, n_runs, lines):
+    rng = random.Random(0)
+    cfgs = configs(n_runs)
+    # 64 distinct logs, shared round-robin: what is timed depends on their size and shape, not values
+    variants = [log_text(random.Random(i), lines, 0.5 + 0.4 * i / 64) for i in range(64)]
+    runs = []
+    (sdir / "runs").mkdir(parents=True)
+    for i, cfg in enumerate(cfgs):
+        rid = f"{i:012x}"
+        label = ",".join(f"{k}={v}" for k, v in cfg.items())
+        runs.append({"run_id": rid, "label": label, "config": cfg, "varied": cfg})
+        rdir = sdir / "runs" / rid
+        rdir.mkdir()
+        (rdir / "config.yaml").write_text(json.dumps({"run_id": rid, "label": label, "task": "bench",
+                                                      "varied": cfg, "config": cfg}) + "\n")
+        quality = 0.6 + 0.05 * METHODS.index(cfg["method"]) + 0.03 * cfg["k"] - 0.02 * math.log10(cfg["ponder_coef"])
+        metrics = {"test_acc": quality + rng.gauss(0, 0.01), "mean_ponder_steps": 2 + cfg["k"] + rng.random(),
+                   "macs": 1e6 * cfg["d_hidden"] * (1 + cfg["k"]), "router_weights": [rng.random() for _ in range(8)]}
+        (rdir / "result.json").write_text(json.dumps({"run_id": rid, "label": label, "metrics": metrics,
+                                                      "wall_time_s": 60 + rng.random() * 10, "attempts": 1,
+                                                      "finished": "2026-01-01T00:00:00+00:00"}))
+        (rdir / "metrics.jsonl").write_bytes(variants[i % len(variants)])
+    (sdir / "plan.json").write_text(json.dumps({"name": "bench", "task": "bench", "runs": runs}))
+    spec = {"name": "bench", "task": "bench", "seeds": sorted({c["seed"] for c in cfgs}), "analysis": ANALYSIS}
+    (sdir / "spec.yaml").write_text(json.dumps(spec) + "\n")      # JSON is YAML
+    return len(cfgs)
+
+
+def cpu():
+    me, kids = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+    return me.ru_utime + me.ru_stime + kids.ru_utime + kids.ru_stime
+
+
+def timed(sdir, out):
+    timings, lines = {}, []
+    t0, c0 = time.perf_counter(), cpu()
+    aggregate(sdir, out=out, timings=timings, log=lines.append)
+    return time.perf_counter() - t0, cpu() - c0, timings, lines
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--runs", type=int, default=10_000)
+    p.add_argument("--lines", type=int, default=1_000)
+    p.add_argument("--keep", action="store_true", help="keep the sweep dir (its path is printed)")
+    args = p.parse_args()
+    tmp = Path(tempfile.mkdtemp(prefix="hpcsweep_bench_"))
+    try:
+        sdir = tmp / "bench"
+        t0 = time.perf_counter()
+        n = build(sdir, args.runs, args.lines)
+        size = sum(f.stat().st_size for f in (sdir / "runs").glob("*/metrics.jsonl"))
+        print(f"sweep dir: {n:,} runs x {args.lines:,} lines ({size / 1e6:,.0f} MB of metrics.jsonl), "
+              f"built in {time.perf_counter() - t0:.1f} s (not timed)  [{sdir}]")
+        print(f"cores: {len(os.sched_getaffinity(0))}, load average now {os.getloadavg()[0]:.1f}")
+
+        wall, cpu_s, t, lines = timed(sdir, tmp / "out")
+        tables = sum(v for k, v in t.items() if k != "figures")
+        print(f"\nfirst aggregate (everything written)       wall {wall:6.2f} s   cpu {cpu_s:6.2f} s")
+        for k, v in t.items():
+            print(f"    {k:<22} {v:6.2f} s")
+        print(f"  tables  (target < 5 s)                   {tables:6.2f} s")
+        print(f"  figures (target < 10 s more)             {t.get('figures', 0):6.2f} s")
+        curves_csv = tmp / "out" / "curves.csv"
+        print(f"  curves.csv: {curves_csv.stat().st_size / 1e6:,.0f} MB")
+        warn = [x for x in lines if x.startswith("  - ")]
+        if warn:
+            print("  warnings:", *warn, sep="\n")
+
+        wall, cpu_s, t, lines = timed(sdir, tmp / "out")
+        written = [x for x in lines if x.endswith("written, 0 unchanged") or " written, " in x]
+        print(f"\nsecond aggregate (no new results)          wall {wall:6.2f} s   cpu {cpu_s:6.2f} s   "
+              f"[{written[-1] if written else ''}]")
+        for k, v in t.items():
+            print(f"    {k:<22} {v:6.2f} s")
+    finally:
+        if args.keep:
+            print(f"\nkept: {tmp}")
+        else:
+            shutil.rmtree(tmp, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,325 @@
+"""The depth-utility ladder: a residual MLP whose last k blocks are trained by BP, FA or DFA.
+
+Question: as more residual blocks are made trainable, does test accuracy rise? Under backprop it
+should; under a method whose deep credit assignment fails it stays flat or falls.
+
+    python main.py run sweeps/depth_ladder_digits.yaml --only method=bp,k=2,seed=1
+    python -m models.frozen_check --d-hidden 256 --num-blocks 4 --seeds 42 123 456
+
+Model. x -> h_0 = E x -> h_i = h_{i-1} + f_i(h_{i-1}), i = 1..L -> z = LN(h_L) -> y = H z, where
+f_i(h) = W2 gelu(W1 LN(h) + b1) + b2 (models/blocks.py, width mlp_ratio * d). PyTorch's default init.
+Blocks 1..L-k stay frozen at their initialisation (still in the forward pass); blocks L-k+1..L,
+the embedding E, the output LayerNorm and the head H are trained. The init depends only on `seed`,
+so runs that differ in method or k start from the same weights.
+
+What each method computes, per batch of B samples with labels t (CE = mean cross-entropy of y, and
+e = softmax(y) - onehot(t), the output error, so dCE/dy = e / B). sg() stops gradients; rms(g) is
+the root mean square over all B x d elements of g, and n(g) = g / rms(g).
+
+- bp: AdamW on the gradient of CE through everything, frozen blocks included (they pass gradient
+  to the embedding; their own weights get none). One optimizer over all trainable parameters.
+- fa (feedback alignment, Lillicrap et al. 2016): the backward pass is backprop except that every
+  learned matrix (the head H, and W1, W2 of each trainable block) sends the gradient to its input
+  through its own fixed random matrix B (shaped like W, drawn like W's init) instead of W^T.
+  LayerNorm, GELU, the residual paths and the frozen blocks keep their exact backward (no learned
+  matrix there). At every block boundary h_0..h_L the arriving signal g_i is rms-normalised, so
+      readout (LN, H):  CE, its own gradient (LN's gain sees the signal through B_H)
+      block i:          l_i = (1/B) sum_b <h_i,b, sg(n(g_i))_b>,   g_L = FA signal from the readout,
+                        g_{i-1} = n(g_i)/B + J_fi(h_{i-1})^T|_{W->B} n(g_i)/B  (the FA path into h_{i-1})
+      embedding:        l_0 = (1/B) sum_b <h_0,b, sg(n(g_0))_b>
+  computed in one backward pass: normalise_grad() at each boundary turns the gradient into g/(rms*B).
+- dfa (direct feedback alignment, Nokland 2016): each block's input is detached; the output error
+  reaches every trainable block i (and the embedding, i = 0) through its own fixed random matrix
+  D_i (n_classes x d):   l_i = (1/B) sum_b <h_i,b, sg(n(e D_i))_b>,  backprop only inside block i.
+  The readout is trained by CE as in fa (its LN gain sees e through B_H; nothing flows below h_L).
+
+With fa and dfa each trained unit (embedding, each trainable block, readout) has its own AdamW;
+AdamW is per-parameter, so this equals one optimizer with the same settings. lr follows a cosine
+from `lr` to 0 over all steps (no warmup); weight decay applies to all trained parameters.
+The feedback matrices come from a torch.Generator seeded with `seed`, drawn for all L blocks in a
+fixed order whatever k is, so runs with different k share them; they are saved in the checkpoint.
+
+Checkpoint (ctx.save): model weights, every optimizer, the feedback matrices, the shuffling
+generator's state, the epoch's permutation and position in it, the epoch's running sums and the
+training time; ctx restores the python/numpy/torch RNG states. A resumed run is bit-identical to
+an uninterrupted one on CPU.
+"""
+import math
+import random
+import time
+
+import numpy as np
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from models import data as datasets
+from models.blocks import Block, cosine_lr, feedback_linear, normalise_grad, rms_normalise
+
+CONFIG = {
+    "seed": 0,
+    "dataset": "digits",          # digits (bundled with scikit-learn) | cifar10 (needs data_dir)
+    "data_dir": None,             # cifar10: folder with data_batch_1..5 and test_batch
+    "test_fraction": 0.2,         # digits only: the held-out share (fixed split, same for every seed)
+    "method": "bp",               # bp | fa | dfa
+    "d_hidden": 256,
+    "num_blocks": 4,
+    "k": 4,                       # the last k blocks are trained, the first num_blocks - k stay at init
+    "mlp_ratio": 4,
+    "epochs": 100,
+    "batch_size": 128,
+    "lr": 1e-3,
+    "weight_decay": 0.01,
+    "eval_every": 1,              # epochs between test-set evaluations in metrics.jsonl
+}
+
+CHOICES = {"method": ["bp", "fa", "dfa"], "dataset": ["digits", "cifar10"]}
+
+
+# ---------------------------------------------------------------- model
+
+class ResMLP(nn.Module):
+    """Embedding -> num_blocks pre-norm residual MLP blocks -> LayerNorm -> linear head."""
+
+    def __init__(self, in_dim, n_classes, d_hidden, num_blocks, mlp_ratio):
+        super().__init__()
+        self.embed = nn.Linear(in_dim, d_hidden)
+        self.blocks = nn.ModuleList(Block(d_hidden, mlp_ratio) for _ in range(num_blocks))
+        self.norm = nn.LayerNorm(d_hidden)
+        self.head = nn.Linear(d_hidden, n_classes)
+
+    def forward(self, x):
+        h = self.embed(x)
+        for block in self.blocks:
+            h = block(h)
+        return self.head(self.norm(h))
+
+
+def resolve(cfg):
+    """CONFIG overlaid with cfg, checked: an error names the key and what it accepts."""
+    unknown = sorted(set(cfg) - set(CONFIG))
+    if unknown:
+        raise ValueError(f"resmlp: unknown config keys {unknown}; known: {sorted(CONFIG)}")
+    cfg = {**CONFIG, **cfg}
+    for key, allowed in CHOICES.items():
+        if cfg[key] not in allowed:
+            raise ValueError(f"resmlp: {key}={cfg[key]!r} is not one of {allowed}")
+    L, k = cfg["num_blocks"], cfg["k"]
+    if not (isinstance(L, int) and L >= 0):
+        raise ValueError(f"resmlp: num_blocks must be an integer >= 0, got {L!r}")
+    if not (isinstance(k, int) and 0 <= k <= L):
+        raise ValueError(f"resmlp: k={k!r} must be an integer from 0 to num_blocks={L} "
+                         f"(the number of trainable blocks, counted from the top)")
+    for key in ("d_hidden", "mlp_ratio", "epochs", "batch_size", "eval_every"):
+        if not (isinstance(cfg[key], int) and cfg[key] >= 1):
+            raise ValueError(f"resmlp: {key} must be an integer >= 1, got {cfg[key]!r}")
+    return cfg
+
+
+def build_model(cfg, in_dim, n_classes):
+    """The ResMLP at its initialisation for cfg['seed'], with the first num_blocks - k blocks frozen."""
+    torch.manual_seed(cfg["seed"])
+    model = ResMLP(in_dim, n_classes, cfg["d_hidden"], cfg["num_blocks"], cfg["mlp_ratio"])
+    for i in frozen_blocks(cfg):
+        model.blocks[i].requires_grad_(False)
+    return model
+
+
+def frozen_blocks(cfg):
+    return range(cfg["num_blocks"] - cfg["k"])
+
+
+def trainable_blocks(cfg):
+    return range(cfg["num_blocks"] - cfg["k"], cfg["num_blocks"])
+
+
+def make_feedback(model, cfg):
+    """{name: fixed random matrix} for fa / dfa (empty for bp), drawn from a generator seeded by seed.
+
+    fa: "head" and "block{i}.fc1", "block{i}.fc2", each shaped and scaled like the forward weight
+    (uniform in +-1/sqrt(fan_in), PyTorch's Linear init). dfa: "head", "embed" and "block{i}", each
+    n_classes x d. Matrices for every block are drawn in order, and only the trainable ones kept.
+    """
+    method = cfg["method"]
+    if method == "bp":
+        return {}
+    gen = torch.Generator().manual_seed(cfg["seed"])
+    draw = lambda shape, fan_in: (torch.rand(shape, generator=gen) * 2 - 1) / math.sqrt(fan_in)
+    d, c = model.head.in_features, model.head.out_features
+    fb = {"head": draw((c, d), d)}
+    if method == "dfa":
+        fb["embed"] = draw((c, d), c)
+    keep = set(trainable_blocks(cfg))
+    for i, block in enumerate(model.blocks):
+        if method == "fa":
+            mats = {f"block{i}.fc1": draw(block.fc1.weight.shape, block.fc1.in_features),
+                    f"block{i}.fc2": draw(block.fc2.weight.shape, block.fc2.in_features)}
+        else:
+            mats = {f"block{i}": draw((c, d), c)}
+        if i in keep:
+            fb.update(mats)
+    return fb
+
+
+def make_optimizers(model, cfg):
+    """{name: AdamW}: one over every trained parameter for bp; one per trained unit for fa / dfa."""
+    opt = lambda params: torch.optim.AdamW(params, lr=cfg["lr"], weight_decay=cfg["weight_decay"])
+    if cfg["method"] == "bp":
+        return {"all": opt([p for p in model.parameters() if p.requires_grad])}
+    units = {"embed": model.embed}
+    units.update({f"block{i}": model.blocks[i] for i in trainable_blocks(cfg)})
+    out = {name: opt(list(unit.parameters())) for name, unit in units.items()}
+    out["readout"] = opt(list(model.norm.parameters()) + list(model.head.parameters()))
+    return out
+
+
+# ---------------------------------------------------------------- one step
+
+def _forward_fa(model, x, cfg, fb):
+    h = normalise_grad(model.embed(x))
+    keep = set(trainable_blocks(cfg))
+    for i, block in enumerate(model.blocks):
+        mats = {"fc1": fb[f"block{i}.fc1"], "fc2": fb[f"block{i}.fc2"]} if i in keep else None
+        h = normalise_grad(block(h, mats))
+    return feedback_linear(model.norm(h), model.head.weight, model.head.bias, fb["head"])
+
+
+def _forward_dfa(model, x, cfg, fb):
+    """Logits and [(unit output, its feedback matrix)]; every unit's input is detached."""
+    h = model.embed(x)
+    outs = [(h, fb["embed"])]
+    h = h.detach()
+    keep = set(trainable_blocks(cfg))
+    for i, block in enumerate(model.blocks):
+        if i in keep:
+            out = block(h)
+            outs.append((out, fb[f"block{i}"]))
+            h = out.detach()
+        else:
+            with torch.no_grad():
+                h = block(h)
+    return feedback_linear(model.norm(h), model.head.weight, model.head.bias, fb["head"]), outs
+
+
+def train_step(model, fb, opts, cfg, x, y, lr):
+    """One optimisation step of cfg['method'] on the batch (x, y); returns (CE loss, #correct), detached."""
+    if cfg["method"] == "bp":
+        logits = model(x)
+    elif cfg["method"] == "fa":
+        logits = _forward_fa(model, x, cfg, fb)
+    else:
+        logits, outs = _forward_dfa(model, x, cfg, fb)
+    loss = F.cross_entropy(logits, y)
+    total = loss
+    if cfg["method"] == "dfa":
+        e = logits.detach().softmax(-1) - F.one_hot(y, logits.shape[-1]).to(logits.dtype)
+        for out, D in outs:
+            total = total + (out * rms_normalise(e @ D)).sum() / len(y)
+    for opt in opts.values():
+        opt.zero_grad(set_to_none=True)
+    total.backward()
+    for opt in opts.values():
+        for group in opt.param_groups:
+            group["lr"] = lr
+        opt.step()
+    return loss.detach(), (logits.detach().argmax(-1) == y).sum()
+
+
+@torch.no_grad()
+def evaluate(model, x, y, chunk=4096):
+    """(mean cross-entropy, accuracy) of the model over (x, y), as floats."""
+    loss, correct = 0.0, 0
+    for s in range(0, len(y), chunk):
+        logits = model(x[s:s + chunk])
+        loss += F.cross_entropy(logits, y[s:s + chunk], reduction="sum").item()
+        correct += (logits.argmax(-1) == y[s:s + chunk]).sum().item()
+    return loss / len(y), correct / len(y)
+
+
+# ---------------------------------------------------------------- the task
+
+def train(cfg, ctx):
+    """The task: load the dataset onto ctx.device, train, return the final metrics."""
+    cfg = resolve(cfg)
+    data = datasets.load(cfg["dataset"], cfg["data_dir"], ctx.device, cfg["test_fraction"])
+    return fit(cfg, ctx, data)
+
+
+def fit(cfg, ctx, data):
+    """Train on `data` (models.data.load's dict, tensors already on ctx.device); the final metrics."""
+    cfg = resolve(cfg)
+    seed = cfg["seed"]
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    device = ctx.device
+    model = build_model(cfg, data["in_dim"], data["n_classes"]).to(device)
+    fb = {name: m.to(device) for name, m in make_feedback(model, cfg).items()}
+    opts = make_optimizers(model, cfg)
+    x, y = data["x_train"], data["y_train"]
+    n, bs = len(y), cfg["batch_size"]
+    per_epoch = math.ceil(n / bs)
+    total = cfg["epochs"] * per_epoch
+    gen = torch.Generator().manual_seed(seed)      # shuffling only: its state is the data position
+
+    step, epoch, batch, perm, spent = 0, 0, 0, None, 0.0
+    sums = _zero_sums(device)
+    state = ctx.restore()
+    if state is not None:
+        changed = sorted(k for k in cfg if state["config"].get(k) != cfg[k])
+        if changed:
+            raise ValueError(f"resmlp: the checkpoint was trained with other values of {changed}; "
+                             f"a run's config cannot change once it has checkpoints")
+        model.load_state_dict(state["model"])
+        for name, opt in opts.items():
+            opt.load_state_dict(state["optimizers"][name])
+        fb = {name: m.to(device) for name, m in state["feedback"].items()}
+        pos = state["data"]
+        gen.set_state(pos["generator"])
+        epoch, batch, perm = pos["epoch"], pos["batch"], pos["perm"].to(device)
+        sums = {k: v.to(device) for k, v in pos["sums"].items()}
+        step, spent = state["step"], state["train_time_s"]
+
+    model.train()
+    resumed_at = time.time()
+    while epoch < cfg["epochs"]:
+        if batch == 0:
+            perm = torch.randperm(n, generator=gen).to(device)
+            sums = _zero_sums(device)
+        while batch < per_epoch:
+            idx = perm[batch * bs:(batch + 1) * bs]
+            loss, correct = train_step(model, fb, opts, cfg, x[idx], y[idx], cosine_lr(step, total, cfg["lr"]))
+            sums["loss"] += loss * len(idx)
+            sums["correct"] += correct
+            sums["seen"] += len(idx)
+            step, batch = step + 1, batch + 1
+            if ctx.should_checkpoint(step):
+                ctx.save(step, {
+                    "model": model.state_dict(),
+                    "optimizers": {name: opt.state_dict() for name, opt in opts.items()},
+                    "feedback": fb,
+                    "data": {"epoch": epoch, "batch": batch, "perm": perm.cpu(), "generator": gen.get_state(),
+                             "sums": {k: v.cpu() for k, v in sums.items()}},
+                    "step": step, "train_time_s": spent + time.time() - resumed_at, "config": cfg})
+        epoch, batch = epoch + 1, 0
+        seen = sums["seen"].item()
+        metrics = {"epoch": epoch, "train_loss": sums["loss"].item() / seen,
+                   "train_acc": sums["correct"].item() / seen, "lr": cosine_lr(step, total, cfg["lr"])}
+        if epoch % cfg["eval_every"] == 0 or epoch == cfg["epochs"]:
+            model.eval()
+            metrics["test_loss"], metrics["test_acc"] = evaluate(model, data["x_test"], data["y_test"])
+            model.train()
+        ctx.log(step, **metrics)
+
+    model.eval()
+    test_loss, test_acc = evaluate(model, data["x_test"], data["y_test"])
+    train_loss, train_acc = evaluate(model, x, y)
+    # no `epochs` (a config key) nor `wall_time_s` (result.json has it): the tables would rename them
+    return {"test_acc": test_acc, "test_loss": test_loss, "train_acc": train_acc, "train_loss": train_loss,
+            "n_params": sum(p.numel() for p in model.parameters()),
+            "n_trainable": sum(p.numel() for p in model.parameters() if p.requires_grad),
+            "steps": step, "train_time_s": round(spent + time.time() - resumed_at, 3)}   # all attempts
+
+
+def _zero_sums(device):
+    return {"loss": torch.zeros((), device=device), "correct": torch.zeros((), dtype=torch.int64, device=device),
+            "seen": torch.zeros((), dtype=torch.int64, device=device)}
