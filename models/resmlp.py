@@ -308,7 +308,7 @@ def fit(cfg, ctx, data):
             model.eval()
             metrics["test_loss"], metrics["test_acc"] = evaluate(model, data["x_test"], data["y_test"])
             model.train()
-        ctx.log(step, **metrics)
+        ctx.log(step, total_steps=total, **metrics)
 
     model.eval()
     test_loss, test_acc = evaluate(model, data["x_test"], data["y_test"])

@@ -3,6 +3,7 @@
 Tiny configs (d=16, a few epochs of digits) keep the whole file to a few seconds on two cores.
 """
 import json
+import os
 import pickle
 import random
 
@@ -227,10 +228,24 @@ def test_cifar10_missing_files_are_named(tmp_path):
         datasets.load("cifar10", None)
 
 
+def test_cifar10_batch_with_code_in_it_is_refused(tmp_path):
+    _write_cifar(tmp_path)
+
+    class Evil:
+        def __reduce__(self):
+            return (os.system, ("touch " + str(tmp_path / "pwned"),))
+    with open(tmp_path / "data_batch_2", "wb") as f:
+        pickle.dump({b"data": Evil(), b"labels": []}, f)
+    with pytest.raises(ValueError, match="refusing to load"):
+        datasets.load("cifar10", tmp_path)
+    assert not (tmp_path / "pwned").exists()
+
+
 def test_digits_split_is_fixed_and_stratified():
     a, b = datasets.load("digits"), datasets.load("digits")
-    assert torch.equal(a["x_test"], b["x_test"]) and len(a["y_train"]) == 1437 and len(a["y_test"]) == 360
-    assert torch.bincount(a["y_test"]).min() >= 35
+    assert torch.equal(a["x_test"], b["x_test"]) and len(a["y_train"]) + len(a["y_test"]) == 1797
+    per_class = torch.bincount(a["y_train"]) + torch.bincount(a["y_test"])
+    assert torch.bincount(a["y_test"]).tolist() == [round(0.2 * int(c)) for c in per_class]
 
 
 def test_digits_backprop_learns(tmp_path):
