@@ -124,7 +124,7 @@ def live_runs(sdir: Path) -> dict:
     """run_id -> submission id, for every run a live submission still holds."""
     entries = sweepdir.journal(sdir)
     ended = {e["submission"] for e in entries if e.get("event") == "driver_end"}
-    live = _live_slurm_runs(entries)
+    live = _live_slurm_runs(entries, sdir)
     for e in entries:
         if e.get("event") != "submit" or e["submission"] in ended:
             continue
@@ -151,12 +151,14 @@ def slurm_jobs(entries) -> list:
     return out
 
 
-def _live_slurm_runs(entries) -> dict:
+def _live_slurm_runs(entries, sdir=None) -> dict:
     jobs = slurm_jobs(entries)
     if not jobs:
         return {}
     from jobs import slurm
     states = slurm.sacct_states([j for j, *_ in jobs], min(s or "now-7days" for *_, s in jobs))
+    if sdir is not None:
+        slurm.note_infrastructure_failures(sdir, jobs, states)     # NODE_FAIL, OUT_OF_MEMORY: shown as such
     live = {}
     for jid, runs, sid, _ in jobs:
         # a job sacct does not know yet (just submitted) counts as live
@@ -288,7 +290,8 @@ def _submit_slurm(sweep, sdir, sid, packs, prof) -> dict:
         pj.max_requeue, pj.submission = max_requeue, sid
         pj.chain = {"params": params, "left": res["max_chain"]}
         jobs.append(pj)
-    since = datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%S")
+    # sacct reads -S in the local time zone; a minute early covers clock skew with slurmctld
+    since = time.strftime("%Y-%m-%dT%H:%M:%S", time.localtime(time.time() - 60))
     try:
         submitted = slurm.submit_packs(sdir, jobs, params)
     except Exception as e:          # sbatch refused: say what it said
@@ -392,8 +395,8 @@ def cancel(sdir: Path, log=print) -> int:
         states = slurm.sacct_states([j for j, *_ in jobs], min(s or "now-7days" for *_, s in jobs))
         live = [jid for jid, *_ in jobs if slurm.is_live(states.get(jid, "PENDING"))]
         if live:
-            # USR2 first: each run checkpoints; then the jobs end (KillWait later) and stay resumable
-            subprocess.run(["scancel", "--signal=USR2", *live], capture_output=True, timeout=60)
+            # scancel sends SIGTERM (SIGKILL KillWait later): each run checkpoints and stays resumable.
+            # No USR2 first: that would make the jobs requeue or chain themselves.
             subprocess.run(["scancel", *live], capture_output=True, timeout=60)
             log(f"cancelled {len(live)} SLURM jobs: {', '.join(live[:10])}{' ...' if len(live) > 10 else ''}")
             n += len(live)

@@ -180,6 +180,10 @@ class PackJob:
                 if outcomes[rid] == INTERRUPTED:
                     stop.requested = True    # out of time: start no further run in this attempt
         left = [rid for rid, o in outcomes.items() if o == INTERRUPTED]
+        if left and stop.signum == signal.SIGTERM and os.environ.get("SLURM_JOB_ID"):
+            # scancel, `scontrol requeue` or preemption: SLURM itself ends or requeues this job;
+            # requeuing or chaining here would run the runs again after a cancel
+            return {"outcomes": outcomes, "unfinished": left}
         if left and self._may_requeue():
             requeue()
         if left and self.chain.get("left", 0) > 0:
@@ -231,6 +235,7 @@ class _Stop:
 
     def __init__(self):
         self.requested = False
+        self.signum = None
         self.ctx = None
         self.children = []
 
@@ -249,6 +254,7 @@ class _Stop:
 
     def _handle(self, signum, frame):
         self.requested = True
+        self.signum = signum
         if self.ctx is not None:
             self.ctx.request_stop()
         for pid in self.children:
@@ -266,7 +272,7 @@ def requeue():
     """Hand the job back to its scheduler to run again, then leave."""
     if os.environ.get("SLURM_JOB_ID"):
         import subprocess
-        jid = os.environ.get("SLURM_JOB_ID")
+        jid = job_id()      # A_i in an array: a bare SLURM_JOB_ID can be the array's id and requeue every task
         subprocess.run(["scontrol", "requeue", jid], check=True, timeout=60)
         sys.exit(0)
     sys.exit(LOCAL_REQUEUE_RETURN_CODE)

@@ -153,15 +153,32 @@ def submit_packs(sdir: Path, pack_jobs: list, params: dict, chunk=None) -> list:
     ex.update_parameters(**params)
     chunk = chunk or max(1, max_array_size() - 1)       # the array *index* must stay below MaxArraySize
     jobs = []
-    for i in range(0, len(pack_jobs), chunk):
-        part = pack_jobs[i:i + chunk]
-        if len(part) == 1:
-            jobs.append(ex.submit(part[0]))
-        else:
-            with ex.batch():
-                submitted = [ex.submit(j) for j in part]
-            jobs.extend(submitted)
+    with _outside_job():
+        for i in range(0, len(pack_jobs), chunk):
+            part = pack_jobs[i:i + chunk]
+            if len(part) == 1:
+                jobs.append(ex.submit(part[0]))
+            else:
+                with ex.batch():
+                    submitted = [ex.submit(j) for j in part]
+                jobs.extend(submitted)
     return jobs
+
+
+class _outside_job:
+    """Submit as from a login shell: sbatch exports our environment to the new job, and a chained
+    job that inherited SLURM_ARRAY_JOB_ID, SLURM_JOB_ID... from the job that submitted it would take
+    itself for that job (and requeue or count attempts of the wrong one). SLURM_CONF stays."""
+
+    def __enter__(self):
+        self.saved = {k: v for k, v in os.environ.items()
+                      if (k.startswith(("SLURM_", "SBATCH_", "SRUN_", "SUBMITIT_")) and k != "SLURM_CONF")}
+        for k in self.saved:
+            del os.environ[k]
+
+    def __exit__(self, *exc):
+        os.environ.update(self.saved)
+        return False
 
 
 def sacct_states(job_ids, since: str) -> dict:
@@ -184,13 +201,56 @@ def parse_sacct(text: str) -> dict:
         if len(parts) < 2 or not parts[0]:
             continue
         jid, state = parts[0], parts[1].split()[0] if parts[1] else ""
-        m = re.match(r"^(\d+)_\[(\d+)-(\d+)(?:%\d+)?\]$", jid)      # pending array tasks, folded
+        m = re.match(r"^(\d+)_\[([\d,\-]+)(?:%\d+)?\]$", jid)      # pending array tasks, folded: 7_[2-4,9%2]
         if m:
-            for i in range(int(m.group(2)), int(m.group(3)) + 1):
-                states[f"{m.group(1)}_{i}"] = state
+            for part in m.group(2).split(","):
+                lo, _, hi = part.partition("-")
+                for i in range(int(lo), int(hi or lo) + 1):
+                    states[f"{m.group(1)}_{i}"] = state
         else:
             states[jid] = state
     return states
+
+
+INFRASTRUCTURE_WHY = {
+    "NODE_FAIL": "the node failed",
+    "OUT_OF_MEMORY": "the job ran out of memory (raise resources.mem_gb)",
+    "BOOT_FAIL": "the node failed to boot",
+}
+
+
+def note_infrastructure_failures(sdir, jobs, states) -> list:
+    """Mark runs killed by the machine, not by their own code, as failed; the run_ids marked.
+
+    A run whose latest job ended NODE_FAIL / OUT_OF_MEMORY / BOOT_FAIL (per sacct) while the run
+    was in it (an attempt started there and never ended) gets an error.txt naming the state, so
+    `status` shows it failed with the reason and `resume --retry-failed` resubmits it.
+    `jobs`: (job id, run_ids, ...) in journal order.
+    """
+    from jobs import atomic, sweepdir
+    latest = {}
+    for jid, runs, *_ in jobs:
+        for rid in runs:
+            latest[rid] = jid
+    marked = []
+    for rid, jid in latest.items():
+        state = states.get(jid)
+        if state not in INFRASTRUCTURE_WHY:
+            continue
+        rdir = sweepdir.run_dir(sdir, rid)
+        if (rdir / "result.json").exists() or (rdir / "error.txt").exists():
+            continue
+        attempts = sweepdir.read_jsonl(rdir / "attempts.jsonl")
+        started = {a.get("attempt") for a in attempts if a.get("event") == "start" and a.get("job_id") == jid}
+        ended = {a.get("attempt") for a in attempts if a.get("event") == "end"}
+        if not started - ended:
+            continue                 # the run was not in that job when it died: it stays pending
+        atomic.write_text(rdir / "error.txt",
+                          f"SLURM job {jid} ended {state}: {INFRASTRUCTURE_WHY[state]}.\n"
+                          f"{state} (infrastructure, not the task): job {jid}; "
+                          "python main.py resume SPEC --retry-failed reruns it from its last checkpoint\n")
+        marked.append(rid)
+    return marked
 
 
 def is_live(state: str) -> bool:
