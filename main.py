@@ -209,18 +209,24 @@ def cmd_run(args) -> int:
 # ---------------------------------------------------------------- aggregate
 
 def cmd_aggregate(args) -> int:
-    from analysis.aggregate import aggregate
+    from analysis.aggregate import aggregate, is_sweep_dir
     target = Path(args.target)
+    analysis = None
     if target.is_file():
         sweep = specs.load_sweep(target)
         sdir = _sdir(args, sweep)
+        analysis = sweep.spec.get("analysis")   # the spec file's `analysis:` as it is now (edited after submit too)
     else:
         sdir = target
-    if not (sdir / "spec.yaml").exists():
-        print(f"error: {sdir} is not a sweep dir (no spec.yaml); submit the spec first", file=sys.stderr)
+    if not is_sweep_dir(sdir):
+        hint = "; submit the spec first" if target.is_file() else " (no spec.yaml, plan.json or runs/)"
+        print(f"error: {sdir} is not a sweep dir{hint}", file=sys.stderr)
         return 2
-    formats = args.format.split(",") if args.format else None
-    aggregate(sdir, out=args.out, formats=formats)
+    try:
+        aggregate(sdir, out=args.out, formats=args.format, analysis=analysis)
+    except ValueError as e:              # --format names something unknown
+        print(f"error: {e}", file=sys.stderr)
+        return 2
     return 0
 
 

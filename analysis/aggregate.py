@@ -1,6 +1,7 @@
 """`python main.py aggregate`: a sweep dir (complete or not) -> tables and figures for a paper.
 
-    python main.py aggregate sweeps/ponder.yaml               # the spec's sweep dir, or give the dir
+    python main.py aggregate sweeps/ponder.yaml               # the spec's sweep dir, with the spec file's
+                                                              # `analysis:` as it is now; or give the dir
     python main.py aggregate results/ponder --format csv,md   # some formats only
     python -m analysis.aggregate results/ponder --out /tmp/ponder_tables
 
@@ -10,12 +11,18 @@ Writes under <sweep dir>/analysis/ (or --out):
     summary.csv / .md / .tex   per group of `analysis.group_by`: mean, std, n, 95% CI per metric
     <figure>.png / .pdf        each entry of `analysis.figures` (and <figure>.csv: a Pareto front)
 A file is rewritten only when its bytes change, so a second call with no new results touches
-nothing. Problems (a corrupt result.json, a missing metric, a figure that cannot be drawn) are
-listed at the end as warnings; they never stop the rest.
+nothing (PNG and PDF carry no timestamp). It does not even redo the slow parts: hidden indexes
+beside the outputs (.curves.csv.index.json, .figures.index.json) hold the sizes and mtimes of the
+logs and a hash of what the figures are drawn from; while those match, curves.csv is not read
+again and the figures are not drawn again. Figures read only the logs of the runs they show.
+Problems (a corrupt result.json, a missing metric, a figure that cannot be drawn) are listed at
+the end as warnings; they never stop the rest.
 """
 from __future__ import annotations
 
 import argparse
+import hashlib
+import json
 import os
 import sys
 import time
@@ -45,6 +52,13 @@ def same_bytes(path: Path, data: bytes) -> bool:
         return True
     except OSError:
         return False
+
+
+def _cpu() -> float:
+    """CPU seconds of this process and its finished worker processes."""
+    import resource
+    me, kids = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+    return me.ru_utime + me.ru_stime + kids.ru_utime + kids.ru_stime
 
 
 def _file_mode():
@@ -81,23 +95,30 @@ def _formats(formats):
     return chosen
 
 
-def aggregate(sweep_dir, out=None, formats=None, log=print, timings=None) -> list:
+def is_sweep_dir(path) -> bool:
+    return any((Path(path) / name).exists() for name in ("spec.yaml", "plan.json", "runs"))
+
+
+def aggregate(sweep_dir, out=None, formats=None, log=print, timings=None, analysis=None) -> list:
     """Write the tables and figures of a sweep dir; the paths written or left as they were.
 
     `formats`: any of csv, md, tex, png, pdf (a list or a comma string; default all).
-    `timings`, when a dict, receives the seconds spent per phase (bench/aggregate.py prints them).
+    `analysis`: an `analysis:` block to use instead of the one frozen in the sweep dir's spec.yaml
+    (`main.py aggregate sweeps/x.yaml` passes the spec file's, so edits to it count).
+    `timings`, when a dict, receives the wall and CPU seconds per phase (bench/aggregate.py prints them).
     """
     formats = _formats(formats)
     timings = {} if timings is None else timings
-    clock = time.perf_counter()
+    clock, cpu = time.perf_counter(), _cpu()
 
     def lap(phase):
-        nonlocal clock
-        now = time.perf_counter()
+        nonlocal clock, cpu
+        now, cpu_now = time.perf_counter(), _cpu()
         timings[phase] = timings.get(phase, 0.0) + now - clock
-        clock = now
+        timings[f"{phase} cpu"] = timings.get(f"{phase} cpu", 0.0) + cpu_now - cpu
+        clock, cpu = now, cpu_now
 
-    sweep = load(sweep_dir)
+    sweep = load(sweep_dir, analysis=analysis)
     out = Path(out) if out else sweep.dir / "analysis"
     results = []
 
@@ -126,51 +147,119 @@ def aggregate(sweep_dir, out=None, formats=None, log=print, timings=None) -> lis
     lap("summary tables")
 
     figs = sweep.analysis["figures"] if formats & {"png", "pdf"} else []
-    wants_logs = "csv" in formats or any(f["kind"] in ("curves", "hist") for f in figs)
-    curves, data = None, b""
-    if wants_logs:
-        # ctx.restore cuts a resumed run's log back to its checkpoint; a run with several attempts
-        # is still read line by line so that a task which never restores cannot double its steps
-        jobs = [(rid, sweep.dir / "runs" / rid / "metrics.jsonl", attempts > 1)
-                for rid, attempts in zip(runs["run_id"], runs["attempts"].fillna(1))]
-        curves = curves_mod.read_curves(jobs)
-        parts, curves.parts = curves.parts, []
-        data = curves.header() + b"".join(parts)
-        del parts
-        for rid, bad in zip(runs["run_id"], curves.bad_lines):
+    # ctx.restore cuts a resumed run's log back to its checkpoint; a run with several attempts
+    # is still read line by line so that a task which never restores cannot double its steps
+    jobs = [(rid, sweep.dir / "runs" / rid / "metrics.jsonl", attempts > 1)
+            for rid, attempts in zip(runs["run_id"], runs["attempts"].fillna(1))]
+    if "csv" in formats:
+        path = out / "curves.csv"
+        info = curves_mod.write_csv(jobs, path, mode=_file_mode())
+        results.append((path, info.changed))
+        for rid, bad in zip(runs["run_id"], info.bad_lines):
             if bad:
                 sweep.warn("log", f"runs/{rid}/metrics.jsonl: {bad} unreadable line(s) skipped")
-        lap("curves read")
-        if "csv" in formats:
-            emit("curves.csv", data)
-            lap("curves.csv write")
+        lap("curves.csv")
 
     if figs:
-        lists = dict(zip(runs["run_id"], curves.lists)) if curves else {}
-        frame_cache = {}
+        cache = {}
 
-        def curve_frame(columns):
-            key = tuple(columns)
-            if key not in frame_cache:
-                frame_cache[key] = curves_mod.frame(curves, data, columns)
-            return frame_cache[key]
+        def logged(positions, columns):
+            """Numbers of `columns` logged by the runs at `positions` of sweep.runs (read on demand:
+            a figure reads only the logs of the runs it shows)."""
+            key = (tuple(positions), tuple(columns))
+            if key not in cache:
+                cache[key] = curves_mod.numbers([(p, *jobs[p]) for p in positions], columns,
+                                                workers=1 if workers > 1 else None)
+            return cache[key]
 
-        for fig, name in zip(figs, figures_mod.names(figs)):
-            try:
-                f, tables = figures_mod.draw(sweep, fig, curve_frame=curve_frame, curve_lists=lambda r: lists.get(r, {}))
-            except figures_mod.Skip as e:
-                sweep.warn("figure", f"figure {name!r} ({fig['kind']}): not drawn: {e}")
-                continue
-            for fmt in ("png", "pdf"):
-                if fmt in formats:
-                    emit(f"{name}.{fmt}", figures_mod.to_bytes(f, fmt))
-            for suffix, t in tables.items():
-                if "csv" in formats:
-                    emit(f"{name}{suffix}.csv", t.to_csv(index=False).encode())
+        key = _figures_key(sweep, figs, formats, jobs)
+        index_path = out / ".figures.index.json"
+        done = _figures_unchanged(index_path, key, out)
+        if done is not None:                 # same inputs, same code: the same bytes; not even drawn
+            files, warnings = done
+            results += [(out / name, False) for name in files]
+            for w in warnings:
+                sweep.warn("figure", w)
+            lap("figures")
+            figs = []
+
+    if figs:
+        global _FIGURE_JOB
+        names = figures_mod.names(figs)
+        # figures are drawn side by side (each reads its logs in its own process)
+        workers = min(curves_mod._workers(None, curves_mod.PARALLEL_MIN_LOGS), len(figs))
+        try:
+            _FIGURE_JOB = (sweep, figs, names, formats, logged)
+            rendered = (curves_mod._pool_map(_render, range(len(figs)), workers) if workers > 1
+                        else [_render(i) for i in range(len(figs))])
+        finally:
+            _FIGURE_JOB = None
+        written, warnings = [], []
+        for files, warning in rendered:
+            if warning:
+                sweep.warn("figure", warning)
+                warnings.append(warning)
+            for name, data in files:
+                emit(name, data)
+                written.append(name)
+        index = {"key": key, "warnings": warnings,
+                 "files": [[name, (out / name).stat().st_size, (out / name).stat().st_mtime_ns] for name in written]}
+        write_if_changed(index_path, json.dumps(index, sort_keys=True).encode())
         lap("figures")
 
     report(results, sweep.warnings, log)
     return [p for p, _ in results]
+
+
+def _figures_key(sweep, figs, formats, jobs) -> str:
+    """A hash of everything the figures are drawn from: the runs table, list metrics, the figure
+    specs and labels, the logs' sizes and mtimes, and the code that draws them."""
+    h = hashlib.sha256()
+    h.update(sweep.runs.to_csv(index=False).encode())
+    h.update(json.dumps([figs, sorted(formats), sweep.analysis, sweep.lists], sort_keys=True, default=str).encode())
+    if any(f["kind"] in ("curves", "hist") for f in figs):
+        h.update(json.dumps(curves_mod._signature(jobs)).encode())
+    import matplotlib
+    h.update(matplotlib.__version__.encode())
+    for module in (figures_mod, summary_mod, curves_mod):
+        h.update(Path(module.__file__).read_bytes())
+    return h.hexdigest()
+
+
+def _figures_unchanged(index_path, key, out):
+    """(file names, warnings) of the last call when its key was this one and its files are as it
+    left them (size and mtime), else None."""
+    try:
+        index = json.loads(index_path.read_bytes())
+        if index.get("key") != key:
+            return None
+        for name, size, mtime in index["files"]:
+            st = (out / name).stat()
+            if (st.st_size, st.st_mtime_ns) != (size, mtime):
+                return None
+        return [name for name, *_ in index["files"]], list(index["warnings"])
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        return None
+
+
+_FIGURE_JOB = None          # what _render needs, set before worker processes are forked
+
+
+def _render(i):
+    """Figure i of the job as ([(file name, bytes)], warning or None); a figure that fails is a
+    warning, never the end of the aggregate."""
+    sweep, figs, names, formats, logged = _FIGURE_JOB
+    fig, name = figs[i], names[i]
+    try:
+        f, tables = figures_mod.draw(sweep, fig, logged=logged)
+        files = [(f"{name}.{fmt}", figures_mod.to_bytes(f, fmt)) for fmt in ("png", "pdf") if fmt in formats]
+        files += [(f"{name}{suffix}.csv", t.to_csv(index=False).encode())
+                  for suffix, t in tables.items() if "csv" in formats]
+        return files, None
+    except figures_mod.Skip as e:
+        return [], f"figure {name!r} ({fig['kind']}): not drawn: {e}"
+    except Exception as e:            # a bug or an odd sweep: say so, write the rest
+        return [], f"figure {name!r} ({fig['kind']}): failed: {type(e).__name__}: {e}"
 
 
 def report(results, warnings, log=print):
@@ -199,7 +288,7 @@ def main(argv=None) -> int:
     p.add_argument("--format", help=f"comma list of {','.join(FORMATS)} (default: all)")
     args = p.parse_args(argv)
     sdir = Path(args.sweep_dir)
-    if not any((sdir / name).exists() for name in ("spec.yaml", "plan.json", "runs")):
+    if not is_sweep_dir(sdir):
         print(f"error: {sdir} is not a sweep dir (no spec.yaml, plan.json or runs/)", file=sys.stderr)
         return 2
     try:

@@ -1,8 +1,9 @@
 """metrics.jsonl -> curves: every line every run logged, as one long-form CSV table.
 
-    logs = read_logs([(run_id, path_to_metrics_jsonl, may_have_replays), ...])
-    columns, parts = csv_parts(logs)         # b"".join(parts) is curves.csv
-    frame(logs, columns, b"".join(parts[1:]), ["step", "loss"])   # numbers for figures
+    jobs = [(run_id, path_to_metrics_jsonl, may_have_replays), ...]
+    write_csv(jobs, "analysis/curves.csv")      # the table on disk (skipped when no log changed)
+    numbers([(position, *job) for ...], ["step", "loss"])   # numbers for a figure, from its runs only
+    read_curves(jobs)                           # the table in memory: header() + b"".join(parts)
 
 Why it is not simply json.loads per line: 10,000 logs of 1,000 lines take ~20 s to parse that
 way and ~40 s more to format the floats back into CSV. A training loop logs the same keys in
@@ -235,7 +236,7 @@ class Curves:
     bad_lines: list          # per run: unreadable lines (a torn last line not counted)
 
     def header(self) -> bytes:
-        return ("run_id," + ",".join(_cell(c) for c in self.columns) + "\n").encode()
+        return (",".join(["run_id"] + [_cell(c) for c in self.columns]) + "\n").encode()
 
 
 def _chunk(jobs, columns=None):
@@ -246,6 +247,24 @@ def _chunk(jobs, columns=None):
     return columns, parts, [log.rows for log in logs], [log.lists for log in logs], [log.bad_lines for log in logs]
 
 
+def _workers(workers, n_jobs):
+    if workers is None:
+        workers = min(len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1, 8)
+    return 1 if n_jobs < PARALLEL_MIN_LOGS else max(1, workers)
+
+
+def _pool_map(func, shares, workers):
+    """func over shares, in `workers` forked processes (results in order)."""
+    import multiprocessing
+    ctx = multiprocessing.get_context("fork") if "fork" in multiprocessing.get_all_start_methods() else None
+    with ProcessPoolExecutor(workers, mp_context=ctx) as pool:
+        return list(pool.map(func, shares))
+
+
+def _split(jobs, n):
+    return [jobs[i * len(jobs) // n:(i + 1) * len(jobs) // n] for i in range(n)]
+
+
 def read_curves(jobs, workers=None) -> Curves:
     """[(run_id, metrics.jsonl path, may_have_replays), ...] -> Curves, in worker processes when many.
 
@@ -254,25 +273,14 @@ def read_curves(jobs, workers=None) -> Curves:
     under the union of all columns.
     """
     jobs = list(jobs)
-    if workers is None:
-        workers = min(len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1, 8)
-    if workers <= 1 or len(jobs) < PARALLEL_MIN_LOGS:
+    workers = _workers(workers, len(jobs))
+    if workers <= 1:
         shares = [jobs]
         results = [_chunk(jobs)]
     else:
-        import multiprocessing
-        ctx = multiprocessing.get_context("fork") if "fork" in multiprocessing.get_all_start_methods() else None
-        n = workers * 3
-        shares = [jobs[i * len(jobs) // n:(i + 1) * len(jobs) // n] for i in range(n)]
-        with ProcessPoolExecutor(workers, mp_context=ctx) as pool:
-            results = list(pool.map(_chunk, shares))
-    columns, index = [], {}
-    for cols, *_ in results:
-        if not _merge(columns, index, cols):
-            for c in cols:
-                if c not in index:
-                    index[c] = len(columns)
-                    columns.append(c)
+        shares = _split(jobs, workers * 3)
+        results = _pool_map(_chunk, shares, workers)
+    columns = _union([cols for cols, *_ in results])
     out = Curves(columns, [], [], [], [])
     for share, (cols, parts, rows, lists, bad) in zip(shares, results):
         if cols != columns and sum(rows):
@@ -286,6 +294,201 @@ def read_curves(jobs, workers=None) -> Curves:
         out.lists += lists
         out.bad_lines += bad
     return out
+
+
+def _union(column_lists) -> list:
+    columns, index = [], {}
+    for cols in column_lists:
+        if not _merge(columns, index, cols):
+            for c in cols:
+                if c not in index:
+                    index[c] = len(columns)
+                    columns.append(c)
+    return columns
+
+
+# ---------------------------------------------------------------- curves.csv on disk
+
+INDEX_VERSION = 1
+
+
+@dataclass
+class CsvInfo:
+    """What write_csv wrote (or found already written): columns, rows and unreadable lines per run."""
+    columns: list
+    rows: list
+    bad_lines: list
+    changed: bool
+
+
+def _signature(jobs) -> list:
+    """Per log: [run_id, size, mtime_ns, replay] (size -1 when there is no log): when none of these
+    changed, neither did curves.csv."""
+    out = []
+    for rid, path, replay in jobs:
+        try:
+            st = os.stat(path)
+            out.append([str(rid), st.st_size, st.st_mtime_ns, bool(replay)])
+        except OSError:
+            out.append([str(rid), -1, 0, bool(replay)])
+    return out
+
+
+def _index_path(dest: Path) -> Path:
+    return dest.parent / f".{dest.name}.index.json"
+
+
+def _chunk_to_file(share_path):
+    """Read, parse and render some logs into a file: (columns, rows, bad_lines, has a quote)."""
+    jobs, path, columns = share_path
+    logs = [read_log(*job) for job in jobs]
+    columns = columns_of(logs, list(columns or ()))
+    quoted = False
+    with open(path, "wb") as f:
+        for log in logs:
+            parts = render(log, columns)
+            quoted = quoted or any(b'"' in p for p in parts)
+            f.write(b"".join(parts))
+    return columns, [log.rows for log in logs], [log.bad_lines for log in logs], quoted
+
+
+def _append_file(out, path):
+    """Copy the file at `path` to the end of the open file `out` (in the kernel where it can)."""
+    with open(path, "rb") as src:
+        size = os.fstat(src.fileno()).st_size
+        out.flush()
+        done = 0
+        try:
+            while done < size:
+                n = os.copy_file_range(src.fileno(), out.fileno(), size - done)
+                if n == 0:
+                    break
+                done += n
+        except (AttributeError, OSError):
+            pass
+        if done < size:
+            src.seek(done)
+            out.seek(0, os.SEEK_END)
+            while True:
+                block = src.read(16 << 20)
+                if not block:
+                    break
+                out.write(block)
+        else:
+            out.seek(0, os.SEEK_END)
+
+
+def _same_file(a: Path, b: Path) -> bool:
+    try:
+        if a.stat().st_size != b.stat().st_size:
+            return False
+        with open(a, "rb") as fa, open(b, "rb") as fb:
+            while True:
+                x, y = fa.read(16 << 20), fb.read(16 << 20)
+                if x != y:
+                    return False
+                if not x:
+                    return True
+    except OSError:
+        return False
+
+
+def write_csv(jobs, dest, workers=None, mode=0o644) -> CsvInfo:
+    """Write curves.csv for [(run_id, metrics.jsonl path, may_have_replays), ...] at `dest`.
+
+    Nothing is read when no log changed since the last call (sizes and mtimes are kept in a
+    hidden index beside `dest`), and `dest` is replaced only when its bytes change. The logs are
+    rendered in worker processes, each into its own part file, then put together in the kernel
+    (no copy of a GB-sized table passes through Python).
+    """
+    import json as _json
+    import shutil
+    import tempfile
+    dest = Path(dest)
+    jobs = list(jobs)
+    sig = _signature(jobs)
+    index_path = _index_path(dest)
+    try:
+        index = _json.loads(index_path.read_bytes())
+        st = dest.stat()
+        if (index.get("version") == INDEX_VERSION and index.get("logs") == sig
+                and index.get("csv") == [st.st_size, st.st_mtime_ns]):
+            return CsvInfo(index["columns"], index["rows"], index["bad_lines"], False)
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        pass
+
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    tmpdir = Path(tempfile.mkdtemp(dir=dest.parent, prefix=f".{dest.name}."))
+    try:
+        workers = _workers(workers, len(jobs))
+        shares = _split(jobs, workers * 3) if workers > 1 else [jobs]
+        tasks = [(share, tmpdir / f"part{i:03d}", None) for i, share in enumerate(shares)]
+        results = (_pool_map(_chunk_to_file, tasks, workers) if workers > 1
+                   else [_chunk_to_file(t) for t in tasks])
+        columns = _union([r[0] for r in results])
+        rows, bad = [], []
+        for i, (task, (cols, r, b, _quoted)) in enumerate(zip(tasks, results)):
+            if cols != columns and sum(r):       # keys this share never saw: render it again under all
+                cols, r, b, _ = _chunk_to_file((task[0], task[1], columns))
+            rows += r
+            bad += b
+        tmp = tmpdir / "curves.csv"
+        with open(tmp, "wb") as out:
+            out.write(Curves(columns, [], [], [], []).header())
+            for task in tasks:
+                _append_file(out, task[1])
+        changed = not _same_file(tmp, dest)
+        if changed:
+            os.chmod(tmp, mode)
+            os.replace(tmp, dest)
+        st = dest.stat()
+        index = {"version": INDEX_VERSION, "csv": [st.st_size, st.st_mtime_ns], "columns": columns,
+                 "rows": rows, "bad_lines": bad, "logs": sig}
+        data = _json.dumps(index, separators=(",", ":")).encode()
+        try:
+            same = index_path.read_bytes() == data
+        except OSError:
+            same = False
+        if not same:
+            itmp = tmpdir / "index.json"
+            itmp.write_bytes(data)
+            os.replace(itmp, index_path)
+        return CsvInfo(columns, rows, bad, changed)
+    finally:
+        shutil.rmtree(tmpdir, ignore_errors=True)
+
+
+# ---------------------------------------------------------------- numbers for figures
+
+def _numbers(share):
+    """(frame of `wanted` with a `run` column of global positions, {position: lists}) for some logs."""
+    jobs, wanted = share
+    logs = [read_log(rid, path, replay) for _, rid, path, replay in jobs]
+    columns = columns_of(logs)
+    cv = Curves(columns, [p for log in logs for p in render(log, columns)], [log.rows for log in logs],
+                [log.lists for log in logs], [log.bad_lines for log in logs])
+    df = frame(cv, cv.header() + b"".join(cv.parts), wanted)
+    positions = [pos for pos, *_ in jobs]
+    import numpy as np
+    df["run"] = np.asarray(positions, dtype=np.int64)[df["run"].to_numpy()] if len(df) else df["run"]
+    return df, {pos: log.lists for pos, log in zip(positions, logs) if log.lists}
+
+
+def numbers(jobs, wanted, workers=None):
+    """[(position, run_id, path, replay), ...] and column names -> (DataFrame `run` + the wanted
+    columns that any log has, as numbers; {position: {metric: last list logged}})."""
+    import pandas as pd
+    jobs = list(jobs)
+    workers = _workers(workers, len(jobs))
+    shares = [(s, list(wanted)) for s in (_split(jobs, workers * 3) if workers > 1 else [jobs])]
+    results = _pool_map(_numbers, shares, workers) if workers > 1 else [_numbers(s) for s in shares]
+    frames = [df for df, _ in results]
+    cols = ["run"] + [c for c in dict.fromkeys(wanted) if any(c in df.columns for df in frames)]
+    df = pd.concat([f.reindex(columns=cols) for f in frames], ignore_index=True) if frames else pd.DataFrame(columns=cols)
+    lists = {}
+    for _, ls in results:
+        lists.update(ls)
+    return df, lists
 
 
 # ---------------------------------------------------------------- rendering

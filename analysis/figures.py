@@ -20,7 +20,7 @@ import pandas as pd
 from matplotlib import rc_context
 from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
-from matplotlib.ticker import FixedLocator, MaxNLocator, NullLocator
+from matplotlib.ticker import FixedLocator, Formatter, MaxNLocator, NullLocator
 
 from analysis import schema
 from analysis.load import DONE
@@ -31,7 +31,7 @@ from analysis.summary import PARTIAL, counts, error_of, stats, t975, value_text
 # together with the markers.
 PALETTE = ["#0072B2", "#D55E00", "#009E73", "#CC79A7", "#E69F00", "#56B4E9", "#000000", "#F0E442"]
 MARKERS = ["o", "s", "^", "D", "v", "P", "X", "*"]
-LINESTYLES = ["-", "--", ":", "-."]
+LINESTYLES = ["-", "--", ":", "-.", (0, (5, 1)), (0, (3, 1, 1, 1, 1, 1)), (0, (1, 3)), (0, (8, 2, 2, 2))]
 STYLE = {
     "font.size": 8, "axes.labelsize": 8, "axes.titlesize": 8, "legend.fontsize": 7,
     "legend.title_fontsize": 7, "xtick.labelsize": 7, "ytick.labelsize": 7,
@@ -192,11 +192,13 @@ def _line_style(sweep, lines, hue, combo, hue_vals, rests, y):
     ls = LINESTYLES[ri % len(LINESTYLES)] if hue else "-"
     if not lines:
         text = label(sweep, y, unit=False)
-    elif hue and len(lines) == 1:
-        text = value_text(combo[0])
-    else:
-        text = _key_text(sweep, lines, combo)
+    else:                    # the legend's title names the keys (_legend_title)
+        text = ", ".join(value_text(v) for v in combo)
     return color, marker, ls, text
+
+
+def _legend_title(sweep, lines):
+    return ", ".join(label(sweep, k, unit=False) for k in lines) or None
 
 
 def _style_of(i):
@@ -209,7 +211,8 @@ def _note(f, text):
 
 
 def _log(ax, axis, values):
-    """Log scale, or symlog when some values are <= 0 (a ponder cost of 0, say)."""
+    """Log scale, or symlog when some values are <= 0 (a ponder cost of 0, say). Ticks read as
+    plain numbers (0.2, 0.5, 1, 2) when the values lie between 0.001 and 10,000, else 10^k."""
     values = np.asarray([v for v in values if np.isfinite(v)], dtype=float)
     pos = values[values > 0]
     set_scale = ax.set_xscale if axis == "x" else ax.set_yscale
@@ -217,15 +220,76 @@ def _log(ax, axis, values):
         set_scale("symlog", linthresh=float(pos.min()), linscale=0.5)
     else:
         set_scale("log")
+        if len(pos) and pos.min() >= 1e-3 and pos.max() <= 1e4:
+            which = ax.xaxis if axis == "x" else ax.yaxis
+            which.set_major_formatter(_Plain(which.get_major_formatter()))
+            which.set_minor_formatter(_Plain(which.get_minor_formatter()))
+
+
+class _Plain(Formatter):
+    """A log axis formatter's choice of which ticks to label, written as plain numbers."""
+
+    def __init__(self, inner):
+        self.inner = inner
+
+    def set_axis(self, axis):
+        super().set_axis(axis)
+        self.inner.set_axis(axis)
+
+    def set_locs(self, locs):
+        super().set_locs(locs)
+        self.inner.set_locs(locs)
+
+    def __call__(self, x, pos=None):
+        return f"{x:g}" if self.inner(x, pos) else ""
+
+
+def _is_num(v) -> bool:
+    return isinstance(v, (int, float, np.integer, np.floating)) and not isinstance(v, (bool, np.bool_))
+
+
+def sci_text(v) -> str:
+    """1e-05 as $10^{-5}$, 5e-04 as $5\\times10^{-4}$ (mathtext)."""
+    if v == 0 or not np.isfinite(v):
+        return value_text(v)
+    e = math.floor(math.log10(abs(v)))
+    m = f"{v / 10 ** e:.3g}"
+    if m in ("10", "-10"):
+        m, e = m[:-1], e + 1
+    if m in ("1", "-1"):
+        return f"${m[:-1]}10^{{{e}}}$"
+    return f"${m}\\times10^{{{e}}}$"
+
+
+def tick_texts(values) -> list:
+    """Tick labels for the distinct values of an axis: all in one notation (never 0.0001 next to 1e-05)."""
+    if values and all(_is_num(v) and np.isfinite(v) for v in values) and \
+            any(v != 0 and (abs(v) < 1e-3 or abs(v) >= 1e5) for v in values):
+        return [sci_text(v) for v in values]
+    return [value_text(v) for v in values]
+
+
+LEGEND_ROWS = 14          # entries in one legend column on the right before another column starts
 
 
 def _legend(f, handles, title=None):
-    """Above the axes in a row (never over the data), or on the right when there are many entries."""
+    """Above the axes in a row (never over the data), or on the right when there are many entries;
+    the figure grows taller when a long legend would not fit beside the axes."""
     if not handles:
         return
     few = len(handles) <= 4 and sum(len(t) for t in handles) <= 60
+    ncols = len(handles) if few else math.ceil(len(handles) / LEGEND_ROWS)
+    if not few:              # room for the legend beside the axes, not taken from them
+        rows = math.ceil(len(handles) / ncols) + (1 if title else 0)
+        height = rows * STYLE["legend.fontsize"] * 1.75 / 72 + 0.3       # inches
+        chars = max(len(t) for t in handles)
+        width = ncols * (chars * STYLE["legend.fontsize"] * 0.55 / 72 + 0.5)
+        if title:
+            width = max(width, len(title) * STYLE["legend.title_fontsize"] * 0.55 / 72 + 0.2)
+        w, h = f.get_size_inches()
+        f.set_size_inches(w + width, max(h, height))
     f.legend(list(handles.values()), list(handles), title=title, handlelength=1.8, borderaxespad=0.2,
-             loc="outside upper center" if few else "outside right upper", ncols=len(handles) if few else 1,
+             loc="outside upper center" if few else "outside right upper", ncols=ncols,
              columnspacing=1.2)
 
 
@@ -283,7 +347,7 @@ def ladder(sweep, fig, **_):
             _log(ax, "y", st[f"{y}_mean"].tolist())
         if not numeric_x:
             ax.xaxis.set_major_locator(FixedLocator(range(len(xs_all))))
-            ax.set_xticklabels([value_text(v) for v in xs_all])
+            ax.set_xticklabels(tick_texts(xs_all))
         elif fig["kind"] == "ladder" and not fig.get("logx") and len(xs_all) <= 12:
             ax.xaxis.set_major_locator(FixedLocator(xs_all))
             ax.xaxis.set_minor_locator(NullLocator())
@@ -291,7 +355,7 @@ def ladder(sweep, fig, **_):
             ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     axs[0].set_ylabel(label(sweep, y))
     if len(handles) > 1 or hue:
-        _legend(f, handles, label(sweep, hue, unit=False) if hue and len(lines) == 1 else None)
+        _legend(f, handles, _legend_title(sweep, lines))
     _finish(f, fig, partial, fig.get("error", sweep.analysis["error"]))
     return f, {}
 
@@ -358,12 +422,12 @@ def pareto(sweep, fig, **_):
     return f, {"": table.reset_index(drop=True)}
 
 
-def curves(sweep, fig, curve_frame=None, **_):
+def curves(sweep, fig, logged=None, **_):
     """A logged metric against step (or another logged key): mean line and error band per group."""
     x, y, hue, facet = fig.get("x", "step"), fig["y"], fig.get("hue"), fig.get("facet")
     _need(sweep, fig, [hue, facet])
     runs = _runs(sweep, fig)
-    data = curve_frame([x, y]) if curve_frame else None
+    data = logged(list(runs.index), [x, y])[0] if logged else None
     if data is None or x not in data.columns or y not in data.columns:
         raise Skip(f"no run logged both {x!r} and {y!r} in metrics.jsonl")
     lines = list(dict.fromkeys(([hue] if hue else []) + _leftover(sweep, runs, {x, y, hue, facet, "seed"})))
@@ -421,7 +485,7 @@ def curves(sweep, fig, curve_frame=None, **_):
             _log(ax, "y", agg["mean"].tolist())
     axs[0].set_ylabel(label(sweep, y))
     if len(handles) > 1 or hue:
-        _legend(f, handles, label(sweep, hue, unit=False) if hue and len(lines) == 1 else None)
+        _legend(f, handles, _legend_title(sweep, lines))
     word = ERROR_WORDS[kind] + " over runs"
     if partial:
         _note(f, f"{word}; {PARTIAL}: fewer runs have logged than planned")
@@ -465,8 +529,8 @@ def heatmap(sweep, fig, **_):
                         color="white" if shade < 0.55 else "black")
         image = ax.imshow(grid, origin="lower", aspect="auto", cmap=fig.get("cmap", "viridis"),
                           vmin=vmin, vmax=vmax, interpolation="nearest")
-        ax.set_xticks(range(len(xs)), [value_text(v) for v in xs])
-        ax.set_yticks(range(len(ys)), [value_text(v) for v in ys])
+        ax.set_xticks(range(len(xs)), tick_texts(xs))
+        ax.set_yticks(range(len(ys)), tick_texts(ys))
         ax.grid(False)
         ax.tick_params(length=0)
         for side in ("top", "right", "left", "bottom"):
@@ -484,7 +548,7 @@ def heatmap(sweep, fig, **_):
     return f, {}
 
 
-def hist(sweep, fig, curve_lists=None, **_):
+def hist(sweep, fig, logged=None, **_):
     """Distributions: a list-valued metric pooled over each hue group's runs (or a scalar metric's
     values across runs)."""
     y, hue, facet = fig["y"], fig.get("hue"), fig.get("facet")
@@ -492,13 +556,16 @@ def hist(sweep, fig, curve_lists=None, **_):
     runs = _runs(sweep, fig)
     done = runs[runs["state"] == DONE]
 
+    scalar = y in runs.columns
+    from_logs = {}
+    if not scalar and logged and not any(y in sweep.lists.get(r, {}) for r in runs["run_id"]):
+        # a list only metrics.jsonl holds (say, weights logged at the end): the last one each run logged
+        from_logs = {runs.at[p, "run_id"]: ls for p, ls in logged(list(runs.index), [])[1].items()}
+
     def values_of(rid):
         v = sweep.lists.get(rid, {}).get(y)
-        if v is None and curve_lists:
-            v = curve_lists(rid).get(y)
-        return v
+        return from_logs.get(rid, {}).get(y) if v is None else v
 
-    scalar = y in runs.columns
     if not scalar and not any(values_of(r) is not None for r in runs["run_id"]):
         raise Skip(f"no run has a list {y!r} in result.json or metrics.jsonl")
     pool = runs if not scalar else done

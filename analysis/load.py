@@ -78,15 +78,19 @@ def _flatten(metrics, prefix=""):
             yield f"{prefix}{k}", v
 
 
-def load(sweep_dir) -> Sweep:
-    """Read a sweep dir (complete or not) into a Sweep; problems land in Sweep.warnings."""
+def load(sweep_dir, analysis=None) -> Sweep:
+    """Read a sweep dir (complete or not) into a Sweep; problems land in Sweep.warnings.
+
+    `analysis`: an `analysis:` block that replaces the one in the sweep dir's spec.yaml."""
     sdir = Path(sweep_dir)
     warnings = []
     spec, err = read_yaml(sdir / "spec.yaml")
     if err or not isinstance(spec, dict):
-        warnings.append(("spec", f"spec.yaml: unreadable ({err or 'not a mapping'}); using the default analysis"))
+        if analysis is None:
+            warnings.append(("spec", f"spec.yaml: {'unreadable (' + err + ')' if err else 'missing or not a mapping'}; "
+                                     f"using the default analysis"))
         spec = {}
-    block = spec.get("analysis")
+    block = spec.get("analysis") if analysis is None else analysis
     for path, message in schema.check(block):
         warnings.append(("spec", f"spec.yaml: analysis{'.' + path if path and not path.startswith('[') else path}: "
                                  f"{message}; ignored"))
@@ -231,8 +235,8 @@ def _group_by(analysis, varied, runs, warnings):
 
 def _metrics(analysis, metrics, runs, warnings):
     wanted = analysis["metrics"]
-    if wanted is None:
-        return list(metrics)
+    explicit = wanted is not None
+    wanted = wanted if explicit else list(metrics)
     out = []
     done = runs["state"] == DONE
     for m in wanted:

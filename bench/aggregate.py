@@ -7,11 +7,12 @@
 Builds the sweep dir first (not timed): spec.yaml with an analysis block of six figures, plan.json,
 and per run config.yaml, result.json and a metrics.jsonl written the way ctx.log writes it
 ({"step", "time", loss, lr} every step, {"step", "time", val_acc} every 50 steps, a router-weight
-list every 250). Then one full aggregate, timed by phase: "tables" is everything up to the CSV,
-Markdown and LaTeX files (runs.csv, summary.*, curves.csv with every logged line); "figures" is
+list every 250). Then one full aggregate, timed by phase: "tables" is runs.csv and the summary
+(CSV, Markdown, LaTeX); "curves.csv" is every logged line of every run as one table; "figures" is
 the six figures as PNG and PDF. A second call (nothing new) shows the cost of finding that nothing
-changed. Wall and CPU seconds are both printed: on a shared machine the wall time also holds the
-time other processes took.
+changed (curves.csv is not even read again: the sizes and mtimes of the logs are). Wall and CPU
+seconds are both printed (CPU includes worker processes): on a shared machine the wall time also
+holds the time other processes took.
 """
 import argparse
 import json
@@ -118,6 +119,12 @@ def cpu():
     return me.ru_utime + me.ru_stime + kids.ru_utime + kids.ru_stime
 
 
+def show(t):
+    for k, v in t.items():
+        if not k.endswith(" cpu"):
+            print(f"    {k:<18} wall {v:6.2f} s   cpu {t.get(k + ' cpu', 0):6.2f} s")
+
+
 def timed(sdir, out):
     timings, lines = {}, []
     t0, c0 = time.perf_counter(), cpu()
@@ -142,24 +149,21 @@ def main():
         print(f"cores: {len(os.sched_getaffinity(0))}, load average now {os.getloadavg()[0]:.1f}")
 
         wall, cpu_s, t, lines = timed(sdir, tmp / "out")
-        tables = sum(v for k, v in t.items() if k != "figures")
-        print(f"\nfirst aggregate (everything written)       wall {wall:6.2f} s   cpu {cpu_s:6.2f} s")
-        for k, v in t.items():
-            print(f"    {k:<22} {v:6.2f} s")
-        print(f"  tables  (target < 5 s)                   {tables:6.2f} s")
-        print(f"  figures (target < 10 s more)             {t.get('figures', 0):6.2f} s")
-        curves_csv = tmp / "out" / "curves.csv"
-        print(f"  curves.csv: {curves_csv.stat().st_size / 1e6:,.0f} MB")
+        print(f"\nfirst aggregate (everything written)   wall {wall:6.2f} s   cpu {cpu_s:6.2f} s")
+        show(t)
+        tables = t.get("load", 0) + t.get("summary tables", 0)
+        print(f"  tables: runs.csv, summary.csv/md/tex (target < 5 s)   {tables:6.2f} s wall")
+        print(f"  curves.csv (every logged line, {(tmp / 'out' / 'curves.csv').stat().st_size / 1e6:,.0f} MB)"
+              f"{'':<14}{t.get('curves.csv', 0):6.2f} s wall")
+        print(f"  figures: 6 x PNG + PDF (target < 10 s more)          {t.get('figures', 0):6.2f} s wall")
         warn = [x for x in lines if x.startswith("  - ")]
         if warn:
             print("  warnings:", *warn, sep="\n")
 
         wall, cpu_s, t, lines = timed(sdir, tmp / "out")
-        written = [x for x in lines if x.endswith("written, 0 unchanged") or " written, " in x]
-        print(f"\nsecond aggregate (no new results)          wall {wall:6.2f} s   cpu {cpu_s:6.2f} s   "
-              f"[{written[-1] if written else ''}]")
-        for k, v in t.items():
-            print(f"    {k:<22} {v:6.2f} s")
+        print(f"\nsecond aggregate (no new results)      wall {wall:6.2f} s   cpu {cpu_s:6.2f} s   [{lines[-1]}]")
+        show(t)
+        print(f"\nload average now {os.getloadavg()[0]:.1f} (wall > cpu / cores: other processes had the cores)")
     finally:
         if args.keep:
             print(f"\nkept: {tmp}")

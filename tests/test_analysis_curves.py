@@ -129,7 +129,7 @@ def log(draw):
     return raw
 
 
-@settings(max_examples=250, deadline=None)
+@settings(max_examples=150, deadline=None)
 @given(st.lists(log(), min_size=1, max_size=3))
 def test_random_logs_give_the_reference_table(raws):
     check_same({f"run{i}": raw for i, raw in enumerate(raws)})
@@ -230,3 +230,44 @@ def test_frame_reads_the_numbers_back():
 @pytest.mark.parametrize("raw", [b"", b"\n", b"garbage", b"{\"step\": 1"])
 def test_empty_or_unreadable_logs_give_no_rows(raw):
     assert parse_log("r", raw).rows == 0
+
+
+def test_write_csv_in_workers_is_the_table_and_is_not_read_again_while_no_log_changes(tmp_path, monkeypatch):
+    jobs = []
+    for i in range(9):
+        lines = [dumps({"step": s, "loss": 1 / (s + i + 1)}) for s in range(5)]
+        if i == 4:
+            lines.insert(2, dumps({"step": 1, "val_acc": 0.5, "note": "a,b"}))
+        p = tmp_path / f"{i}.jsonl"
+        p.write_bytes(b"\n".join(lines) + b"\n")
+        jobs.append((f"run{i}", p, False))
+    want = read_curves(jobs, workers=1)
+    monkeypatch.setattr(curves, "PARALLEL_MIN_LOGS", 2)
+    dest = tmp_path / "out" / "curves.csv"
+    info = curves.write_csv(jobs, dest, workers=2)
+    assert info.changed and dest.read_bytes() == want.header() + b"".join(want.parts)
+    assert info.rows == want.rows and info.columns == want.columns
+    mtime = dest.stat().st_mtime_ns
+
+    def no_reading(*_):
+        raise AssertionError("a log was read although none changed")
+    monkeypatch.setattr(curves, "read_log", no_reading)
+    assert not curves.write_csv(jobs, dest, workers=2).changed and dest.stat().st_mtime_ns == mtime
+    monkeypatch.undo()
+    with open(jobs[3][1], "ab") as f:
+        f.write(dumps({"step": 5, "loss": 0.0}) + b"\n")
+    info = curves.write_csv(jobs, dest, workers=1)
+    assert info.changed and info.rows[3] == 6 and dest.read_bytes().count(b"\n") == 1 + sum(want.rows) + 1
+    assert not list(dest.parent.glob(".curves.csv.*/"))          # no temp dir left behind
+
+
+def test_numbers_reads_only_the_runs_asked_for(tmp_path):
+    paths = []
+    for i in range(3):
+        p = tmp_path / f"{i}.jsonl"
+        p.write_bytes(b"".join(dumps({"step": s, "loss": i + s / 10, "w": [i]}) + b"\n" for s in range(3)))
+        paths.append(p)
+    df, lists = curves.numbers([(7, "a", paths[0], False), (9, "c", paths[2], False)], ["step", "loss", "nope"])
+    assert list(df.columns) == ["run", "step", "loss"]
+    assert df["run"].tolist() == [7, 7, 7, 9, 9, 9] and df["loss"].tolist() == [0, 0.1, 0.2, 2, 2.1, 2.2]
+    assert lists == {7: {"w": [0]}, 9: {"w": [2]}}

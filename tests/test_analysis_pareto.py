@@ -33,7 +33,7 @@ def brute_force(xs, ys, x_dir, y_dir):
 value = st.one_of(st.integers(0, 6).map(float), st.just(float("nan")), st.just(float("inf")))
 
 
-@settings(max_examples=300, deadline=None)
+@settings(max_examples=200, deadline=None)
 @given(st.lists(st.tuples(value, value), max_size=25), st.sampled_from(["min", "max"]), st.sampled_from(["min", "max"]))
 def test_front_matches_brute_force(points, x_dir, y_dir):
     xs = [p[0] for p in points]
