@@ -200,7 +200,7 @@ def cmd_run(args) -> int:
     sdir = _sdir(args, sweep)
     launcher.prepare(sweep, sdir, launcher.new_submission_id())
     res, ckpt = launcher.resources_of(sweep), launcher.checkpoint_of(sweep)
-    outcome = runner.run_one(sdir, run.run_id, gpus=res["gpus"], checkpoint=ckpt,
+    outcome = runner.run_one(sdir, run.run_id, gpus=res["gpus"], cpus=res["cpus"], checkpoint=ckpt,
                              margin_s=launcher.margin_of(res, ckpt), reraise=sys.stdin.isatty() and args.pdb)
     print(f"{run.label}: {outcome} ({sweepdir.run_dir(sdir, run.run_id)})")
     return 0 if outcome == "done" else 1

@@ -281,7 +281,13 @@ def requeue():
 def main(argv=None):
     """`python -m jobs.runner SWEEP_DIR RUN_ID`: one run in this process (what `main.py run` uses)."""
     sdir, rid = (argv or sys.argv[1:])[:2]
-    print(json.dumps({"outcome": run_one(sdir, rid)}))
+    # as a job of this sweep would run it: its cpus (torch threads change float sums) and checkpoints
+    from jobs import launcher
+    spec = yaml.safe_load((Path(sdir) / "spec.yaml").read_text()) or {}
+    res = {**launcher.RESOURCE_DEFAULTS, **(spec.get("resources") or {})}
+    ckpt = {**launcher.CHECKPOINT_DEFAULTS, **(spec.get("checkpoint") or {})}
+    print(json.dumps({"outcome": run_one(sdir, rid, gpus=res["gpus"], cpus=res["cpus"], checkpoint=ckpt,
+                                         margin_s=launcher.margin_of(res, ckpt))}))
 
 
 if __name__ == "__main__":
