@@ -340,6 +340,12 @@ def test_cancel_then_resume_and_an_infrastructure_failure(tmp_path):
         os.kill(attempts(sdir, r)[-1]["pid"], signal.SIGKILL)
     wait_for(lambda: not squeue_states(array), 60, "the killed jobs gone from the queue")
     assert all(len(attempts(sdir, r, "end")) == 1 for r in sweep.runs)     # killed: no end line
+    # accounting learns of job ends a little after squeue does (slurmdbd is asynchronous, slower under load)
+    tasks = [j for j in job_ids(sdir) if j.startswith(f"{array}_")]
+    def ended():
+        states = slurm.sacct_states(tasks, "now-1hours")
+        return all(states.get(j) and not slurm.is_live(states[j]) for j in tasks)
+    wait_for(ended, 60, "sacct: the killed jobs ended")
     path_env, count = shims(tmp_path, "sacct", rewrite=rf"s/^\({array}_[0-9]*\)|[A-Z_]*/\1|NODE_FAIL/")
     status = cli("status", path, "--root", root, env={**os.environ, "PATH": path_env}).stdout
     assert "2 runs: 2 failed" in status and "NODE_FAIL" in status and "--retry-failed" in status, status
