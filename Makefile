@@ -1,4 +1,4 @@
-# `make demo`: set up and run the embedded default sweep end to end (no cluster needed).
+# `make demo`: set up and run the embedded default sweep end to end on the local executor (no cluster needed).
 # `make test`: set up and run the test suite.
 PYTHON ?= python3
 VENV ?= .venv
@@ -17,8 +17,8 @@ $(VENV)/.installed: env/requirements.txt
 
 demo: setup
 	$(PY) main.py plan $(DEMO) --root $(ROOT) | head -20
-	$(PY) main.py submit $(DEMO) --root $(ROOT) --wait
-	$(PY) main.py aggregate $(DEMO) --root $(ROOT)
+	$(PY) main.py submit $(DEMO) --root $(ROOT) --executor local --wait
+	$(PY) main.py aggregate $(DEMO) --root $(ROOT) --show
 
 test: setup
 	$(PY) -m pytest -q tests

@@ -223,10 +223,13 @@ def cmd_aggregate(args) -> int:
         print(f"error: {sdir} is not a sweep dir{hint}", file=sys.stderr)
         return 2
     try:
-        aggregate(sdir, out=args.out, formats=args.format, analysis=analysis)
+        paths = aggregate(sdir, out=args.out, formats=args.format, analysis=analysis)
     except ValueError as e:              # --format names something unknown
         print(f"error: {e}", file=sys.stderr)
         return 2
+    table = next((Path(p) for p in paths if Path(p).name == "summary.md"), None)
+    if args.show and table is not None and table.exists():
+        print(f"\n{table}:\n{table.read_text()}", end="")
     return 0
 
 
@@ -284,6 +287,7 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("target", help="a sweep spec or a sweep dir")
     sp.add_argument("--out", help="where to write (default: <sweep dir>/analysis)")
     sp.add_argument("--format", help="comma list of csv,md,tex,png,pdf (default: all)")
+    sp.add_argument("--show", action="store_true", help="print the summary table (summary.md) at the end")
     return p
 
 
