@@ -1,6 +1,9 @@
 """A sweep of 32 runs of known length on the local executor, max_parallel=2: wall time over the ideal.
 
-    python bench/local_sweep.py [--runs 32] [--steps 1500] [--pack 4]
+    python bench/local_sweep.py [--runs 32] [--epochs 600] [--pack 4]
+
+Runs of known length: models/resmlp.py on digits, a narrow model (d_hidden 32, 2 blocks) for a
+fixed number of epochs, one seed each.
 
 The ideal is the sum of the runs' own wall times (result.json's wall_time_s, measured inside
 the job) divided by max_parallel; the ratio says what the launcher, the driver, submitit's
@@ -21,14 +24,14 @@ from jobs.spec import load_sweep  # noqa: E402
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--runs", type=int, default=32)
-    ap.add_argument("--steps", type=int, default=1500, help="training steps per run (sets its length)")
+    ap.add_argument("--epochs", type=int, default=600, help="epochs per run (sets its length)")
     ap.add_argument("--pack", type=int, default=4)
     ap.add_argument("--max-parallel", type=int, default=2)
     args = ap.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
-        spec = {"name": "bench_local", "task": "structure",
-                "base": {"n_nodes": 5, "n_samples": 200, "steps": args.steps},
+        spec = {"name": "bench_local", "task": "resmlp",
+                "base": {"d_hidden": 32, "num_blocks": 2, "k": 2, "epochs": args.epochs},
                 "seeds": {"range": [0, args.runs]},
                 "resources": {"pack": args.pack, "max_parallel": args.max_parallel, "time_min": 60}}
         (tmp / "s.yaml").write_text(json.dumps(spec))
