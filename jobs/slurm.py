@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import os
 import re
+import shlex
 import shutil
 import subprocess
 from pathlib import Path
@@ -85,7 +86,11 @@ def executor_params(res: dict, prof: dict, job_name: str) -> dict:
         "mem": f"{int(res['mem_gb'] * 1024)}M",
         "signal_delay_s": int(res.get("signal_delay_s") or 90),
         "array_parallelism": int(res["max_parallel"]),
-        "setup": list(prof.get("setup") or []),
+        # the job runs from the repository, as the local executor's do (`jobs`, `models` importable;
+        # relative paths in a config mean the same on both), whatever directory `submit` ran in
+        "setup": list(prof.get("setup") or []) + [
+            f"cd {shlex.quote(str(REPO))}",
+            f"export PYTHONPATH={shlex.quote(str(REPO))}${{PYTHONPATH:+:$PYTHONPATH}}"],
         "additional_parameters": {},
     }
     for key in ("partition", "account", "qos", "constraint"):
@@ -216,7 +221,17 @@ INFRASTRUCTURE_WHY = {
     "NODE_FAIL": "the node failed",
     "OUT_OF_MEMORY": "the job ran out of memory (raise resources.mem_gb)",
     "BOOT_FAIL": "the node failed to boot",
+    "FAILED": "the job failed",
 }
+
+
+def _job_log_tail(sdir, jid, lines=15) -> str:
+    """The last lines of a job's stderr log (submitit's layout: logs/<A_i>/<A_i>_0_log.err)."""
+    path = Path(sdir) / "logs" / jid / f"{jid}_0_log.err"
+    try:
+        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+    except OSError:
+        return ""
 
 
 def note_infrastructure_failures(sdir, jobs, states) -> list:
@@ -243,6 +258,17 @@ def note_infrastructure_failures(sdir, jobs, states) -> list:
         attempts = sweepdir.read_jsonl(rdir / "attempts.jsonl")
         started = {a.get("attempt") for a in attempts if a.get("event") == "start" and a.get("job_id") == jid}
         ended = {a.get("attempt") for a in attempts if a.get("event") == "end"}
+        if state == "FAILED":
+            if started:
+                continue             # the run was there: its own error.txt / checkpoints tell the story
+            # the job died before it could start the run (python missing, an import error, a bad
+            # setup line): resubmitting as is would fail the same way, so it is a failure, shown
+            tail = _job_log_tail(sdir, jid)
+            atomic.write_text(rdir / "error.txt",
+                              f"SLURM job {jid} ended FAILED before the run started; its log:\n{tail}\n"
+                              f"FAILED before the run started (job {jid}): {tail.splitlines()[-1] if tail else 'no log'}\n")
+            marked.append(rid)
+            continue
         if not started - ended:
             continue                 # the run was not in that job when it died: it stays pending
         atomic.write_text(rdir / "error.txt",

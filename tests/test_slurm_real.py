@@ -40,8 +40,8 @@ def write_spec(where: Path, name, grid, *, epochs, seeds=(1,), resources=None, c
     return p
 
 
-def cli(*args, env=None, timeout=300):
-    return subprocess.run([PY, str(REPO / "main.py"), *map(str, args)], cwd=REPO, capture_output=True, text=True,
+def cli(*args, env=None, timeout=300, cwd=REPO):
+    return subprocess.run([PY, str(REPO / "main.py"), *map(str, args)], cwd=cwd, capture_output=True, text=True,
                           stdin=subprocess.DEVNULL, env=env, timeout=timeout)
 
 
@@ -378,6 +378,32 @@ def test_a_tasks_own_exception_is_shown_and_retried_only_when_asked(tmp_path):
     assert "submitted 1 runs" in out.stdout, out.stdout + out.stderr
     wait_for(lambda: len(attempts(sdir, bad, "end")) == 2, 120, "the failed run retried")
     assert (rdir(sdir, bad) / "error.attempt1.txt").exists()
+
+
+def test_a_job_that_dies_before_its_run_starts_is_a_failure_with_its_log(tmp_path):
+    # submitted from another directory than the repository (the job must still find `jobs`), with an
+    # `srun` on PATH that fails: the job (sbatch exports PATH to it) dies before any run starts
+    path = write_spec(tmp_path, "nostart", {"method": ["bp"]}, epochs=3)
+    sweep = load_sweep(path)
+    root = tmp_path / "root"
+    sdir = root / sweep.name
+    bindir = tmp_path / "broken"
+    bindir.mkdir()
+    (bindir / "srun").write_text("#!/bin/bash\necho 'srun: error: no such partition on this site' >&2\nexit 3\n")
+    (bindir / "srun").chmod(0o755)
+    env = {**os.environ, "PATH": f"{bindir}:{os.environ['PATH']}"}
+    out = cli("submit", path, "--executor", "slurm", "--cluster", "local", "--root", root, env=env, cwd=tmp_path)
+    assert "submitted 1 runs" in out.stdout, out.stdout + out.stderr
+    job = job_ids(sdir)[0]
+    wait_for(lambda: slurm.sacct_states([job], "now-1hours").get(job) == "FAILED", 120, "sacct: the job FAILED")
+    status = cli("status", path, "--root", root, cwd=tmp_path).stdout
+    assert "1 runs: 1 failed" in status and "before the run started" in status, status
+    assert "no such partition" in (rdir(sdir, sweep.runs[0]) / "error.txt").read_text()
+    assert "nothing to submit" in cli("resume", path, "--executor", "slurm", "--cluster", "local",
+                                      "--root", root, cwd=tmp_path).stdout
+    out = cli("resume", path, "--executor", "slurm", "--cluster", "local", "--root", root, "--retry-failed", cwd=tmp_path)
+    assert "submitted 1 runs" in out.stdout, out.stdout + out.stderr
+    wait_for(lambda: all_done(sdir, sweep.runs), 120, "the run done once srun works")
 
 
 @pytest.mark.parametrize("case", ["newline-partition", "sbatch-partition", "subshell-name", "label-path", "root-blank"])
