@@ -244,7 +244,7 @@ def build_parser() -> argparse.ArgumentParser:
     def add(name, help_, func):
         sp = sub.add_parser(name, help=help_, description=help_)
         sp.set_defaults(func=func)
-        sp.add_argument("--root", help="where sweep dirs live (default: $HPCSWEEP_ROOT, else ./results)")
+        sp.add_argument("--root", help="where sweep dirs live (default: $HPCSWEEP_ROOT, else the root of the cluster profile named by --cluster or $HPCSWEEP_CLUSTER, else ./results)")
         return sp
 
     sp = add("plan", "show which runs a spec means (and their state if the sweep dir exists); submits nothing", cmd_plan)
