@@ -437,6 +437,8 @@ def write_csv(jobs, dest, workers=None, mode=0o644) -> CsvInfo:
             out.write(Curves(columns, [], [], [], []).header())
             for task in tasks:
                 _append_file(out, task[1])
+            out.flush()
+            os.fsync(out.fileno())      # on disk before it replaces the old table (a crash leaves one or the other)
         changed = not _same_file(tmp, dest)
         if changed:
             os.chmod(tmp, mode)
