@@ -2,7 +2,6 @@
 
 Tiny configs (d=32, 3-4 refinement steps, a few epochs of digits) keep the file to seconds on two cores.
 """
-import json
 import random
 from pathlib import Path
 
@@ -14,33 +13,12 @@ from jobs import checkpoint
 from jobs.context import Interrupted, RunContext
 from jobs.spec import load_sweep, task_schema
 from models import refine
+from tests.taskctx import StoppingContext, metrics_of, strip_times
 
 TINY = {"d_hidden": 32, "max_steps": 3, "epochs": 2, "batch_size": 128, "seed": 7}
-STEPS_PER_EPOCH = 12            # ceil(1437 digits training images / 128)
-TIMES = ("train_time_s", "time")
+STEPS_PER_EPOCH = 12            # ceil(1438 digits training images / 128)
 SWEEPS = ("ponder.yaml", "deep_supervision.yaml", "ds_schedules.yaml", "refine_random.yaml")
 RESULT_KEYS = {"test_acc", "test_loss", "train_loss", "mean_ponder_steps", "macs_per_sample", "n_params", "steps"}
-
-
-class StoppingContext(RunContext):
-    """The real RunContext, with a stop requested when the task reaches step `stop_at`, as a signal would."""
-
-    def __init__(self, run_dir, cfg, stop_at=None, every_steps=None):
-        super().__init__(run_dir, cfg, checkpoint={"every_min": None, "every_steps": every_steps, "keep_last": 1})
-        self.stop_at = stop_at
-
-    def should_checkpoint(self, step):
-        if step == self.stop_at:
-            self.request_stop()
-        return super().should_checkpoint(step)
-
-
-def _metrics(run_dir):
-    return [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
-
-
-def _strip_times(d):
-    return {k: v for k, v in d.items() if k not in TIMES}
 
 
 def _run(tmp_path, name, **over):
@@ -118,7 +96,7 @@ def test_deep_supervision_with_zero_weight_is_plain_training(tmp_path):
     plain = _run(tmp_path, "plain", epochs=1)
     zero = _run(tmp_path, "zero", epochs=1, deep_supervision=True, ds_weight=0.0)
     other = _run(tmp_path, "on", epochs=1, deep_supervision=True, ds_weight=0.5)
-    assert _strip_times(plain) == _strip_times(zero)
+    assert strip_times(plain) == strip_times(zero)
     assert other["test_loss"] != plain["test_loss"]
 
 
@@ -139,7 +117,7 @@ def test_a_short_run_learns_and_logs_every_step(tmp_path):
     assert metrics["mean_ponder_steps"] == 3 and metrics["steps"] == 3 * STEPS_PER_EPOCH
     cfg = refine.resolve(TINY)
     assert metrics["macs_per_sample"] == refine.macs(cfg, 64, 10, 3)
-    logs = _metrics(tmp_path / "run")
+    logs = metrics_of(tmp_path / "run")
     assert [r["step"] for r in logs] == list(range(1, 3 * STEPS_PER_EPOCH + 1))
     assert all(r["total_steps"] == 3 * STEPS_PER_EPOCH and {"loss", "acc", "ponder"} <= set(r) for r in logs)
     assert [r["epoch"] for r in logs if "test_acc" in r] == [1, 2, 3]
@@ -174,9 +152,9 @@ def test_resume_is_bit_identical(tmp_path, over):
         random.seed(999), np.random.seed(999), torch.manual_seed(999)   # a new process's RNG, not ours
     got = refine.train(cfg, StoppingContext(resumed, cfg, every_steps=STEPS_PER_EPOCH))
 
-    assert _strip_times(got) == _strip_times(expected)
-    logs, want = _metrics(resumed), _metrics(straight)
-    assert [_strip_times(r) for r in logs] == [_strip_times(r) for r in want]
+    assert strip_times(got) == strip_times(expected)
+    logs, want = metrics_of(resumed), metrics_of(straight)
+    assert [strip_times(r) for r in logs] == [strip_times(r) for r in want]
     assert len(logs) == 2 * STEPS_PER_EPOCH
     a = checkpoint.load_latest(straight / "checkpoints")[1]["state"]
     b = checkpoint.load_latest(resumed / "checkpoints")[1]["state"]

@@ -2,7 +2,6 @@
 
 Tiny configs (d=16, a few epochs of digits) keep the whole file to a few seconds on two cores.
 """
-import json
 import os
 import pickle
 import random
@@ -15,36 +14,15 @@ from jobs import checkpoint
 from jobs.context import Interrupted, RunContext
 from models import data as datasets
 from models import frozen_check, resmlp
+from tests.taskctx import StoppingContext, metrics_of, strip_times
 
 TINY = {"dataset": "digits", "d_hidden": 16, "num_blocks": 3, "k": 2, "mlp_ratio": 2,
         "epochs": 2, "batch_size": 128, "seed": 7}
-STEPS_PER_EPOCH = 12            # ceil(1437 digits training images / 128)
-TIMES = ("train_time_s", "time")
-
-
-class StoppingContext(RunContext):
-    """The real RunContext, with a stop requested when the task reaches step `stop_at`, as a signal would."""
-
-    def __init__(self, run_dir, cfg, stop_at=None, every_steps=None):
-        super().__init__(run_dir, cfg, checkpoint={"every_min": None, "every_steps": every_steps, "keep_last": 1})
-        self.stop_at = stop_at
-
-    def should_checkpoint(self, step):
-        if step == self.stop_at:
-            self.request_stop()
-        return super().should_checkpoint(step)
+STEPS_PER_EPOCH = 12            # ceil(1438 digits training images / 128)
 
 
 def _last_state(run_dir):
     return checkpoint.load_latest(run_dir / "checkpoints")[1]["state"]
-
-
-def _metrics(run_dir):
-    return [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
-
-
-def _strip_times(d):
-    return {k: v for k, v in d.items() if k not in TIMES}
 
 
 def _assert_same_tensors(a, b, where=""):
@@ -79,9 +57,9 @@ def test_resume_is_bit_identical(tmp_path, method):
         random.seed(999), np.random.seed(999), torch.manual_seed(999)   # a new process's RNG, not ours
     got = resmlp.train(cfg, StoppingContext(resumed, cfg, every_steps=STEPS_PER_EPOCH))
 
-    assert _strip_times(got) == _strip_times(expected)
-    logs, want = _metrics(resumed), _metrics(straight)
-    assert [_strip_times(r) for r in logs] == [_strip_times(r) for r in want]
+    assert strip_times(got) == strip_times(expected)
+    logs, want = metrics_of(resumed), metrics_of(straight)
+    assert [strip_times(r) for r in logs] == [strip_times(r) for r in want]
     assert [r["step"] for r in logs] == [STEPS_PER_EPOCH, last]
     a, b = _last_state(straight), _last_state(resumed)
     assert a["step"] == b["step"] == last
@@ -252,7 +230,7 @@ def test_digits_backprop_learns(tmp_path):
     cfg = {**TINY, "d_hidden": 32, "num_blocks": 2, "k": 2, "epochs": 4}
     metrics = resmlp.train(cfg, RunContext(tmp_path, cfg))
     assert metrics["test_acc"] > 0.8, metrics                  # chance is 0.1
-    logs = _metrics(tmp_path)
+    logs = metrics_of(tmp_path)
     assert [r["epoch"] for r in logs] == [1, 2, 3, 4] and "test_acc" in logs[-1]
 
 

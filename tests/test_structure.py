@@ -2,7 +2,6 @@
 
 Small graphs (5-6 nodes, a few hundred samples) keep the file to seconds on two cores.
 """
-import json
 import random
 from pathlib import Path
 
@@ -14,30 +13,9 @@ from jobs import checkpoint
 from jobs.context import Interrupted, RunContext
 from jobs.spec import load_sweep, task_schema
 from models import structure
+from tests.taskctx import StoppingContext, metrics_of, strip_times
 
 SMALL = {"n_nodes": 5, "edge_prob": 0.5, "n_samples": 500, "lambda_sparse": 0.01, "lambda_acyclic": 1.0}
-TIMES = ("train_time_s", "time")
-
-
-class StoppingContext(RunContext):
-    """The real RunContext, with a stop requested when the task reaches step `stop_at`, as a signal would."""
-
-    def __init__(self, run_dir, cfg, stop_at=None, every_steps=None):
-        super().__init__(run_dir, cfg, checkpoint={"every_min": None, "every_steps": every_steps, "keep_last": 1})
-        self.stop_at = stop_at
-
-    def should_checkpoint(self, step):
-        if step == self.stop_at:
-            self.request_stop()
-        return super().should_checkpoint(step)
-
-
-def _metrics(run_dir):
-    return [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
-
-
-def _strip_times(d):
-    return {k: v for k, v in d.items() if k not in TIMES}
 
 
 # ---------------------------------------------------------------- config
@@ -127,7 +105,7 @@ def test_recovers_a_small_dag(tmp_path, seed):
     assert m["n_true_edges"] >= 3
     assert m["shd"] <= 1 and m["tpr"] >= 0.75, m
     assert m["is_dag"] and m["converged"] and 0 <= m["h_final"] <= structure.CONFIG["h_tol"]
-    logs = _metrics(tmp_path)
+    logs = metrics_of(tmp_path)
     assert [r["step"] for r in logs] == list(range(1, m["steps"] + 1))
     assert all(r["total_steps"] == structure.CONFIG["max_outer"] for r in logs)
     assert {"h", "rho", "alpha", "shd", "nnz", "accepted"} <= set(logs[-1])
@@ -154,8 +132,8 @@ def test_resume_is_bit_identical(tmp_path):
         random.seed(999), np.random.seed(999), torch.manual_seed(999)   # a new process's RNG, not ours
     got = structure.train(cfg, StoppingContext(resumed, cfg, every_steps=4))
 
-    assert _strip_times(got) == _strip_times(expected)
-    assert [_strip_times(r) for r in _metrics(resumed)] == [_strip_times(r) for r in _metrics(straight)]
+    assert strip_times(got) == strip_times(expected)
+    assert [strip_times(r) for r in metrics_of(resumed)] == [strip_times(r) for r in metrics_of(straight)]
     a = checkpoint.load_latest(straight / "checkpoints")[1]["state"]
     b = checkpoint.load_latest(resumed / "checkpoints")[1]["state"]
     assert torch.equal(a["w_accepted"], b["w_accepted"]) and a["rho"] == b["rho"] and a["alpha"] == b["alpha"]
