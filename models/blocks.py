@@ -6,6 +6,7 @@ that turn backprop into feedback alignment, and the cosine learning-rate schedul
     normalise_grad(h)                identity forward; backward g -> g / (rms(g) * batch)
     rms_normalise(t)                 t / rms(t), rms over every element of t
     cosine_lr(step, total, base_lr)  base_lr * (1 + cos(pi * step / total)) / 2
+    restore_same_config(ctx, cfg, task)   ctx.restore(), refusing a checkpoint saved under another config
 
 Nothing here keeps state of its own: feedback matrices are plain tensors the caller owns (and
 checkpoints), and the learning rate is a function of the step, so there is no scheduler to save.
@@ -103,3 +104,15 @@ def cosine_lr(step, total_steps, base_lr, final_lr=0.0):
     """The learning rate for 0-based `step` of `total_steps`: cosine from base_lr down to final_lr."""
     t = min(max(step, 0), total_steps) / max(total_steps, 1)
     return final_lr + (base_lr - final_lr) * 0.5 * (1.0 + math.cos(math.pi * t))
+
+
+def restore_same_config(ctx, cfg, task):
+    """ctx.restore(): the state last saved (None on a fresh run), refused when it was saved with
+    another config. Every task's state carries the `config` it was trained with."""
+    state = ctx.restore()
+    if state is not None:
+        changed = sorted(k for k in cfg if state["config"].get(k) != cfg[k])
+        if changed:
+            raise ValueError(f"{task}: the checkpoint was saved with other values of {changed}; "
+                             f"a run's config cannot change once it has checkpoints")
+    return state

@@ -59,7 +59,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from models import data as datasets
-from models.blocks import cosine_lr
+from models.blocks import cosine_lr, restore_same_config
 
 CONFIG = {
     "seed": 0,
@@ -260,12 +260,8 @@ def fit(cfg, ctx, data):
     gen = torch.Generator().manual_seed(seed)      # shuffling only: its state is the data position
 
     step, epoch, batch, perm, spent = 0, 0, 0, None, 0.0
-    state = ctx.restore()
+    state = restore_same_config(ctx, cfg, "refine")
     if state is not None:
-        changed = sorted(k for k in cfg if state["config"].get(k) != cfg[k])
-        if changed:
-            raise ValueError(f"refine: the checkpoint was trained with other values of {changed}; "
-                             f"a run's config cannot change once it has checkpoints")
         model.load_state_dict(state["model"])
         opt.load_state_dict(state["optimizer"])
         pos = state["data"]

@@ -54,7 +54,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from models import data as datasets
-from models.blocks import Block, cosine_lr, feedback_linear, normalise_grad, rms_normalise
+from models.blocks import Block, cosine_lr, feedback_linear, normalise_grad, restore_same_config, rms_normalise
 
 CONFIG = {
     "seed": 0,
@@ -263,12 +263,8 @@ def fit(cfg, ctx, data):
 
     step, epoch, batch, perm, spent = 0, 0, 0, None, 0.0
     sums = _zero_sums(device)
-    state = ctx.restore()
+    state = restore_same_config(ctx, cfg, "resmlp")
     if state is not None:
-        changed = sorted(k for k in cfg if state["config"].get(k) != cfg[k])
-        if changed:
-            raise ValueError(f"resmlp: the checkpoint was trained with other values of {changed}; "
-                             f"a run's config cannot change once it has checkpoints")
         model.load_state_dict(state["model"])
         for name, opt in opts.items():
             opt.load_state_dict(state["optimizers"][name])

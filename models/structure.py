@@ -49,6 +49,8 @@ import scipy.optimize
 import threadpoolctl
 import torch
 
+from models.blocks import restore_same_config
+
 CONFIG = {
     "seed": 0,
     "n_nodes": 10,
@@ -204,12 +206,8 @@ def train(cfg, ctx):
     w_acc = np.zeros((d, d))
     rho, alpha, h_acc = float(cfg["lambda_acyclic"]), 0.0, math.inf
     step, iters, spent, done = 0, 0, 0.0, False
-    state = ctx.restore()
+    state = restore_same_config(ctx, cfg, "structure")
     if state is not None:
-        changed = sorted(key for key in cfg if state["config"].get(key) != cfg[key])
-        if changed:
-            raise ValueError(f"structure: the checkpoint was computed with other values of {changed}; "
-                             f"a run's config cannot change once it has checkpoints")
         w_acc = state["w_accepted"].numpy()
         rho, alpha, h_acc = state["rho"], state["alpha"], state["h_accepted"]
         step, iters, spent, done = state["step"], state["lbfgs_iters"], state["train_time_s"], state["done"]

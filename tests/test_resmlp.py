@@ -67,6 +67,21 @@ def test_resume_is_bit_identical(tmp_path, method):
         _assert_same_tensors(a[key], b[key], key)
 
 
+@pytest.mark.parametrize("task", ["resmlp", "refine", "structure"])
+def test_a_checkpoint_saved_under_another_config_is_refused(tmp_path, task):
+    # every task restores through models.blocks.restore_same_config
+    import importlib
+    module = importlib.import_module(f"models.{task}")
+    cfg = {"resmlp": TINY, "refine": {"d_hidden": 16, "max_steps": 2, "epochs": 1, "seed": 7},
+           "structure": {"n_nodes": 4, "n_samples": 100, "max_outer": 3, "seed": 7}}[task]
+    cfg = module.resolve(cfg)
+    with pytest.raises(Interrupted):
+        module.train(cfg, StoppingContext(tmp_path, cfg, stop_at=2, every_steps=1))
+    other = {**cfg, "seed": 8}
+    with pytest.raises(ValueError, match=rf"{task}: .*other values of \['seed'\]"):
+        module.train(other, StoppingContext(tmp_path, other))
+
+
 # ---------------------------------------------------------------- k semantics
 
 @pytest.mark.parametrize("method", ["bp", "fa", "dfa"])
