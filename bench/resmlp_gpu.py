@@ -21,7 +21,6 @@ nothing for start-up: one start per job of the real sweep is seconds against hou
 asserts nothing.
 """
 import argparse
-import math
 import multiprocessing as mp
 import os
 import sys
@@ -46,31 +45,9 @@ def ladder_configs():
     return list(seen)
 
 
-class EpochClock:
-    """A ctx that never checkpoints and notes when each epoch ends (resmlp logs once per epoch)."""
-
-    def __init__(self, device):
-        self.device = device
-        self.ends = []
-
-    def restore(self):
-        return None
-
-    def should_checkpoint(self, step):
-        return False
-
-    def log(self, step, **metrics):
-        if self.device.startswith("cuda"):
-            import torch
-            torch.cuda.synchronize()
-        self.ends.append(time.perf_counter())
-
-    def time_left(self):
-        return math.inf
-
-
 def worker(device, n_train, n_test, epochs, threads, todo, done):
     import torch
+    from bench.resmlp_cpu import EpochClock
     from models import resmlp
     torch.set_num_threads(threads)
     g = torch.Generator(device=device).manual_seed(os.getpid())
