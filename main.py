@@ -16,7 +16,7 @@ import sys
 from pathlib import Path
 
 from jobs import spec as specs
-from jobs import sweepdir
+from jobs.store import RunState, SweepDir
 
 
 def _load(args):
@@ -27,20 +27,24 @@ def _load(args):
 
 def cmd_plan(args) -> int:
     sweep = _load(args)
-    sdir = _sdir(args, sweep)
-    exists = (sdir / "plan.json").exists() or (sdir / "journal.jsonl").exists()
-    states = {r.run_id: sweepdir.run_state(sdir, r.run_id) for r in sweep.runs} if exists else {}
-    before = sweepdir.previous_plan(sdir) if exists else {}
+    sweep_dir = _sweep_dir(args, sweep)
+    exists = sweep_dir.exists()
+    if exists:
+        from jobs.sched import submit
+        states = submit.states(sweep, sweep_dir)
+    else:
+        states = {}
+    before = sweep_dir.previous_plan() if exists else {}
     now = {r.run_id for r in sweep.runs}
     changes = {"added": [r.run_id for r in sweep.runs if r.run_id not in before],
                "removed": [rid for rid in before if rid not in now],
                "unchanged": [r.run_id for r in sweep.runs if r.run_id in before]}
     if args.json:
         out = {"name": sweep.name, "task": sweep.task, "spec": str(sweep.path), "count": len(sweep.runs),
-               "sweep_dir": str(sdir), "exists": exists,
+               "sweep_dir": str(sweep_dir), "exists": exists,
                "axes": sweep.axes,
                "runs": [{"run_id": r.run_id, "label": r.label, "config": r.config, "varied": r.varied,
-                         **({"state": states[r.run_id]} if exists else {})} for r in sweep.runs]}
+                         **({"state": str(states[r.run_id])} if exists else {})} for r in sweep.runs]}
         if exists:
             out["changes"] = changes
         json.dump(out, sys.stdout, indent=1, default=list)
@@ -57,11 +61,11 @@ def cmd_plan(args) -> int:
         counts = {}
         for s in states.values():
             counts[s] = counts.get(s, 0) + 1
-        print(f"sweep dir {sdir}: " + ", ".join(f"{n} {s}" for s, n in sorted(counts.items())))
+        print(f"sweep dir {sweep_dir}: " + ", ".join(f"{n} {s}" for s, n in sorted(counts.items())))
         print(f"since the last submit: {len(changes['added'])} added, {len(changes['removed'])} removed, "
               f"{len(changes['unchanged'])} unchanged")
     else:
-        print(f"sweep dir {sdir}: not created yet (submit creates it)")
+        print(f"sweep dir {sweep_dir}: not created yet (submit creates it)")
     print()
     lw = max([5] + [len(r.label) for r in sweep.runs])
     header = f"{'#':>5}  {'label':<{lw}}  run_id"
@@ -80,34 +84,44 @@ def cmd_plan(args) -> int:
 
 # ---------------------------------------------------------------- submit / resume / status / cancel / run
 
-def _sdir(args, sweep):
+def _sweep_dir(args, sweep) -> SweepDir:
     """The sweep dir; the cluster profile's root counts where a cluster is in play."""
     profile_root = None
     if getattr(args, "cluster", None) or os.environ.get("HPCSWEEP_CLUSTER"):
-        from jobs import slurm
+        from jobs.sched import slurm
         try:
-            profile_root = slurm.load_profile(getattr(args, "cluster", None)).get("root")
+            profile_root = slurm.load_profile(getattr(args, "cluster", None)).root
         except slurm.ProfileError as e:
             raise specs.SpecError(str(e))
-    return sweepdir.sweep_dir(args.root, sweep.name, profile_root)
+    return SweepDir.under(args.root, sweep.name, profile_root)
+
+
+def _named(args) -> str:
+    """How the user named the sweep, with the flags that locate it: repeated in every hint."""
+    out = [str(args.spec)]
+    for flag in ("root", "cluster"):
+        if getattr(args, flag, None):
+            out += [f"--{flag}", str(getattr(args, flag))]
+    return " ".join(out)
 
 
 def cmd_submit(args, retry_failed=False) -> int:
-    from jobs import launcher
+    from jobs.runtime.runner import PackJob
+    from jobs.sched import submit
     sweep = _load(args)
-    sdir = _sdir(args, sweep)
+    sweep_dir = _sweep_dir(args, sweep)
     try:
-        entry = launcher.submit(sweep, sdir, executor=args.executor, force=args.force or (),
-                                retry_failed=retry_failed or getattr(args, "retry_failed", False),
-                                cluster=args.cluster)
-    except launcher.SubmitError as e:
+        entry = submit.submit(sweep, sweep_dir, job_class=PackJob, executor=args.executor, force=args.force or (),
+                              retry_failed=retry_failed or getattr(args, "retry_failed", False),
+                              cluster=args.cluster)
+    except submit.SubmitError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    print(f"sweep dir: {sdir}")
-    if entry and args.wait:
-        return _wait(sweep, sdir)
+    print(f"sweep dir: {sweep_dir}")
+    if args.wait:
+        return _wait(sweep, sweep_dir, _named(args))
     if entry and entry.get("executor") != "debug":
-        print(f"watch it: python main.py status {args.spec}" + (f" --root {args.root}" if args.root else ""))
+        print(f"watch it: python main.py status {_named(args)}")
     return 0
 
 
@@ -116,114 +130,119 @@ def cmd_resume(args) -> int:
     return cmd_submit(args, retry_failed=args.retry_failed)
 
 
-def _wait(sweep, sdir) -> int:
-    """Show a progress bar until no run of the sweep is in flight; non-zero if any run failed."""
+def _wait(sweep, sweep_dir, named) -> int:
+    """Show progress until no run of the sweep is in flight; non-zero unless every run is done."""
     import time
-    from jobs import launcher
+    from jobs.sched import progress, submit
     tty = sys.stderr.isatty()
     last, last_print = None, 0.0
-    while True:
-        st = launcher.states(sweep, sdir)
-        counts = _counts(st.values())
-        line = _bar(counts, len(st))
-        if tty:
-            print("\r" + line, end="", file=sys.stderr, flush=True)
-        elif line != last and time.time() - last_print > 5 or not counts.get("in flight"):
-            print(line, file=sys.stderr, flush=True)
-            last_print = time.time()
-        last = line
-        if not counts.get("in flight"):
-            break
-        time.sleep(1.0)
+    try:
+        while True:
+            st = submit.states(sweep, sweep_dir)
+            counts = submit.count(st.values())
+            line = _bar(counts, len(st))
+            if tty:
+                print("\r" + line, end="", file=sys.stderr, flush=True)
+            elif line != last and time.time() - last_print > 5 or not counts.get(RunState.IN_FLIGHT):
+                print(line, file=sys.stderr, flush=True)
+                last_print = time.time()
+            last = line
+            if not counts.get(RunState.IN_FLIGHT):
+                break
+            time.sleep(1.0)
+    except KeyboardInterrupt:
+        print(f"\nstopped waiting; the jobs keep running. Watch them: python main.py status {named}"
+              f" (or stop them: python main.py cancel {named})", file=sys.stderr)
+        return 130
     if tty:
         print(file=sys.stderr)
-    failed = counts.get("failed", 0)
-    if failed:
-        print(f"{failed} runs failed: see python main.py status {sweep.path}")
-    return 1 if failed else 0
-
-
-def _counts(values):
-    out = {}
-    for v in values:
-        out[v] = out.get(v, 0) + 1
-    return out
+    unfinished = len(st) - counts.get(RunState.DONE, 0)
+    if unfinished:
+        print(f"{unfinished} of {len(st)} runs did not finish ({submit.describe(counts)})\n"
+              + progress.next_step(counts, named))
+    return 1 if unfinished else 0
 
 
 def _bar(counts, total, width=30):
-    done = counts.get("done", 0)
+    done = counts.get(RunState.DONE, 0)
     filled = int(width * done / max(total, 1))
-    rest = ", ".join(f"{n} {s}" for s, n in sorted(counts.items()) if s != "done")
+    rest = ", ".join(f"{n} {s}" for s, n in sorted(counts.items()) if s != RunState.DONE)
     return f"[{'#' * filled}{'.' * (width - filled)}] {done}/{total} done" + (f", {rest}" if rest else "")
 
 
 def cmd_status(args) -> int:
     import shutil
-    from jobs import launcher, progress
+    from jobs.sched import progress, submit
     sweep = _load(args)
-    sdir = _sdir(args, sweep)
-    if not (sdir / "plan.json").exists():
-        print(f"{sweep.name}: not submitted yet ({sdir} does not exist)\nnext: python main.py submit {args.spec}")
+    sweep_dir = _sweep_dir(args, sweep)
+    if not sweep_dir.plan.exists():
+        print(f"{sweep.name}: not submitted yet ({sweep_dir} does not exist)\nnext: python main.py submit {_named(args)}")
         return 0
-    st = launcher.states(sweep, sdir)
-    rows = [progress.run_row(sdir, r, st[r.run_id]) for r in sweep.runs]
-    counts = _counts(st.values())
-    print(f"{sweep.name}: {len(rows)} runs: " + ", ".join(f"{n} {s}" for s, n in sorted(counts.items())))
+    st = submit.states(sweep, sweep_dir)
+    failures = submit.scheduler_failures(sweep_dir)
+    rows = [progress.run_row(sweep_dir, r, st[r.run_id], failures.get(r.run_id, "")) for r in sweep.runs]
+    counts = submit.count(st.values())
+    print(f"{sweep.name}: {len(rows)} runs: {submit.describe(counts)}")
     size = shutil.get_terminal_size((120, 40))
-    order = {"failed": 0, "in flight": 1, "pending": 2, "new": 3, "done": 4}
+    order = {RunState.FAILED: 0, RunState.CORRUPT: 0, RunState.IN_FLIGHT: 1, RunState.BLOCKED: 2,
+             RunState.PENDING: 2, RunState.NEW: 3, RunState.DONE: 4}
     shown = rows if args.all else sorted(rows, key=lambda r: order.get(r["state"], 5))[:max(5, size.lines - 8)]
     if not args.all:
         shown.sort(key=lambda r: rows.index(r))
     print(progress.table(shown, size.columns))
     if len(shown) < len(rows):
         print(f"... {len(rows) - len(shown)} more runs (--all shows every run)")
-    print(progress.next_step(counts, args.spec))
+    print(progress.next_step(counts, _named(args)))
     return 0
 
 
 def cmd_cancel(args) -> int:
-    from jobs import launcher
+    from jobs.sched import submit
     sweep = _load(args)
-    launcher.cancel(_sdir(args, sweep))
+    submit.cancel(_sweep_dir(args, sweep))
     return 0
 
 
 def cmd_run(args) -> int:
-    from jobs import launcher, runner
+    from jobs.runtime import runner
+    from jobs.sched import submit
     sweep = _load(args)
     run = sweep.by_label(args.only) or next((r for r in sweep.runs if r.run_id == args.only), None)
     if run is None:
         labels = [r.label for r in sweep.runs]
-        print(f"error: no run labelled {args.only!r}{specs._did_you_mean(args.only, labels)}; "
-              f"`python main.py plan {args.spec}` lists them", file=sys.stderr)
+        print(f"error: no run labelled {args.only!r}{specs.did_you_mean(args.only, labels)}; "
+              f"`python main.py plan {_named(args)}` lists them", file=sys.stderr)
         return 2
-    sdir = _sdir(args, sweep)
-    launcher.prepare(sweep, sdir, launcher.new_submission_id())
-    res, ckpt = launcher.resources_of(sweep), launcher.checkpoint_of(sweep)
-    outcome = runner.run_one(sdir, run.run_id, gpus=res["gpus"], cpus=res["cpus"], checkpoint=ckpt,
-                             margin_s=launcher.margin_of(res, ckpt), reraise=sys.stdin.isatty() and args.pdb)
-    print(f"{run.label}: {outcome} ({sweepdir.run_dir(sdir, run.run_id)})")
+    sweep_dir = _sweep_dir(args, sweep)
+    submit.prepare(sweep, sweep_dir, submit.new_submission_id())
+    res, ckpt = submit.resources_of(sweep), submit.checkpoint_of(sweep)
+    outcome = runner.run_one(sweep_dir.path, run.run_id, gpus=res.gpus, cpus=res.cpus, checkpoint=ckpt.for_context(),
+                             margin_s=ckpt.margin_s_for(res.time_min), reraise=sys.stdin.isatty() and args.pdb)
+    print(f"{run.label}: {outcome} ({sweep_dir.run(run.run_id).path})")
     return 0 if outcome == "done" else 1
 
 
 # ---------------------------------------------------------------- aggregate
 
 def cmd_aggregate(args) -> int:
-    from analysis.aggregate import aggregate, is_sweep_dir
+    from analysis.aggregate import aggregate
     target = Path(args.target)
     analysis = None
+    if not target.exists():
+        print(f"error: {target}: file not found (give a sweep spec or a sweep dir)", file=sys.stderr)
+        return 2
     if target.is_file():
         sweep = specs.load_sweep(target)
-        sdir = _sdir(args, sweep)
+        sweep_dir = _sweep_dir(args, sweep)
         analysis = sweep.spec.get("analysis")   # the spec file's `analysis:` as it is now (edited after submit too)
     else:
-        sdir = target
-    if not is_sweep_dir(sdir):
+        sweep_dir = SweepDir(target)
+    if not sweep_dir.is_sweep_dir():
         hint = "; submit the spec first" if target.is_file() else " (no spec.yaml, plan.json or runs/)"
-        print(f"error: {sdir} is not a sweep dir{hint}", file=sys.stderr)
+        print(f"error: {sweep_dir} is not a sweep dir{hint}", file=sys.stderr)
         return 2
     try:
-        paths = aggregate(sdir, out=args.out, formats=args.format, analysis=analysis)
+        paths = aggregate(sweep_dir.path, out=args.out, formats=args.format, analysis=analysis)
     except ValueError as e:              # --format names something unknown
         print(f"error: {e}", file=sys.stderr)
         return 2

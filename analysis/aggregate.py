@@ -32,7 +32,7 @@ from analysis import curves as curves_mod
 from analysis import figures as figures_mod
 from analysis import summary as summary_mod
 from analysis.load import DONE, FAILED, PENDING, load
-from jobs import atomic
+from jobs.store import SweepDir, atomic
 
 FORMATS = ("csv", "md", "tex", "png", "pdf")
 BLOCK = 16 << 20
@@ -96,7 +96,7 @@ def _formats(formats):
 
 
 def is_sweep_dir(path) -> bool:
-    return any((Path(path) / name).exists() for name in ("spec.yaml", "plan.json", "runs"))
+    return SweepDir(path).is_sweep_dir()
 
 
 def aggregate(sweep_dir, out=None, formats=None, log=print, timings=None, analysis=None) -> list:
@@ -149,7 +149,7 @@ def aggregate(sweep_dir, out=None, formats=None, log=print, timings=None, analys
     figs = sweep.analysis["figures"] if formats & {"png", "pdf"} else []
     # ctx.restore cuts a resumed run's log back to its checkpoint; a run with several attempts
     # is still read line by line so that a task which never restores cannot double its steps
-    jobs = [(rid, sweep.dir / "runs" / rid / "metrics.jsonl", attempts > 1)
+    jobs = [(rid, SweepDir(sweep.dir).run(rid).metrics, attempts > 1)
             for rid, attempts in zip(runs["run_id"], runs["attempts"].fillna(1))]
     if "csv" in formats:
         path = out / "curves.csv"

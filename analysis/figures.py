@@ -22,7 +22,7 @@ from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 from matplotlib.ticker import FixedLocator, Formatter, MaxNLocator, NullLocator
 
-from analysis import schema
+from jobs.spec import figures as schema
 from analysis.load import DONE
 from analysis.pareto import front
 from analysis.summary import PARTIAL, counts, error_of, stats, t975, value_text

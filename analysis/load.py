@@ -16,11 +16,12 @@ from pathlib import Path
 import pandas as pd
 import yaml
 
-from analysis import schema
+from jobs.spec import figures as schema
+from jobs.store import RunState, SweepDir, atomic
 
 SEED = "seed"
 BASE_COLUMNS = ["run_id", "label", "state", "attempts", "wall_time_s", "finished"]
-DONE, FAILED, PENDING = "done", "failed", "pending"
+DONE, FAILED, PENDING = RunState.DONE, RunState.FAILED, RunState.PENDING
 _Loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
 
 
@@ -82,9 +83,10 @@ def load(sweep_dir, analysis=None) -> Sweep:
     """Read a sweep dir (complete or not) into a Sweep; problems land in Sweep.warnings.
 
     `analysis`: an `analysis:` block that replaces the one in the sweep dir's spec.yaml."""
-    sdir = Path(sweep_dir)
+    sweep_dir = SweepDir(sweep_dir)
+    sdir = sweep_dir.path
     warnings = []
-    spec, err = read_yaml(sdir / "spec.yaml")
+    spec, err = read_yaml(sweep_dir.spec)
     if err or not isinstance(spec, dict):
         if analysis is None:
             warnings.append(("spec", f"spec.yaml: {'unreadable (' + err + ')' if err else 'missing or not a mapping'}; "
@@ -96,7 +98,7 @@ def load(sweep_dir, analysis=None) -> Sweep:
                                  f"{message}; ignored"))
     analysis = schema.normalize(block)
 
-    plan, err = read_json(sdir / "plan.json")
+    plan, err = read_json(sweep_dir.plan)
     planned = []
     if err or (plan is not None and not isinstance(plan, dict)):
         warnings.append(("plan", f"plan.json: unreadable ({err or 'not a mapping'}); planned runs are taken "
@@ -104,7 +106,7 @@ def load(sweep_dir, analysis=None) -> Sweep:
     elif plan:
         planned = [r for r in plan.get("runs") or [] if isinstance(r, dict) and r.get("run_id")]
 
-    runs_dir = sdir / "runs"
+    runs_dir = sweep_dir.runs
     try:
         on_disk = sorted(e.name for e in os.scandir(runs_dir) if e.is_dir() and not e.name.startswith("."))
     except FileNotFoundError:
@@ -114,7 +116,7 @@ def load(sweep_dir, analysis=None) -> Sweep:
     for rid in on_disk:
         if rid in in_plan:
             continue
-        cfg, err = read_yaml(runs_dir / rid / "config.yaml")
+        cfg, err = read_yaml(sweep_dir.run(rid).config)
         if err or not isinstance(cfg, dict):
             if err or cfg is not None:
                 warnings.append(("config", f"runs/{rid}/config.yaml: unreadable ({err or 'not a mapping'}); run skipped"))
@@ -135,7 +137,7 @@ def load(sweep_dir, analysis=None) -> Sweep:
         row = {"run_id": rid, "label": entry.get("label") or rid, "in_plan": planned_run}
         row.update({f"config:{k}": _cell(v) for k, v in cfg.items()})
         if rid in on_disk:
-            result, err = read_json(runs_dir / rid / "result.json")
+            result, err = read_json(sweep_dir.run(rid).result)
             if err is None and result is not None and not isinstance(result, dict):
                 err = "not a JSON object"
             if err:
@@ -157,7 +159,7 @@ def load(sweep_dir, analysis=None) -> Sweep:
                     metric_order.setdefault(name, None)
                     row[f"metric:{name}"] = float("nan") if v is None else v
             else:
-                error_txt = runs_dir / rid / "error.txt"
+                error_txt = sweep_dir.run(rid).error
                 try:
                     text = error_txt.read_text(encoding="utf-8", errors="replace").strip()
                     row["state"] = FAILED

@@ -19,7 +19,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from jobs.context import RunContext  # noqa: E402
+from jobs.runtime.context import RunContext  # noqa: E402
 
 
 def build(hidden: int):

@@ -17,7 +17,9 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from jobs import launcher, sweepdir  # noqa: E402
+from jobs.runtime.runner import PackJob  # noqa: E402
+from jobs.sched import submit as sched  # noqa: E402
+from jobs.store import SweepDir, atomic  # noqa: E402
 from jobs.spec import load_sweep  # noqa: E402
 
 
@@ -38,11 +40,11 @@ def main():
         sweep = load_sweep(tmp / "s.yaml")
         sdir = tmp / "root" / sweep.name
         t0 = time.perf_counter()
-        launcher.submit(sweep, sdir, executor="local", log=lambda *_: None)
-        while "in flight" in launcher.states(sweep, sdir).values():
+        sched.submit(sweep, SweepDir(sdir), job_class=PackJob, executor="local", log=lambda *_: None)
+        while "in flight" in sched.states(sweep, SweepDir(sdir)).values():
             time.sleep(0.2)
         wall = time.perf_counter() - t0
-        runs = [sweepdir.read_json(sweepdir.run_dir(sdir, r.run_id) / "result.json") for r in sweep.runs]
+        runs = [atomic.read_json(SweepDir(sdir).run(r.run_id).path / "result.json") for r in sweep.runs]
         missing = sum(r is None for r in runs)
         total = sum(r["wall_time_s"] for r in runs if r)
     ideal = total / args.max_parallel

@@ -13,7 +13,8 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from jobs.spec import load_sweep, run_id_of  # noqa: E402
+from jobs.spec import load_sweep  # noqa: E402
+from jobs.spec.grammar import run_id_of  # noqa: E402
 
 TASK = """CONFIG = {"seed": 0, "method": "bp", "d_hidden": 256, "num_blocks": 4, "k": 4, "lr": 1e-3,
           "weight_decay": 0.01, "epochs": 100, "batch_size": 128, "dataset": "digits", "data_dir": None,

@@ -19,8 +19,10 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
-from jobs import launcher, slurm, sweepdir  # noqa: E402
-from jobs.runner import PackJob  # noqa: E402
+from jobs.sched import slurm  # noqa: E402
+from jobs.sched import submit as sched  # noqa: E402
+from jobs.store import SweepDir, atomic  # noqa: E402
+from jobs.runtime.runner import PackJob  # noqa: E402
 from jobs.spec import load_sweep  # noqa: E402
 
 
@@ -70,10 +72,10 @@ def bench_submit(tmp, count, runs):
     sdir = tmp / "root" / sweep.name
     before = calls(count, "sbatch")
     t0 = time.perf_counter()
-    entry = launcher.submit(sweep, sdir, executor="slurm", cluster="local", log=lambda *_: None)
+    entry = sched.submit(sweep, SweepDir(sdir), job_class=PackJob, executor="slurm", cluster="local", log=lambda *_: None)
     took = time.perf_counter() - t0
     n_sbatch = calls(count, "sbatch") - before
-    print(f"submit {runs} runs as arrays (launcher.submit, pack 1)")
+    print(f"submit {runs} runs as arrays (sched.submit, pack 1)")
     print(f"  sbatch calls       {n_sbatch:8d}")
     print(f"  seconds            {took:8.2f}   (sweep dir, {runs} config.yaml, journal, sbatch)")
     return sweep, sdir, entry
@@ -102,7 +104,7 @@ def bench_single(tmp, count, single, runs):
 def bench_status(tmp, count, sweep, sdir, when):
     before = calls(count, "sacct")
     t0 = time.perf_counter()
-    states = launcher.states(sweep, sdir)
+    states = sched.states(sweep, SweepDir(sdir))
     took = time.perf_counter() - t0
     n_sacct = calls(count, "sacct") - before
     before = calls(count, "sacct")
@@ -115,10 +117,10 @@ def bench_status(tmp, count, sweep, sdir, when):
     for s in states.values():
         counts[s] = counts.get(s, 0) + 1
     print(f"status on {len(states)} runs, {when} ({', '.join(f'{n} {s}' for s, n in sorted(counts.items()))})")
-    print(f"  sacct calls        {n_sacct:8d}   (launcher.states: target 1)")
-    print(f"  seconds            {took:8.2f}   (launcher.states, in-process; target < 2)")
+    print(f"  sacct calls        {n_sacct:8d}   (sched.states: target 1)")
+    print(f"  seconds            {took:8.2f}   (sched.states, in-process; target < 2)")
     t0 = time.perf_counter()
-    subprocess.run([sys.executable, "-c", "import jobs.launcher, jobs.progress"], cwd=REPO, check=True)
+    subprocess.run([sys.executable, "-c", "import jobs.sched.submit, jobs.sched.progress"], cwd=REPO, check=True)
     imports = time.perf_counter() - t0
     print(f"  `main.py status`   {cli:8.2f} s, {n_cli} sacct call(s), exit {out.returncode} "
           f"(of which {imports:.2f} s Python start-up and imports)")
@@ -128,15 +130,15 @@ def bench_preemption(tmp, n):
     """USR2 to a running job -> the run checkpoints -> requeued -> running again, n times."""
     sweep = sweep_of(tmp, "bench_preempt", 1, epochs=400)
     sdir = tmp / "root" / sweep.name
-    entry = launcher.submit(sweep, sdir, executor="slurm", cluster="local", log=lambda *_: None)
+    entry = sched.submit(sweep, SweepDir(sdir), job_class=PackJob, executor="slurm", cluster="local", log=lambda *_: None)
     job = entry["job_ids"][0]
-    rdir = sweepdir.run_dir(sdir, sweep.runs[0].run_id)
+    rdir = SweepDir(sdir).run(sweep.runs[0].run_id).path
 
     def events(kind):
-        return [a for a in sweepdir.read_jsonl(rdir / "attempts.jsonl") if a["event"] == kind]
+        return [a for a in atomic.read_jsonl(rdir / "attempts.jsonl") if a["event"] == kind]
 
     def lines():
-        return len(sweepdir.read_jsonl(rdir / "metrics.jsonl"))
+        return len(atomic.read_jsonl(rdir / "metrics.jsonl"))
 
     saved, again, training = [], [], []
     try:

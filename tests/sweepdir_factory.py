@@ -19,7 +19,7 @@ from pathlib import Path
 
 import yaml
 
-from jobs import atomic
+from jobs.store import atomic
 
 
 def run_id_of(config: dict) -> str:

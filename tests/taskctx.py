@@ -4,7 +4,7 @@
 """
 import json
 
-from jobs.context import RunContext
+from jobs.runtime.context import RunContext
 
 TIMES = ("train_time_s", "time")        # wall-clock values: never equal between two runs
 

@@ -1,0 +1,286 @@
+"""RunContext: all a task sees of the machinery (`train(cfg, ctx)`), and Interrupted.
+
+What a run owns inside its run dir: `checkpoints/` (through jobs/checkpoint.py) and
+`metrics.jsonl` (one JSON object per ctx.log). A resumed run reproduces the uninterrupted one:
+ctx.restore() brings back the task's state, the RNG states of python `random`, numpy's global RNG,
+torch (CPU and CUDA) as they were at ctx.save, and cuts metrics.jsonl back to what had been logged
+when that checkpoint was taken, so the lines logged again after resuming are not doubled.
+
+Stopping is cooperative: a signal handler calls ctx.request_stop() (it only sets a flag); the task
+sees should_checkpoint() turn True at its next step, calls ctx.save(), and save raises Interrupted
+once the checkpoint is durable. Running out of time (the deadline minus margin_s) does the same.
+"""
+from __future__ import annotations
+
+import json
+import math
+import random
+import time
+import warnings
+from numbers import Number
+from pathlib import Path
+
+import numpy as np
+import torch
+from pydantic import ValidationError
+
+from jobs.runtime import checkpoint
+from jobs.spec.settings import Checkpoint, settings_error
+from jobs.store import RunDir, atomic
+
+FORMAT = 1
+RESERVED_METRICS = ("step", "time")
+
+
+class Interrupted(Exception):
+    """Raised by ctx.save after a stop request / time running out: the run checkpointed and must be requeued."""
+
+
+class RunContext:
+    """The handle a task gets: restore, save, log, should_checkpoint, time_left, device."""
+
+    def __init__(self, run_dir, cfg, *, run_id="", device="cpu", checkpoint=None, deadline=None,
+                 margin_s=60.0, manifest=None, attempt=0, clock=time.time, rank=0, local_rank=0, world_size=1):
+        self.run_dir = Path(run_dir)
+        self.rank, self.local_rank, self.world_size = int(rank), int(local_rank), int(world_size)
+        self.cfg = cfg
+        self.run_id = run_id
+        self.device = device
+        self.attempt = attempt
+        self.manifest = Path(manifest) if manifest is not None else None
+        self.checkpoint = checkpoint_settings(checkpoint)
+        self.deadline = None if deadline is None else float(deadline)
+        self.margin_s = float(margin_s)
+        self.ckpt_dir = RunDir(self.run_dir).checkpoints
+        self.metrics_path = RunDir(self.run_dir).metrics
+        self.start_step = 0              # the restored step; 0 on a fresh run
+        self._clock = clock
+        self._stop = False
+        every_min = self.checkpoint["every_min"]
+        self._every_s = math.inf if every_min is None else 60.0 * every_min
+        self._every_steps = self.checkpoint["every_steps"]
+        self._last_save_time = clock()
+        self._last_save_step = 0
+        self._metrics_lines = None       # lines of metrics.jsonl on this run's timeline; None: not counted yet
+        self._saved = False
+
+    # --- distributed runs -----------------------------------------------------------------------
+
+    @property
+    def is_main(self) -> bool:
+        """True on the process that writes the run's files (rank 0)."""
+        return self.rank == 0
+
+    def barrier(self) -> None:
+        """Wait for every rank of the run (no-op in a single-process run)."""
+        if self.world_size > 1:
+            torch.distributed.barrier()
+
+    def ddp(self, model):
+        """`model` on ctx.device, wrapped in DistributedDataParallel when the run has several ranks."""
+        model = model.to(self.device)
+        if self.world_size == 1:
+            return model
+        from torch.nn.parallel import DistributedDataParallel
+        ids = [torch.device(self.device).index] if str(self.device).startswith("cuda") else None
+        return DistributedDataParallel(model, device_ids=ids)
+
+    # --- stopping and time --------------------------------------------------------------------
+
+    def request_stop(self) -> None:
+        """Ask the task to checkpoint and stop at its next step. Async-signal-safe: only sets a flag."""
+        self._stop = True
+
+    @property
+    def stop_requested(self) -> bool:
+        return self._stop
+
+    def time_left(self) -> float:
+        """Seconds until the job loses its allocation (inf without a deadline)."""
+        return math.inf if self.deadline is None else self.deadline - self._clock()
+
+    def should_checkpoint(self, step: int) -> bool:
+        """True when the task should call ctx.save(step, ...) now.
+
+        That is: a stop was requested, time is running out (time_left() < margin_s),
+        every_min minutes passed since the last save (or the start), or every_steps steps did.
+        Called every step, so it only reads the clock.
+        """
+        if self._stop:
+            return True
+        now = self._clock()
+        if self.deadline is not None and self.deadline - now < self.margin_s:
+            return True
+        if now - self._last_save_time >= self._every_s:
+            return True
+        return bool(self._every_steps) and step - self._last_save_step >= self._every_steps
+
+    def _stop_reason(self) -> str | None:
+        if self._stop:
+            return "a stop was requested (signal, cancel or preemption)"
+        left = self.time_left()
+        if left < self.margin_s:
+            return f"{left:.0f} s left before the job's time limit, under the {self.margin_s:.0f} s margin"
+        return None
+
+    # --- checkpoints --------------------------------------------------------------------------
+
+    def restore(self):
+        """The state last passed to ctx.save, or None on a fresh run; RNG states and metrics follow it.
+
+        On a fresh run (no valid checkpoint) metrics.jsonl is emptied: lines from an attempt that
+        died before its first checkpoint describe steps that are about to be run again.
+        """
+        found = checkpoint.load_latest(self.ckpt_dir)
+        if found is None:
+            self._cut_metrics(keep_lines=0, max_step=None)
+            return None
+        step, payload = found
+        if not isinstance(payload, dict) or payload.get("format") != FORMAT or "state" not in payload:
+            raise ValueError(f"{checkpoint.ckpt_path(self.ckpt_dir, step)}: not a RunContext checkpoint "
+                             f"(expected a dict with format {FORMAT}); was it written by another tool?")
+        set_rng_state(payload.get("rng") or {})
+        self._cut_metrics(payload.get("metrics_lines"), step)
+        self.start_step = self._last_save_step = step
+        self._last_save_time = self._clock()
+        return payload["state"]
+
+    def save(self, step: int, state) -> Path:
+        """Checkpoint `state` at `step` (atomic, sha256, retention, manifest); the file's path.
+
+        Raises Interrupted after the checkpoint is durable when a stop was requested or time is
+        running out: the runner then requeues the run, which resumes from this checkpoint.
+        """
+        payload = {"format": FORMAT, "step": int(step), "state": state, "rng": rng_state(),
+                   "metrics_lines": self._count_metrics()}
+        settings = self.checkpoint
+        # the first save of an attempt checks the state loads back safely: a bad type fails now, not on resume
+        path = checkpoint.save(self.ckpt_dir, step, payload, manifest=self.manifest, run_id=self.run_id,
+                               keep_last=settings["keep_last"], keep_every=settings["keep_every"],
+                               verify=not self._saved)
+        self._saved = True
+        self._last_save_step, self._last_save_time = int(step), self._clock()
+        reason = self._stop_reason()
+        if reason:
+            raise Interrupted(f"run {self.run_id or self.run_dir.name} checkpointed at step {step} "
+                              f"and stops to be requeued: {reason}")
+        return path
+
+    # --- metrics ------------------------------------------------------------------------------
+
+    def log(self, step: int, **metrics) -> None:
+        """Append {"step", "time", **metrics} as one line to metrics.jsonl (one write, unbuffered)."""
+        for key in RESERVED_METRICS:
+            if key in metrics:
+                raise ValueError(f"ctx.log: '{key}' is filled in by ctx.log itself; name the metric otherwise")
+        row = {"step": int(step), "time": time.time()}
+        row.update((k, plain(v, k)) for k, v in metrics.items())
+        line = (json.dumps(row) + "\n").encode("utf-8")
+        try:
+            f = open(self.metrics_path, "ab", buffering=0)
+        except FileNotFoundError:
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+            f = open(self.metrics_path, "ab", buffering=0)
+        with f:
+            # one write of a whole line: a kill leaves whole lines (or a cut last one, which restore drops)
+            written = f.write(line)
+            while written < len(line):          # a short write (disk nearly full): finish the line
+                written += f.write(line[written:])
+        if self._metrics_lines is not None:
+            self._metrics_lines += 1
+
+    def _count_metrics(self) -> int:
+        if self._metrics_lines is None:      # the task never called restore(): count what is there once
+            try:
+                self._metrics_lines = self.metrics_path.read_bytes().count(b"\n")
+            except FileNotFoundError:
+                self._metrics_lines = 0
+        return self._metrics_lines
+
+    def _cut_metrics(self, keep_lines, max_step) -> None:
+        """Rewrite metrics.jsonl (atomically) to the lines logged before the restored checkpoint.
+
+        `keep_lines` (stored in the checkpoint) is exact; checkpoints without it fall back to the
+        lines whose step <= `max_step`. A partial or unparsable line (a killed writer) is dropped.
+        """
+        try:
+            data = self.metrics_path.read_bytes()
+        except FileNotFoundError:
+            self._metrics_lines = 0
+            return
+        lines = data.split(b"\n")[:-1]        # what follows the last newline is a partial line
+        if keep_lines is not None:
+            lines = lines[:keep_lines]
+        kept = []
+        for raw in lines:
+            try:
+                row = json.loads(raw)
+            except ValueError:
+                continue
+            if keep_lines is None and (max_step is None or not isinstance(row, dict)
+                                       or not isinstance(row.get("step"), Number) or row["step"] > max_step):
+                continue
+            kept.append(raw + b"\n")
+        new = b"".join(kept)
+        if new != data:
+            atomic.write_bytes(self.metrics_path, new)
+        self._metrics_lines = len(kept)
+
+
+def checkpoint_settings(spec) -> dict:
+    """The spec's `checkpoint:` mapping completed with its defaults (jobs.spec.settings.Checkpoint) and checked."""
+    try:
+        return Checkpoint.model_validate(dict(spec or {})).for_context()
+    except ValidationError as e:
+        loc, message = settings_error(e)
+        raise ValueError(f"checkpoint.{'.'.join(map(str, loc))}: {message}") from None
+
+
+# --- values and RNG states --------------------------------------------------------------------
+
+def plain(value, key="value"):
+    """`value` as a JSON value: 0-d tensors and numpy scalars become numbers, arrays lists."""
+    if value is None or isinstance(value, (bool, int, float, str)):
+        return value
+    if isinstance(value, (torch.Tensor, np.ndarray, np.generic)):
+        return value.tolist()        # a 0-d tensor / numpy scalar gives a Python number
+    if isinstance(value, (list, tuple)):
+        return [plain(v, key) for v in value]
+    if isinstance(value, dict):
+        return {str(k): plain(v, key) for k, v in value.items()}
+    raise TypeError(f"ctx.log: metric '{key}' is a {type(value).__name__}; "
+                    f"log numbers, bools, strings or lists of numbers")
+
+
+def rng_state() -> dict:
+    """The global RNG states (python, numpy, torch CPU, CUDA when in use), in a form weights_only loads."""
+    name, keys, pos, has_gauss, cached = np.random.get_state()
+    state = {
+        "python": random.getstate(),     # (version, tuple of 625 ints, gauss_next): plain tuples and ints
+        "numpy": {"name": str(name), "keys": torch.from_numpy(keys.astype(np.int64)), "pos": int(pos),
+                  "has_gauss": int(has_gauss), "cached_gaussian": float(cached)},
+        "torch": torch.get_rng_state(),
+    }
+    # only once CUDA is initialised: asking earlier would initialise it in a CPU-only task
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict) -> None:
+    """Put back the global RNG states captured by rng_state()."""
+    if "python" in state:
+        version, internal, gauss = state["python"]
+        random.setstate((version, tuple(internal), gauss))
+    if "numpy" in state:
+        s = state["numpy"]
+        np.random.set_state((s["name"], s["keys"].numpy().astype(np.uint32), s["pos"], s["has_gauss"],
+                             s["cached_gaussian"]))
+    if "torch" in state:
+        torch.set_rng_state(state["torch"])
+    if state.get("cuda") is not None and torch.cuda.is_available():
+        if len(state["cuda"]) == torch.cuda.device_count():
+            torch.cuda.set_rng_state_all(state["cuda"])
+        else:
+            warnings.warn(f"checkpoint has CUDA RNG states for {len(state['cuda'])} GPU(s), this job sees "
+                          f"{torch.cuda.device_count()}: CUDA random numbers will differ from an uninterrupted run")

@@ -1,0 +1,288 @@
+"""In the job: run a pack of runs, each with its own RunContext, and requeue what is unfinished.
+
+A job (one submitit job, one SLURM array task) calls `PackJob(...)()`. For each run of its
+pack that is not done it takes the run's lock (so no run ever executes twice at once), reads
+its config.yaml, calls `models.<task>.train(cfg, ctx)` and writes result.json as the last act,
+or error.txt with the traceback. SIGUSR2 (submitit's pre-timeout and preemption signal) and
+SIGTERM only set a flag: the task notices it at its next `ctx.should_checkpoint`, saves, and
+`ctx.save` raises Interrupted; then the job requeues itself while its budget lasts, else it
+ends and reports the runs left for the launcher to chain into a fresh job.
+"""
+from __future__ import annotations
+
+import importlib
+import json
+import multiprocessing
+import os
+import signal
+import socket
+import sys
+import time
+import traceback
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+from filelock import FileLock, Timeout
+
+from jobs.spec.settings import Checkpoint, Resources
+from jobs.store import Outcome, RunDir, SweepDir, atomic, now_iso
+
+LOCAL_REQUEUE_RETURN_CODE = 144     # submitit's local controller restarts a job that exits with it
+DONE, INTERRUPTED, FAILED, BUSY = Outcome.DONE, Outcome.INTERRUPTED, Outcome.FAILED, Outcome.BUSY
+EXIT_CODES = {DONE: 0, INTERRUPTED: 3, FAILED: 4, BUSY: 5}
+
+
+def job_id() -> str:
+    """This job's id as the scheduler knows it ("" outside a job)."""
+    if os.environ.get("SLURM_ARRAY_JOB_ID"):
+        return f"{os.environ['SLURM_ARRAY_JOB_ID']}_{os.environ.get('SLURM_ARRAY_TASK_ID', '')}"
+    for var in ("SLURM_JOB_ID", "SUBMITIT_LOCAL_JOB_ID", "SUBMITIT_DEBUG_JOB_ID"):
+        if os.environ.get(var):
+            return os.environ[var]
+    return f"pid{os.getpid()}"
+
+
+def _device(gpus: int) -> str:
+    if gpus:
+        import torch
+        if torch.cuda.is_available():
+            return "cuda"
+    return "cpu"
+
+
+def run_one(sdir, run_id, *, deadline=None, margin_s=60.0, gpus=0, cpus=0, checkpoint=None,
+            on_ctx=None, reraise=False) -> str:
+    """Run (or resume) one run to its end or its next interruption; the outcome's name."""
+    sweep_dir = SweepDir(sdir)
+    run_dir = sweep_dir.run(run_id)
+    if run_dir.result.exists():
+        return DONE
+    lock = FileLock(str(run_dir.lock))
+    try:
+        lock.acquire(timeout=0)
+    except Timeout:
+        return BUSY                   # another job holds it: never run one run twice at once
+    try:
+        if run_dir.result.exists():
+            return DONE
+        if cpus:
+            limit_threads(cpus)
+        return _attempt(sweep_dir, run_dir, deadline, margin_s, gpus, checkpoint, on_ctx, reraise)
+    finally:
+        lock.release()
+
+
+def limit_threads(cpus):
+    """Use the cores the job asked for, no more: jobs side by side must not oversubscribe a node."""
+    import torch
+    if torch.get_num_threads() != cpus:
+        torch.set_num_threads(cpus)
+
+
+def _attempt(sweep_dir, run_dir, deadline, margin_s, gpus, checkpoint, on_ctx, reraise):
+    from jobs.runtime.context import Interrupted, RunContext     # torch: only where a run executes
+    run_id = run_dir.run_id
+    meta = run_dir.read_config()
+    attempt = len(run_dir.starts()) + 1
+    started = time.time()
+    atomic.append_jsonl(run_dir.attempts, {
+        "event": "start", "attempt": attempt, "job_id": job_id(), "host": socket.gethostname(),
+        "pid": os.getpid(), "started": started}, lock=False)
+    if run_dir.error.exists():     # an earlier attempt's failure: keep it beside, start clean
+        os.replace(run_dir.error, run_dir.error_of_attempt(attempt - 1))
+    ctx = RunContext(run_dir.path, meta["config"], run_id=run_id, device=_device(gpus), checkpoint=checkpoint or {},
+                     deadline=deadline, margin_s=margin_s, manifest=sweep_dir.manifest, attempt=attempt)
+    if on_ctx:
+        on_ctx(ctx)
+    outcome, detail = FAILED, ""
+    try:
+        task = importlib.import_module(f"models.{meta['task']}")
+        metrics = task.train(meta["config"], ctx)
+        ended = time.time()
+        wall = sum(a.get("ended", a["started"]) - a["started"]
+                   for a in run_dir.read_attempts() if a.get("event") == "end") + (ended - started)
+        atomic.write_json(run_dir.result, {
+            "run_id": run_id, "label": meta.get("label", ""), "metrics": _plain(metrics or {}),
+            "wall_time_s": round(wall, 3), "attempts": attempt, "finished": now_iso()})
+        outcome = DONE
+    except Interrupted:
+        outcome = INTERRUPTED
+    except Exception as e:  # a task's own exception: recorded, shown by `status`, not retried blindly
+        atomic.write_text(run_dir.error, traceback.format_exc())
+        detail = f"{type(e).__name__}: {e}".splitlines()[0][:300]
+        if reraise:
+            raise
+    except BaseException:            # KeyboardInterrupt from a cancel, SystemExit: resumable, not failed
+        outcome = Outcome.CANCELLED
+        raise
+    finally:
+        atomic.append_jsonl(run_dir.attempts, {
+            "event": "end", "attempt": attempt, "job_id": job_id(), "started": started,
+            "ended": time.time(), "outcome": outcome, **({"error": detail} if detail else {})}, lock=False)
+    return outcome
+
+
+def _plain(obj):
+    """Metrics as JSON-able Python values (tensors and numpy scalars become numbers)."""
+    if isinstance(obj, dict):
+        return {str(k): _plain(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_plain(v) for v in obj]
+    if hasattr(obj, "tolist"):
+        return obj.tolist()
+    if hasattr(obj, "item"):
+        return obj.item()
+    return obj
+
+
+# ---------------------------------------------------------------- the pack
+
+@dataclass
+class PackJob:
+    """What a job executes: the runs of one pack, sequentially or side by side."""
+    sweep_dir: str
+    run_ids: list
+    time_min: float = 0.0            # the job's wall-time limit (0: none)
+    margin_s: float = 60.0           # save when less than this is left
+    gpus: int = 0
+    cpus: int = 0                    # torch threads per run (0: torch's default)
+    checkpoint: dict = field(default_factory=dict)
+    concurrent: bool = False
+    max_requeue: int = 3             # attempts of this job beyond the first before it stops requeuing
+    reraise: bool = False            # the debug executor at a terminal: let pdb see a task's exception
+    submission: str = ""             # the journal's submission id
+    chain: dict = field(default_factory=dict)   # SLURM: {"params": executor params, "left": chains left}
+    # how to go on in a fresh job once the requeue budget is spent: handed in by the scheduler layer
+    # (a module-level function, so the job pickles it by name): chain_submit(sweep_dir, pack_job) -> job id
+    chain_submit: object = None
+
+    def __call__(self) -> dict:
+        started = time.time()
+        deadline = started + 60 * self.time_min if self.time_min else None
+        stop = _Stop()
+        stop.install()
+        if self.concurrent and len(self.run_ids) > 1:
+            outcomes = self._run_concurrently(deadline, stop)
+        else:
+            outcomes = {}
+            for rid in self.run_ids:
+                if stop.requested:
+                    outcomes[rid] = INTERRUPTED
+                    continue
+                outcomes[rid] = run_one(self.sweep_dir, rid, deadline=deadline, margin_s=self.margin_s,
+                                        gpus=self.gpus, cpus=self.cpus, checkpoint=self.checkpoint, on_ctx=stop.attach,
+                                        reraise=self.reraise)
+                stop.detach()
+                if outcomes[rid] == INTERRUPTED:
+                    stop.requested = True    # out of time: start no further run in this attempt
+        left = [rid for rid, o in outcomes.items() if o == INTERRUPTED]
+        if left and stop.signum == signal.SIGTERM and os.environ.get("SLURM_JOB_ID"):
+            # scancel, `scontrol requeue` or preemption: SLURM itself ends or requeues this job;
+            # requeuing or chaining here would run the runs again after a cancel
+            return {"outcomes": outcomes, "unfinished": left}
+        if left and self._may_requeue():
+            requeue()
+        if left and self.chain.get("left", 0) > 0 and self.chain_submit is not None:
+            self._chain(left)
+        return {"outcomes": outcomes, "unfinished": left}
+
+    def _chain(self, left):
+        """The requeue budget is spent (or the site forbids requeue): go on in a fresh job."""
+        nxt = replace(self, run_ids=list(left), chain={**self.chain, "left": self.chain["left"] - 1})
+        new_id = self.chain_submit(self.sweep_dir, nxt)
+        SweepDir(self.sweep_dir).append_journal({
+            "event": "chain", "submission": self.submission, "job_id": str(new_id), "from": job_id(),
+            "runs": list(left), "time": now_iso()})
+
+    def _may_requeue(self) -> bool:
+        me = job_id()
+        sweep_dir = SweepDir(self.sweep_dir)
+        mine = max(sum(1 for a in sweep_dir.run(rid).starts() if a.get("job_id") == me)
+                   for rid in self.run_ids)
+        return mine <= self.max_requeue and requeue_supported()
+
+    def _run_concurrently(self, deadline, stop) -> dict:
+        ctx = multiprocessing.get_context("spawn")   # a fresh interpreter each: RNG states stay per run
+        procs = {}
+        for rid in self.run_ids:
+            p = ctx.Process(target=_child, args=(self.sweep_dir, rid, deadline, self.margin_s, self.gpus,
+                                                 self.cpus, self.checkpoint), daemon=False)
+            p.start()
+            procs[rid] = p
+        stop.children = [p.pid for p in procs.values()]
+        codes = {}
+        for rid, p in procs.items():
+            p.join()
+            codes[rid] = p.exitcode
+        by_code = {v: k for k, v in EXIT_CODES.items()}
+        return {rid: by_code.get(code, FAILED) for rid, code in codes.items()}
+
+
+def _child(sdir, rid, deadline, margin_s, gpus, cpus, checkpoint):
+    stop = _Stop()
+    stop.install()
+    sys.exit(EXIT_CODES[run_one(sdir, rid, deadline=deadline, margin_s=margin_s, gpus=gpus, cpus=cpus,
+                           checkpoint=checkpoint, on_ctx=stop.attach)])
+
+
+class _Stop:
+    """Turns SIGUSR2/SIGTERM into a stop request on the running ctx (and forwards it to children)."""
+
+    def __init__(self):
+        self.requested = False
+        self.signum = None
+        self.ctx = None
+        self.children = []
+
+    def install(self):
+        if hasattr(signal, "SIGUSR2"):
+            signal.signal(signal.SIGUSR2, self._handle)
+        signal.signal(signal.SIGTERM, self._handle)
+
+    def attach(self, ctx):
+        self.ctx = ctx
+        if self.requested:
+            ctx.request_stop()
+
+    def detach(self):
+        self.ctx = None
+
+    def _handle(self, signum, frame):
+        self.requested = True
+        self.signum = signum
+        if self.ctx is not None:
+            self.ctx.request_stop()
+        for pid in self.children:
+            try:
+                os.kill(pid, signal.SIGUSR2)
+            except ProcessLookupError:
+                pass
+
+
+def requeue_supported() -> bool:
+    return bool(os.environ.get("SUBMITIT_LOCAL_JOB_ID") or os.environ.get("SLURM_JOB_ID"))
+
+
+def requeue():
+    """Hand the job back to its scheduler to run again, then leave."""
+    if os.environ.get("SLURM_JOB_ID"):
+        import subprocess
+        jid = job_id()      # A_i in an array: a bare SLURM_JOB_ID can be the array's id and requeue every task
+        subprocess.run(["scontrol", "requeue", jid], check=True, timeout=60)
+        sys.exit(0)
+    sys.exit(LOCAL_REQUEUE_RETURN_CODE)
+
+
+def main(argv=None):
+    """`python -m jobs.runtime.runner SWEEP_DIR RUN_ID`: one run in this process (what `main.py run` uses)."""
+    sdir, rid = (argv or sys.argv[1:])[:2]
+    # as a job of this sweep would run it: its cpus (torch threads change float sums) and checkpoints
+    spec = SweepDir(sdir).read_spec()
+    res = Resources.model_validate(spec.get("resources") or {})
+    ckpt = Checkpoint.model_validate(spec.get("checkpoint") or {})
+    print(json.dumps({"outcome": run_one(sdir, rid, gpus=res.gpus, cpus=res.cpus, checkpoint=ckpt.for_context(),
+                                         margin_s=ckpt.margin_s_for(res.time_min))}))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,122 @@
+"""The local executor's driver: a detached process that keeps a submission's packs going.
+
+    python -m jobs.sched.local drive SWEEP_DIR SUBMISSION_ID      # what `submit --executor local` starts
+
+It runs the packs through submitit's LocalExecutor, at most max_parallel at once, records every
+job in the journal, and chains a pack whose job stopped with runs left (requeue budget spent)
+into a fresh job. `cancel` sends it SIGTERM: it interrupts its jobs (USR2: each run checkpoints
+and stops), waits for them, and records the end.
+"""
+from __future__ import annotations
+
+import dataclasses
+import os
+import pickle
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import psutil
+
+from jobs.store import SweepDir, atomic, now_iso
+
+REPO = Path(__file__).resolve().parent.parent.parent
+STOP_WAIT_S = 60             # how long a cancelled driver waits for its runs to checkpoint
+
+
+def start_driver(sweep_dir: SweepDir, submission: str, jobs: list, parallel: int, max_chain: int) -> int:
+    """Start the detached driver of `submission` for these job objects (PackJobs); its pid."""
+    atomic.write_bytes(sweep_dir.submission_file(submission),
+                       pickle.dumps({"jobs": jobs, "parallel": parallel, "max_chain": max_chain}))
+    with open(sweep_dir.driver_log(submission), "ab") as log:
+        proc = subprocess.Popen([sys.executable, "-m", "jobs.sched.local", "drive", str(sweep_dir.path.resolve()),
+                                 submission], cwd=REPO, stdin=subprocess.DEVNULL, stdout=log,
+                                stderr=subprocess.STDOUT, start_new_session=True)     # survives the submitting shell
+    return proc.pid
+
+
+def driver_alive(pid: int, submission: str) -> bool:
+    """Is `pid` alive, not a zombie, and still the driver we started (its command names `submission`)?"""
+    try:
+        proc = psutil.Process(pid)
+        return proc.status() != psutil.STATUS_ZOMBIE and submission in " ".join(proc.cmdline())
+    except (psutil.Error, ValueError):
+        return False
+
+
+def cancel(entries, log=print) -> int:
+    """SIGTERM every live local driver the journal names; how many."""
+    ended = {e.get("submission") for e in entries if e.get("event") == "driver_end"}
+    n = 0
+    for e in entries:
+        if e.get("event") == "submit" and e.get("executor") == "local" and e.get("submission") not in ended:
+            pid = e.get("driver_pid", -1)
+            if driver_alive(pid, e["submission"]):
+                os.kill(pid, signal.SIGTERM)
+                n += 1
+                log(f"cancelling {e['submission']} (driver pid {pid}): its runs checkpoint and stop")
+    return n
+
+
+def drive(sweep_dir: SweepDir, submission: str) -> None:
+    """Run a submission's packs through submitit's LocalExecutor, at most max_parallel at once."""
+    import submitit
+    # written by start_driver (ours, in the sweep dir): the job objects and how many at once
+    with open(sweep_dir.submission_file(submission), "rb") as f:
+        order = pickle.load(f)
+    jobs, parallel, max_chain = order["jobs"], order["parallel"], order["max_chain"]
+    first = jobs[0]
+    ex = submitit.LocalExecutor(folder=sweep_dir.logs)
+    ex.update_parameters(timeout_min=first.time_min, signal_delay_s=int(first.margin_s), gpus_per_node=first.gpus)
+    os.environ.setdefault("OMP_NUM_THREADS", str(first.cpus))     # jobs inherit it
+    queue = [(i, job, 0) for i, job in enumerate(jobs)]     # (pack index, job object, chain number)
+    running = {}
+    stopping = []
+
+    def on_term(signum, frame):
+        stopping.append(signum)
+    signal.signal(signal.SIGTERM, on_term)
+
+    def record(event, **kw):
+        sweep_dir.append_journal({"event": event, "submission": submission, "time": now_iso(), **kw})
+    try:
+        while (queue or running) and not stopping:
+            while queue and len(running) < parallel:
+                i, pack, chain = queue.pop(0)
+                job = ex.submit(pack)
+                running[job.job_id] = (job, i, pack, chain)
+                record("job", job_id=job.job_id, pack=i, runs=pack.run_ids, chain=chain)
+            for job_id, (job, i, pack, chain) in list(running.items()):
+                if not job.done():
+                    continue
+                del running[job_id]
+                try:
+                    out = job.result()
+                    left = out["unfinished"]
+                except Exception as e:            # the job itself died (killed, out of memory)
+                    out, left = {"error": f"{type(e).__name__}: {str(e)[-500:]}"}, []
+                record("job_end", job_id=job_id, pack=i, **out)
+                if left and chain < max_chain:
+                    # the requeue budget is spent: chain a fresh job
+                    queue.append((i, dataclasses.replace(pack, run_ids=list(left)), chain + 1))
+            time.sleep(0.2)
+    finally:
+        if stopping:
+            for job, *_ in running.values():
+                job._interrupt()         # submitit's own USR2 to the job: each run checkpoints and stops
+            deadline = time.time() + STOP_WAIT_S
+            while any(not j.done() for j, *_ in running.values()) and time.time() < deadline:
+                time.sleep(0.2)
+            for job, *_ in running.values():
+                if not job.done():
+                    job.cancel()
+        record("driver_end", cancelled=bool(stopping))
+
+
+if __name__ == "__main__":
+    if len(sys.argv) == 4 and sys.argv[1] == "drive":
+        drive(SweepDir(sys.argv[2]), sys.argv[3])
+    else:
+        sys.exit("usage: python -m jobs.sched.local drive SWEEP_DIR SUBMISSION_ID")

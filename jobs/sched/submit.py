@@ -1,0 +1,296 @@
+"""From a sweep to jobs: prepare the sweep dir, pick what to submit, pack it, hand it to an executor.
+
+    entry = submit(sweep, SweepDir.under("results", sweep.name), executor="local")   # returns at once
+    run_states = states(sweep, sweep_dir)          # run_id -> RunState; reads, never writes
+    cancel(sweep_dir)
+
+Executors:
+- `local`: packs run as real subprocesses through submitit's LocalExecutor, at most
+  `resources.max_parallel` at once, kept going by a detached driver (jobs/sched/local.py), so
+  `submit` returns at once and nothing depends on the shell that submitted.
+- `slurm`: job arrays through submitit (jobs/sched/slurm.py).
+- `debug`: in-process, one pack after another, for a debugger (pdb only at a terminal).
+
+What is in flight is read from the journal, the liveness of the local drivers it names and one
+sacct call for the SLURM jobs; a run that is done (result.json) is never submitted again unless
+named with --force. `reconcile` is the one step that writes scheduler facts (a node failure, an
+out-of-memory kill) into run dirs; submit and resume call it, `status` never does.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import secrets
+import shutil
+import socket
+import subprocess
+import sys
+from datetime import datetime, timezone
+from importlib import metadata
+from pathlib import Path
+
+from filelock import FileLock
+
+from jobs.sched import local, slurm
+from jobs.sched.packing import pack_job
+from jobs.spec.settings import Checkpoint, Resources
+from jobs.store import RunState, SweepDir, atomic, now_iso
+
+REPO = Path(__file__).resolve().parent.parent.parent
+PACKAGES = ("torch", "submitit", "PyYAML", "pandas", "matplotlib", "filelock", "numpy", "scikit-learn", "pydantic")
+EXECUTORS = ("local", "debug", "slurm")
+
+
+class SubmitError(Exception):
+    pass
+
+
+def resources_of(sweep) -> Resources:
+    return Resources.model_validate(sweep.spec.get("resources") or {})
+
+
+def checkpoint_of(sweep) -> Checkpoint:
+    return Checkpoint.model_validate(sweep.spec.get("checkpoint") or {})
+
+
+def default_executor() -> str:
+    return "slurm" if shutil.which("sbatch") else "local"
+
+
+# ---------------------------------------------------------------- the sweep dir
+
+def prepare(sweep, sweep_dir: SweepDir, submission: str) -> None:
+    """Write the frozen spec, the plan, the code version and each run's config.yaml."""
+    for folder in (sweep_dir.runs, sweep_dir.logs, sweep_dir.code):
+        folder.mkdir(parents=True, exist_ok=True)
+    atomic.write_yaml(sweep_dir.spec, sweep.spec)
+    atomic.write_json(sweep_dir.plan, {
+        "name": sweep.name, "task": sweep.task, "spec": str(sweep.path), "submission": submission,
+        "runs": [{"run_id": r.run_id, "label": r.label, "config": r.config, "varied": r.varied} for r in sweep.runs]})
+    version, diff = code_version()
+    atomic.write_json(sweep_dir.code_version(submission), version)
+    if diff:
+        atomic.write_text(sweep_dir.code_diff(submission), diff)
+    for r in sweep.runs:
+        sweep_dir.write_run_config(r, sweep.task)
+
+
+def code_version():
+    """(git commit, dirty flag, package versions) and the diff of a dirty tree."""
+    def git(*args):
+        try:
+            return subprocess.run(["git", *args], cwd=REPO, capture_output=True, text=True, timeout=30).stdout
+        except (OSError, subprocess.TimeoutExpired):
+            return ""
+    commit = git("rev-parse", "HEAD").strip() or None
+    dirty = bool(git("status", "--porcelain", "--untracked-files=no").strip())
+    diff = git("diff", "HEAD") if dirty else ""
+    packages = {}
+    for p in PACKAGES:
+        try:
+            packages[p] = metadata.version(p)
+        except metadata.PackageNotFoundError:
+            packages[p] = None
+    return {"commit": commit, "dirty": dirty, "python": sys.version.split()[0], "packages": packages,
+            "host": socket.gethostname(), "time": now_iso()}, diff
+
+
+# ---------------------------------------------------------------- what is in flight
+
+def live_runs(sweep_dir: SweepDir, entries=None, sacct=None) -> dict:
+    """run_id -> submission id, for every run a live submission still holds."""
+    entries = sweep_dir.read_journal() if entries is None else entries
+    ended = {e.get("submission") for e in entries if e.get("event") == "driver_end"}
+    live = {}
+    jobs = slurm.jobs_in(entries)
+    if jobs:
+        sacct = slurm.job_states(jobs) if sacct is None else sacct
+        for job in jobs:
+            # a job sacct does not know yet (just submitted) counts as live
+            if slurm.is_live(sacct.get(job.job_id, "PENDING")):
+                for run_id in job.runs:
+                    live[run_id] = job.submission
+    for e in entries:
+        if e.get("event") != "submit" or e.get("submission") in ended or e.get("executor") != "local":
+            continue
+        if e.get("host") == socket.gethostname() and not local.driver_alive(e.get("driver_pid", -1), e["submission"]):
+            continue
+        for run_id in e.get("runs", []):
+            live[run_id] = e["submission"]
+    return live
+
+
+def states(sweep, sweep_dir: SweepDir) -> dict:
+    """run_id -> RunState of every run of the sweep. Reads the sweep dir and the scheduler; writes nothing."""
+    entries = sweep_dir.read_journal()
+    live = live_runs(sweep_dir, entries)
+    killed = scheduler_failures(sweep_dir, entries)
+    out = {}
+    for r in sweep.runs:
+        state = sweep_dir.run(r.run_id).state(r.run_id in live)
+        out[r.run_id] = RunState.FAILED if r.run_id in killed and state != RunState.DONE else state
+    return out
+
+
+def scheduler_failures(sweep_dir: SweepDir, entries=None) -> dict:
+    """run_id -> error text, for runs the scheduler says died of the machine (node failure, OOM, a
+    job that died before its run started) and whose run dirs do not say so yet. Reads only."""
+    jobs = slurm.jobs_in(sweep_dir.read_journal() if entries is None else entries)
+    return slurm.infrastructure_failures(sweep_dir, jobs, slurm.job_states(jobs)) if jobs else {}
+
+
+def reconcile(sweep_dir: SweepDir) -> list:
+    """Write scheduler_failures into the runs' error.txt (so they stay failed once sacct forgets
+    the jobs); the run_ids written. The one step that writes scheduler facts: submit and resume call it."""
+    found = scheduler_failures(sweep_dir)
+    for run_id, text in found.items():
+        atomic.write_text(sweep_dir.run(run_id).error, text)
+    return list(found)
+
+
+# ---------------------------------------------------------------- submit
+
+def new_submission_id() -> str:
+    return datetime.now(timezone.utc).strftime("%Y%m%d-%H%M%S-") + secrets.token_hex(2)
+
+
+def submit(sweep, sweep_dir: SweepDir, *, job_class, executor=None, force=(), retry_failed=False, cluster=None,
+           log=print) -> dict:
+    """Submit every run that is neither done nor in flight (plus `force`d ones); the journal entry.
+
+    `job_class` is what a job executes (jobs.runtime.runner.PackJob: the CLI hands it in).
+    """
+    executor = executor or default_executor()
+    if executor not in EXECUTORS:
+        raise SubmitError(f"unknown executor {executor!r} ({', '.join(EXECUTORS)})")
+    profile = None
+    if executor == "slurm":
+        if not shutil.which("sbatch"):
+            raise SubmitError("executor slurm: no sbatch on PATH (use --executor local here)")
+        try:
+            profile = slurm.load_profile(cluster)
+            slurm.check_path(sweep_dir.path.resolve())
+        except (slurm.ProfileError, ValueError) as e:
+            raise SubmitError(str(e))
+    sweep_dir.path.mkdir(parents=True, exist_ok=True)
+    with FileLock(str(sweep_dir.submit_lock)):
+        submission = new_submission_id()
+        forced = _resolve_force(sweep, force)
+        prepare(sweep, sweep_dir, submission)
+        reconcile(sweep_dir)
+        run_states = states(sweep, sweep_dir)
+        busy = [r for r in forced if run_states[r.run_id] == RunState.IN_FLIGHT]
+        if busy:
+            raise SubmitError("cannot --force runs that are in flight: " + ", ".join(r.label for r in busy)
+                              + " (cancel them first)")
+        for r in forced:
+            _set_aside(sweep_dir, r, sweep.task)
+            run_states[r.run_id] = RunState.NEW
+        wanted = {RunState.NEW, RunState.PENDING, RunState.CORRUPT} | ({RunState.FAILED} if retry_failed else set())
+        todo = [r for r in sweep.runs if run_states[r.run_id] in wanted]
+        counts = count(run_states.values())
+        skipped = {s: n for s, n in counts.items() if s not in wanted or s == RunState.IN_FLIGHT}
+        if not todo:
+            log(f"nothing to submit: {describe(counts)}")
+            return {}
+        res = resources_of(sweep)
+        packs = [[r.run_id for r in todo[i:i + res.pack]] for i in range(0, len(todo), res.pack)]
+        entry = {"event": "submit", "submission": submission, "time": now_iso(), "executor": executor,
+                 "host": socket.gethostname(), "runs": [r.run_id for r in todo], "packs": packs,
+                 "force": [r.run_id for r in forced], "code": str(sweep_dir.code_version(submission).relative_to(sweep_dir.path)),
+                 "spec_sha256": hashlib.sha256(json.dumps(sweep.spec, sort_keys=True, default=str).encode()).hexdigest()}
+        if executor == "local":
+            jobs = [pack_job(job_class, sweep_dir, pack, res, checkpoint_of(sweep), "local") for pack in packs]
+            entry["driver_pid"] = local.start_driver(sweep_dir, submission, jobs, res.parallel_jobs("local"),
+                                                     res.max_chain)
+        elif executor == "slurm":
+            entry.update(_submit_slurm(job_class, sweep, sweep_dir, submission, packs, profile))
+        sweep_dir.append_journal(entry)
+        log(f"submitted {len(todo)} runs in {len(packs)} jobs ({executor}) as {submission}"
+            + (f"; skipped {describe(skipped)}" if skipped else ""))
+    if executor == "debug":
+        _run_debug(job_class, sweep, sweep_dir, submission, packs, log)
+    return entry
+
+
+def _resolve_force(sweep, force):
+    out = []
+    for name in force:
+        r = next((r for r in sweep.runs if name in (r.run_id, r.label)), None)
+        if r is None:
+            raise SubmitError(f"--force {name}: no run of {sweep.name} has that label or run_id")
+        out.append(r)
+    return out
+
+
+def _set_aside(sweep_dir, run, task):
+    """Move a forced run's old dir aside (never deleted) and start it anew."""
+    run_dir = sweep_dir.run(run.run_id)
+    if run_dir.path.exists():
+        os.replace(run_dir.path, run_dir.set_aside_name(f"{datetime.now(timezone.utc):%Y%m%d-%H%M%S}"))
+    sweep_dir.write_run_config(run, task)
+
+
+def count(values) -> dict:
+    out = {}
+    for v in values:
+        out[v] = out.get(v, 0) + 1
+    return out
+
+
+def describe(counts) -> str:
+    return ", ".join(f"{n} {s}" for s, n in sorted(counts.items())) or "no runs"
+
+
+def _submit_slurm(job_class, sweep, sweep_dir, submission, packs, profile) -> dict:
+    """Submit the packs as job arrays: {cluster, job_ids (one per pack), since}."""
+    res, ckpt = resources_of(sweep), checkpoint_of(sweep)
+    job_res = slurm.resources_for(res, profile)
+    signal_delay = job_res.get("signal_delay_s") or int(ckpt.margin_s_for(job_res["time_min"]))
+    params = slurm.executor_params({**job_res, "signal_delay_s": signal_delay}, res, profile,
+                                   job_name=sweep.name, pack_size=len(packs[0]))
+    max_requeue = res.max_requeue if job_res["requeue"] else 0
+    jobs = []
+    for pack in packs:
+        job = pack_job(job_class, sweep_dir, pack, res.model_copy(update={"time_min": job_res["time_min"]}), ckpt, "slurm")
+        job.max_requeue, job.submission = max_requeue, submission
+        job.chain = {"params": params, "left": res.max_chain}
+        job.chain_submit = slurm.submit_chained
+        jobs.append(job)
+    since = slurm.since_now()
+    try:
+        submitted = slurm.submit_packs(sweep_dir, jobs, params)
+    except Exception as e:          # sbatch refused: say what it said
+        raise SubmitError(f"sbatch failed: {e}")
+    return {"cluster": profile.name, "job_ids": [str(j.job_id) for j in submitted], "since": since}
+
+
+def _run_debug(job_class, sweep, sweep_dir, submission, packs, log):
+    import submitit
+    res, ckpt = resources_of(sweep), checkpoint_of(sweep)
+    ex = submitit.DebugExecutor(folder=sweep_dir.logs)
+    for i, pack in enumerate(packs):
+        job = ex.submit(pack_job(job_class, sweep_dir, pack, res, ckpt, "debug"))
+        out = job.result()
+        log(f"pack {i + 1}/{len(packs)}: " + ", ".join(f"{o}" for o in out["outcomes"].values()))
+    sweep_dir.append_journal({"event": "driver_end", "submission": submission, "time": now_iso()})
+
+
+# ---------------------------------------------------------------- cancel
+
+def cancel(sweep_dir: SweepDir, log=print) -> int:
+    """Stop every live submission of the sweep: its runs checkpoint and stay resumable."""
+    entries = sweep_dir.read_journal()
+    n = local.cancel(entries, log)
+    jobs = slurm.jobs_in(entries)
+    if jobs:
+        sacct = slurm.job_states(jobs)
+        live = [job.job_id for job in jobs if slurm.is_live(sacct.get(job.job_id, "PENDING"))]
+        if live:
+            slurm.cancel(live)
+            log(f"cancelled {len(live)} SLURM jobs: {', '.join(live[:10])}{' ...' if len(live) > 10 else ''}")
+            n += len(live)
+    if not n:
+        log("nothing in flight to cancel")
+    return n

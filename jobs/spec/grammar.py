@@ -1,0 +1,702 @@
+"""Sweep specs: read a YAML file, check it against its task's CONFIG, expand it into runs.
+
+    sweep = load_sweep("sweeps/depth_ladder.yaml")
+    sweep.runs[0].run_id, sweep.runs[0].label, sweep.runs[0].config
+
+The grammar (README, "Writing a sweep spec") extends DESIGN.md's: `base` fixed values,
+`grid` axes crossed with each other, an axis whose value is a list of mappings is a union of
+sub-grids, `zip` pairs lists element-wise, `seeds`, `random` search, `include`/`exclude`
+filters, and `extends` to inherit from another spec. Every mistake is a SpecError that names
+the file, the line and the key; nothing here writes a file.
+"""
+from __future__ import annotations
+
+import ast
+import hashlib
+import itertools
+import json
+import math
+import random
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import yaml
+from pydantic import ValidationError
+
+import jobs.spec.figures as figures
+from jobs.spec.errors import SpecError, did_you_mean
+from jobs.spec.settings import Checkpoint, Resources, Sbatch, known_keys, settings_error
+
+REPO = Path(__file__).resolve().parent.parent.parent
+MODELS_DIR = REPO / "models"
+DEFAULT_MAX_RUNS = 10_000
+
+TOP_KEYS = ("name", "task", "extends", "description", "base", "grid", "zip", "seeds", "random",
+            "include", "exclude", "resources", "checkpoint", "analysis", "max_runs")
+# Sections a child spec merges key by key into its parent's; the rest replace wholesale.
+MERGED_SECTIONS = ("base", "grid", "resources", "checkpoint", "analysis")
+FORMS = ("range", "linspace", "logspace", "geomspace")
+RANDOM_FORMS = ("uniform", "loguniform", "choice", "randint")
+
+# A name that may end up in a file name, a job name or an #SBATCH line.
+SAFE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.+-]{0,63}$")
+TASK_NAME = re.compile(r"^[a-z_][a-z0-9_]*$")
+CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+
+
+
+
+@dataclass
+class Run:
+    run_id: str
+    label: str
+    config: dict          # the full resolved config: task defaults overlaid with the spec's values
+    varied: dict          # the values of the keys that vary across the sweep
+
+
+@dataclass
+class Sweep:
+    name: str
+    task: str
+    path: Path
+    spec: dict            # the resolved spec, `extends` merged in
+    runs: list
+    axes: dict            # varied key -> its distinct values, in order of appearance
+    defaults: dict = field(default_factory=dict)
+
+    def by_label(self, label):
+        return next((r for r in self.runs if r.label == label), None)
+
+
+# ---------------------------------------------------------------- YAML with line numbers
+
+class _Where:
+    """Maps a key path such as ('grid', 'arch', 0, 'k') to the file and line it came from."""
+
+    def __init__(self):
+        self.lines = {}
+        self.cap = DEFAULT_MAX_RUNS
+
+    def check_cap(self, count, path):
+        """Refuse a form or an axis of more points than the sweep may have, before it is materialised."""
+        if count > self.cap:
+            raise self.error(path, f"{count:,} points, over the cap of {self.cap:,} runs "
+                             "(raise `max_runs:` in the spec or pass --max-runs)")
+
+    def of(self, path):
+        path = tuple(path)
+        while path not in self.lines and path:
+            path = path[:-1]
+        return self.lines.get(path, (None, None))
+
+    def error(self, path, message):
+        file, line = self.of(path)
+        return SpecError(message, file, line, _dotted(path))
+
+
+def _dotted(path):
+    out = ""
+    for p in path:
+        out += f"[{p}]" if isinstance(p, int) else (f".{p}" if out else str(p))
+    return out or None
+
+
+class _Loader(yaml.SafeLoader):
+    """SafeLoader that reads `1e-4` as a float, as people mean it (YAML 1.1 wants `1.0e-4`)."""
+
+
+_Loader.yaml_implicit_resolvers = {k: list(v) for k, v in yaml.SafeLoader.yaml_implicit_resolvers.items()}
+_Loader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(r"""^(?:[-+]?(?:[0-9][0-9_]*)\.[0-9_]*(?:[eE][-+]?[0-9]+)?
+                |[-+]?(?:[0-9][0-9_]*)(?:[eE][-+]?[0-9]+)
+                |\.[0-9_]+(?:[eE][-+]?[0-9]+)?
+                |[-+]?\.(?:inf|Inf|INF)
+                |\.(?:nan|NaN|NAN))$""", re.X),
+    list("-+0123456789."))
+
+
+def _read_yaml(path: Path, where: _Where, prefix=()):
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as e:
+        raise SpecError(f"cannot read spec: {e.strerror}", path)
+    loader = _Loader(text)
+    try:
+        node = loader.get_single_node()
+        if node is None:
+            raise SpecError("the spec is empty", path)
+        _record_lines(node, prefix, path, where)
+        data = loader.construct_document(node)
+    except yaml.MarkedYAMLError as e:
+        mark = e.problem_mark or e.context_mark
+        line = mark.line + 1 if mark else None
+        raise SpecError(f"YAML syntax: {e.problem or e.context}", path, line)
+    except yaml.YAMLError as e:
+        raise SpecError(f"YAML: {e}", path)
+    finally:
+        loader.dispose()
+    if not isinstance(data, dict):
+        raise SpecError("a spec must be a mapping of keys (name, task, grid, ...)", path, 1)
+    return data
+
+
+def _record_lines(node, path, file, where):
+    where.lines.setdefault(path, (file, node.start_mark.line + 1))   # a key's own line wins
+    if isinstance(node, yaml.MappingNode):
+        seen = set()
+        for k, v in node.value:
+            key = k.value
+            if key in seen:
+                raise SpecError(f"duplicate key {key!r}", file, k.start_mark.line + 1, _dotted(path))
+            seen.add(key)
+            where.lines[path + (key,)] = (file, k.start_mark.line + 1)
+            _record_lines(v, path + (key,), file, where)
+    elif isinstance(node, yaml.SequenceNode):
+        for i, v in enumerate(node.value):
+            _record_lines(v, path + (i,), file, where)
+
+
+def _read_with_extends(path: Path, where: _Where, chain=()):
+    path = path.resolve()
+    if path in chain:
+        raise SpecError("`extends` loops back to " + str(path), chain[-1])
+    data = _read_yaml(path, where)
+    parent_ref = data.pop("extends", None)
+    if parent_ref is None:
+        return data
+    if not isinstance(parent_ref, str):
+        raise where.error(("extends",), "expected the path of another spec file")
+    parent_where = _Where()
+    parent = _read_with_extends(path.parent / parent_ref, parent_where, chain + (path,))
+    parent.pop("name", None)     # a child is a new sweep: it never inherits its parent's name
+    # the child's own lines win; the parent's fill in what the child does not say
+    for k, v in parent_where.lines.items():
+        if k and k[0] == "name":
+            continue
+        if k not in where.lines or (k[:1] and k[0] not in data):
+            where.lines[k] = v
+    return _merge(parent, data)
+
+
+def _merge(parent, child):
+    out = dict(parent)
+    for key, value in child.items():
+        if key in MERGED_SECTIONS and isinstance(value, dict) and isinstance(out.get(key), dict):
+            merged = dict(out[key])
+            for k, v in value.items():
+                if v is None:
+                    merged.pop(k, None)        # `axis: null` in a child removes the parent's axis
+                else:
+                    merged[k] = v
+            out[key] = merged
+        else:
+            out[key] = value
+    return out
+
+
+# ---------------------------------------------------------------- the task's CONFIG
+
+def task_schema(task: str, models_dir: Path = MODELS_DIR):
+    """The task's (defaults, choices, file), read from models/<task>.py without importing it.
+
+    CONFIG and CHOICES are literal dicts, read with ast.literal_eval: `plan` on a login node
+    then needs neither torch nor a GPU, and stays fast.
+    """
+    file = Path(models_dir) / f"{task}.py"
+    if not file.is_file():
+        known = sorted(p.stem for p in Path(models_dir).glob("*.py") if not p.stem.startswith("_"))
+        raise LookupError(f"no task {task!r}: {file} does not exist{did_you_mean(task, known)}")
+    tree = ast.parse(file.read_text(encoding="utf-8"), str(file))
+    found = {}
+    for stmt in tree.body:
+        if isinstance(stmt, ast.Assign) and len(stmt.targets) == 1 \
+                and isinstance(stmt.targets[0], ast.Name) and stmt.targets[0].id in ("CONFIG", "CHOICES"):
+            try:
+                found[stmt.targets[0].id] = ast.literal_eval(stmt.value)
+            except ValueError:
+                raise LookupError(f"{file}:{stmt.lineno}: {stmt.targets[0].id} must be a literal dict")
+    if not isinstance(found.get("CONFIG"), dict):
+        raise LookupError(f"{file}: declares no literal `CONFIG = {{...}}` dict of its keys and defaults")
+    return found["CONFIG"], found.get("CHOICES", {}), file
+
+
+def _coerce(key, value, defaults, choices, where, path):
+    """The value as the task's type for `key`, or a SpecError saying what was expected."""
+    what = "" if path and path[-1] == key else f"{key}: "
+    if key not in defaults:
+        raise where.error(path, f"unknown key {key!r} for this task{did_you_mean(key, defaults)}")
+    default = defaults[key]
+    if isinstance(value, str) and CONTROL.search(value):
+        raise where.error(path, f"{what}control characters (newline, tab, ...) are not allowed in values")
+    if default is None or value is None:
+        ok = value is None or isinstance(value, (str, int, float, bool))
+    elif isinstance(default, bool):
+        ok = isinstance(value, bool)
+    elif isinstance(default, int):
+        ok = isinstance(value, int) and not isinstance(value, bool)
+    elif isinstance(default, float):
+        ok = isinstance(value, (int, float)) and not isinstance(value, bool)
+        if ok:
+            value = float(value)
+            ok = math.isfinite(value)
+    elif isinstance(default, str):
+        ok = isinstance(value, str)
+    elif isinstance(default, (list, tuple)):
+        ok = isinstance(value, list)
+    else:
+        ok = type(value) is type(default)
+    if not ok:
+        raise where.error(path, f"{what}expected {_type_name(default)}, got {value!r}")
+    if key in choices and value not in choices[key]:
+        raise where.error(path, f"{what}{value!r} is not one of {list(choices[key])}"
+                          f"{did_you_mean(value, choices[key])}")
+    return value
+
+
+def _type_name(default):
+    if default is None:
+        return "a scalar or null"
+    return {bool: "true/false", int: "an integer", float: "a number", str: "a string",
+            list: "a list", tuple: "a list"}.get(type(default), type(default).__name__)
+
+
+# ---------------------------------------------------------------- value forms
+
+def _scalar(v):
+    return v is None or isinstance(v, (str, int, float, bool))
+
+
+def _round(x):
+    """Floats from linspace/logspace/random: 12 significant digits, so ids and labels are stable."""
+    return float(f"{x:.12g}")
+
+
+def _values(raw, path, where):
+    """The list of values an axis takes: a list, a scalar, or {range|linspace|logspace|geomspace: [...]}."""
+    if isinstance(raw, dict):
+        if len(raw) != 1 or next(iter(raw)) not in FORMS:
+            raise where.error(path, "expected a list, a scalar or one of "
+                              + ", ".join(f"{{{f}: [...]}}" for f in FORMS) + f", got a mapping with keys {sorted(map(str, raw))}")
+        form, args = next(iter(raw.items()))
+        return _form(form, args, path + (form,), where)
+    if isinstance(raw, list):
+        if not raw:
+            raise where.error(path, "empty list: an axis needs at least one value")
+        for i, v in enumerate(raw):
+            if not (_scalar(v) or isinstance(v, list)):
+                raise where.error(path + (i,), f"expected a value, got {type(v).__name__}")
+        return list(raw)
+    return [raw]
+
+
+def _num(v):
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+
+
+def _form(form, args, path, where):
+    if form == "range":
+        if not (isinstance(args, list) and len(args) in (2, 3) and all(isinstance(a, int) and not isinstance(a, bool) for a in args)):
+            raise where.error(path, "expected {range: [start, stop]} or [start, stop, step] of integers (stop excluded)")
+        if len(args) == 3 and args[2] == 0:
+            raise where.error(path, "range step must not be 0")
+        where.check_cap(len(range(*args)), path)         # counted before it is materialised
+        values = list(range(*args))
+    else:
+        if not (isinstance(args, list) and len(args) == 3 and _num(args[0]) and _num(args[1])
+                and isinstance(args[2], int) and not isinstance(args[2], bool)):
+            raise where.error(path, f"expected {{{form}: [start, stop, n]}} with numbers and an integer n")
+        a, b, n = args
+        if n < 1:
+            raise where.error(path, f"{form}: n must be at least 1, got {n}")
+        where.check_cap(n, path)
+        if form == "geomspace" and (a <= 0 or b <= 0):
+            raise where.error(path, "geomspace: start and stop must be positive values (use logspace for exponents)")
+        ts = [i / (n - 1) for i in range(n)] if n > 1 else [0.0]
+        if form == "linspace":
+            values = [_round(a + (b - a) * t) for t in ts]
+        elif form == "logspace":           # numpy's meaning: a and b are base-10 exponents
+            values = [_round(10.0 ** (a + (b - a) * t)) for t in ts]
+        else:
+            la, lb = math.log10(a), math.log10(b)
+            values = [_round(10.0 ** (la + (lb - la) * t)) for t in ts]
+    if not values:
+        raise where.error(path, f"{form} {args} is empty")
+    return values
+
+
+# ---------------------------------------------------------------- expansion
+
+class _Axis:
+    """One crossed factor: a list of partial assignments {key: value}, the keys it sets (in
+    order), and its name in the spec."""
+
+    def __init__(self, name, points, keys):
+        self.name, self.points, self.keys = name, points, keys
+
+
+def _grid_axes(grid, path, where):
+    if not isinstance(grid, dict):
+        raise where.error(path, "expected a mapping of axis -> values")
+    axes = []
+    for key, raw in grid.items():
+        p = path + (key,)
+        if not isinstance(key, str):
+            raise where.error(p, f"axis names must be strings, got {key!r}")
+        if isinstance(raw, dict) and set(raw) == {"zip"}:
+            axes.append(_zip_axis(raw["zip"], p + ("zip",), where, key))
+        elif isinstance(raw, list) and raw and all(isinstance(v, dict) for v in raw):
+            axes.append(_union_axis(raw, p, where))
+        elif isinstance(raw, list) and any(isinstance(v, dict) for v in raw):
+            raise where.error(p, "a list of sub-grids must hold only mappings")
+        else:
+            axes.append(_Axis(key, [{key: v} for v in _values(raw, p, where)], [key]))
+    _check_disjoint(axes, path, where)
+    return axes
+
+
+def _union_axis(entries, path, where):
+    points, keys = [], {}
+    for i, sub in enumerate(entries):
+        sub_axes = _grid_axes(sub, path + (i,), where)
+        points.extend(_product(sub_axes, where, path + (i,)))
+        where.check_cap(len(points), path)
+        for a in sub_axes:
+            keys.update(dict.fromkeys(a.keys))
+    return _Axis(path[-1], points, list(keys))
+
+
+def _zip_axis(groups, path, where, name):
+    if not isinstance(groups, dict) or not groups:
+        raise where.error(path, "expected {zip: {key: [values], key2: [values]}} with lists of equal length")
+    columns = {k: _values(v, path + (k,), where) for k, v in groups.items()}
+    lengths = {k: len(v) for k, v in columns.items()}
+    if len(set(lengths.values())) != 1:
+        raise where.error(path, f"zip lists differ in length: {lengths}")
+    n = next(iter(lengths.values()))
+    return _Axis(name, [{k: columns[k][i] for k in columns} for i in range(n)], list(columns))
+
+
+def _check_disjoint(axes, path, where):
+    owner = {}
+    for a in axes:
+        for k in a.keys:
+            if k in owner:
+                raise where.error(path + (a.name,), f"key {k!r} is set by both {owner[k]!r} and {a.name!r}")
+            owner[k] = a.name
+
+
+def _product(axes, where=None, path=()):
+    if not axes:
+        return [{}]
+    if where is not None:
+        where.check_cap(math.prod(len(a.points) for a in axes), path)
+    out = []
+    for combo in itertools.product(*(a.points for a in axes)):
+        point = {}
+        for part in combo:
+            point.update(part)
+        out.append(point)
+    return out
+
+
+def _random_axis(block, path, where):
+    if not isinstance(block, dict):
+        raise where.error(path, "expected {samples: N, seed: S, params: {key: {uniform|loguniform|choice|randint: ...}}}")
+    unknown = set(block) - {"samples", "seed", "params"}
+    if unknown:
+        k = sorted(map(str, unknown))[0]
+        raise where.error(path + (k,), f"unknown key{did_you_mean(k, ['samples', 'seed', 'params'])}")
+    n, seed, params = block.get("samples"), block.get("seed", 0), block.get("params")
+    if not (isinstance(n, int) and not isinstance(n, bool) and n >= 1):
+        raise where.error(path + ("samples",), f"expected a positive integer count, got {n!r}")
+    where.check_cap(n, path + ("samples",))
+    if not (isinstance(seed, int) and not isinstance(seed, bool)):
+        raise where.error(path + ("seed",), f"expected an integer seed, got {seed!r}")
+    if not isinstance(params, dict) or not params:
+        raise where.error(path + ("params",), "expected a mapping key -> {uniform|loguniform|choice|randint: ...}")
+    draws = []
+    for key, dist in params.items():
+        p = path + ("params", key)
+        if not (isinstance(dist, dict) and len(dist) == 1 and next(iter(dist)) in RANDOM_FORMS):
+            raise where.error(p, "expected one of " + ", ".join(f"{{{f}: ...}}" for f in RANDOM_FORMS))
+        form, args = next(iter(dist.items()))
+        p = p + (form,)
+        if form == "choice":
+            if not (isinstance(args, list) and args and all(_scalar(a) for a in args)):
+                raise where.error(p, "expected {choice: [value, ...]}")
+        elif form == "randint":
+            if not (isinstance(args, list) and len(args) == 2 and all(isinstance(a, int) and not isinstance(a, bool) for a in args) and args[0] < args[1]):
+                raise where.error(p, "expected {randint: [low, high]} with integers, high excluded")
+        else:
+            if not (isinstance(args, list) and len(args) == 2 and all(_num(a) for a in args) and args[0] < args[1]):
+                raise where.error(p, f"expected {{{form}: [low, high]}} with low < high")
+            if form == "loguniform" and args[0] <= 0:
+                raise where.error(p, "loguniform bounds must be positive")
+        draws.append((key, form, args))
+    rng = random.Random(seed)        # its own seed: the same spec always draws the same points
+    points = []
+    for _ in range(n):
+        point = {}
+        for key, form, args in draws:
+            if form == "choice":
+                point[key] = rng.choice(args)
+            elif form == "randint":
+                point[key] = rng.randrange(args[0], args[1])
+            elif form == "uniform":
+                point[key] = float(f"{rng.uniform(*args):.6g}")
+            else:
+                point[key] = float(f"{math.exp(rng.uniform(math.log(args[0]), math.log(args[1]))):.6g}")
+        points.append(point)
+    return _Axis("random", points, list(params))
+
+
+def _filters(raw, path, where):
+    if raw is None:
+        return []
+    if isinstance(raw, dict):
+        raw = [raw]
+    if not isinstance(raw, list) or not all(isinstance(f, dict) and f for f in raw):
+        raise where.error(path, "expected a list of patterns such as {method: dfa, k: [3, 4]}")
+    return [{k: (v if isinstance(v, list) else [v]) for k, v in f.items()} for f in raw]
+
+
+def _matches(config, pattern):
+    return all(config.get(k) in vs for k, vs in pattern.items())
+
+
+def run_id_of(task, config, defaults):
+    """12 hex digits of sha256 over the task and the values that differ from its defaults.
+
+    Leaving the defaults out means a task can gain an option with a default and every
+    existing run keeps its id (and so its results).
+    """
+    overrides = {k: v for k, v in config.items() if _differs(k, v, defaults)}
+    blob = json.dumps({"task": task, "config": overrides}, sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(blob.encode()).hexdigest()[:12]
+
+
+_MISSING = object()
+
+
+def _differs(key, value, defaults):
+    d = defaults.get(key, _MISSING)
+    return d is _MISSING or value != d or type(value) is not type(d)
+
+
+def _json(v):
+    return json.dumps(v, sort_keys=True, separators=(",", ":"))
+
+
+def _expand(task, axes, fixed, defaults, include, exclude, where):
+    """(runs, varied key -> distinct values): the filtered product of the axes, with ids and labels.
+
+    Ids are the same bytes as run_id_of, but built from pieces computed once per axis point
+    (JSON of each non-default value), so a 100,000-run sweep expands in well under a second.
+    """
+    axis_keys = [k for a in axes for k in a.keys]
+    entries = []                       # per axis: (full assignment, id pieces) per point
+    for a in axes:
+        per = []
+        for p in a.points:
+            # a key a union's sub-grid leaves out takes the task's default
+            full = {k: p[k] if k in p else fixed[k] for k in a.keys}
+            per.append((full, [(k, f"{_json(k)}:{_json(v)}") for k, v in full.items() if _differs(k, v, defaults)]))
+        entries.append(per)
+    fixed_items = [(k, f"{_json(k)}:{_json(v)}") for k, v in fixed.items()
+                   if k not in axis_keys and _differs(k, v, defaults)]
+    tail = '},"task":' + _json(task) + "}"
+    kept, seen = [], {}
+    for combo in itertools.product(*entries):
+        cfg = dict(fixed)
+        items = list(fixed_items)
+        for full, pieces in combo:
+            cfg.update(full)
+            items.extend(pieces)
+        if include and not any(_matches(cfg, p) for p in include):
+            continue
+        if exclude and any(_matches(cfg, p) for p in exclude):
+            continue
+        items.sort()
+        blob = '{"config":{' + ",".join(piece for _, piece in items) + tail
+        rid = hashlib.sha256(blob.encode()).hexdigest()[:12]
+        if rid in seen:
+            raise where.error(("grid",), "duplicate runs: two points resolve to the same config "
+                              f"({', '.join(f'{k}={format_value(v)}' for k, v in cfg.items() if k in axis_keys)});"
+                              " remove one of them")
+        seen[rid] = None
+        kept.append((rid, cfg))
+    if not kept:
+        raise where.error(("grid",), "the sweep has no runs" + (" left after include/exclude" if include or exclude else ""))
+    distinct = {k: _distinct([c[k] for _, c in kept]) for k in axis_keys}
+    varied_keys = [k for k in axis_keys if len(distinct[k]) > 1]
+    pieces = {}
+    for k in varied_keys:
+        for v in distinct[k]:
+            pieces[k, _hashable(v)] = _label_piece(k, list(v) if isinstance(v, tuple) else v, where)
+    runs = []
+    for rid, cfg in kept:
+        varied = {k: cfg[k] for k in varied_keys}
+        try:
+            label = ",".join([pieces[kv] for kv in varied.items()])
+        except TypeError:      # a list-valued key: look it up by its tuple form
+            label = ",".join([pieces[k, _hashable(v)] for k, v in varied.items()])
+        runs.append(Run(rid, label, cfg, varied))
+    return runs, {k: distinct[k] for k in varied_keys}
+
+
+LABEL_VALUE = re.compile(r"^[A-Za-z0-9_.+\-\[\];]*$")
+
+
+def _label_piece(key, value, where):
+    text = format_value(value)
+    if not LABEL_VALUE.match(text):
+        raise where.error(("grid", key), f"{key}: value {value!r} is varied, so it appears in run labels "
+                          "and job names: use letters, digits, '_', '.', '+', '-'")
+    return f"{key}={text}"
+
+
+def format_value(v):
+    """A value as it appears in a label: short, but never two values the same text."""
+    if isinstance(v, float):
+        short = f"{v:g}"
+        return short if float(short) == v else repr(v)
+    if isinstance(v, list):
+        return "[" + ";".join(format_value(x) for x in v) + "]"
+    return str(v)
+
+
+# ---------------------------------------------------------------- the whole spec
+
+def load_sweep(path, *, models_dir=MODELS_DIR, max_runs=None) -> Sweep:
+    """The sweep a spec file means: every run with its id, label and full config."""
+    path = Path(path)
+    where = _Where()
+    spec = _read_with_extends(path, where)
+    for key in spec:
+        if key not in TOP_KEYS:
+            raise where.error((key,), f"unknown key{did_you_mean(key, TOP_KEYS)}")
+
+    name = spec.get("name", path.stem)
+    if not isinstance(name, str) or not SAFE_NAME.match(name):
+        raise where.error(("name",), f"{name!r} is not a safe sweep name: use letters, digits, '_', '.', "
+                          "'+', '-' (64 at most), as it names a directory and jobs")
+    spec["name"] = name
+    task = spec.get("task")
+    if not isinstance(task, str) or not TASK_NAME.match(task):
+        raise where.error(("task",), f"expected the name of a module in models/, got {task!r}")
+    try:
+        defaults, choices, _ = task_schema(task, models_dir)
+    except LookupError as e:
+        raise where.error(("task",), str(e))
+
+    cap = max_runs if max_runs is not None else spec.get("max_runs", DEFAULT_MAX_RUNS)
+    if not (isinstance(cap, int) and not isinstance(cap, bool) and cap >= 1):
+        raise where.error(("max_runs",), f"expected a positive integer, got {cap!r}")
+    where.cap = cap
+
+    base = spec.get("base") or {}
+    if not isinstance(base, dict):
+        raise where.error(("base",), "expected a mapping of key -> value")
+    base = {k: _coerce(k, v, defaults, choices, where, ("base", k)) for k, v in base.items()}
+
+    axes = _grid_axes(spec.get("grid") or {}, ("grid",), where)
+    if "zip" in spec:
+        groups = spec["zip"] if isinstance(spec["zip"], list) else [spec["zip"]]
+        for i, g in enumerate(groups):
+            p = ("zip", i) if isinstance(spec["zip"], list) else ("zip",)
+            axes.append(_zip_axis(g, p, where, "zip"))
+    if "random" in spec:
+        axes.append(_random_axis(spec["random"], ("random",), where))
+    if "seeds" in spec:
+        axes.append(_Axis("seeds", [{"seed": s} for s in _values(spec["seeds"], ("seeds",), where)], ["seed"]))
+    _check_disjoint(axes, (), where)
+    for a in axes:
+        clash = set(a.keys) & set(base)
+        if clash:
+            raise where.error(("base", sorted(clash)[0]),
+                              f"{sorted(clash)[0]!r} is both fixed in base and varied by {a.name!r}")
+
+    count = math.prod(len(a.points) for a in axes)
+    if count > cap:
+        raise where.error(("grid",), f"the grid has {count:,} points, over the cap of {cap:,} "
+                          "(raise `max_runs:` in the spec or pass --max-runs)")
+
+    _check_axis_values(axes, defaults, choices, where)
+    include = _filters(spec.get("include"), ("include",), where)
+    exclude = _filters(spec.get("exclude"), ("exclude",), where)
+    for fpath, patterns in ((("include",), include), (("exclude",), exclude)):
+        for i, pat in enumerate(patterns):
+            for k in pat:
+                if k not in defaults:
+                    raise where.error(fpath + (i, k), f"unknown key {k!r}{did_you_mean(k, defaults)}")
+
+    fixed = {**defaults, **base}
+    runs, axis_values = _expand(task, axes, fixed, defaults, include, exclude, where)
+    _check_sections(spec, where)
+    return Sweep(name, task, path, spec, runs, axis_values, defaults)
+
+
+def _distinct(values):
+    """The distinct values in order of appearance (lists compared as tuples)."""
+    try:
+        return list(dict.fromkeys(values))
+    except TypeError:
+        return list(dict.fromkeys(_hashable(v) for v in values))
+
+
+def _hashable(v):
+    return tuple(v) if isinstance(v, list) else v
+
+
+def _check_axis_values(axes, defaults, choices, where):
+    """Type-check every distinct value once per axis (not once per run: a 100,000-run grid stays fast)."""
+    for a in axes:
+        checked = set()
+        for point in a.points:
+            for k, v in point.items():
+                key = (k, _hashable(v), type(v))
+                if key in checked:
+                    continue
+                checked.add(key)
+                path = ("seeds",) if a.name == "seeds" else (("random", "params", k) if a.name == "random" else ("grid", a.name))
+                point[k] = _coerce(k, v, defaults, choices, where, path)
+        for point in a.points:      # coerce repeats cheaply (ints given for float keys)
+            for k, v in point.items():
+                if isinstance(defaults.get(k), float) and isinstance(v, int) and not isinstance(v, bool):
+                    point[k] = float(v)
+
+
+# ---------------------------------------------------------------- resources / checkpoint / analysis
+
+SECTIONS = {"resources": Resources, "checkpoint": Checkpoint}
+
+
+def _check_sections(spec, where):
+    for section, model in SECTIONS.items():
+        block = spec.get(section)
+        if block is None:
+            continue
+        if not isinstance(block, dict):
+            raise where.error((section,), "expected a mapping")
+        try:
+            model.model_validate(block)
+        except ValidationError as e:
+            loc, message = settings_error(e)
+            if message == "unknown key":
+                message += did_you_mean(loc[-1], known_keys(model) if len(loc) == 1 else known_keys(Sbatch))
+            raise where.error((section,) + loc, message)
+    if spec.get("analysis") is not None:
+        problems = figures.check(spec["analysis"])
+        if problems:
+            key, message = problems[0]
+            path = ("analysis",) + tuple(_split_key(key))
+            raise where.error(path, message)
+
+
+def _split_key(key):
+    out = []
+    for part in re.findall(r"[^.\[\]]+|\[\d+\]", key or ""):
+        out.append(int(part[1:-1]) if part.startswith("[") else part)
+    return out

@@ -1,0 +1,199 @@
+"""Typed settings of a sweep: `resources:`, `checkpoint:` and a cluster profile; one copy of each default.
+
+    res = Resources.model_validate(spec.get("resources") or {})     # errors: settings_error(...)
+    res.time_min, res.world_size, Checkpoint().margin_s_for(res.time_min)
+
+pydantic models with `extra="forbid"` and strict types: an unknown key or a "4" where 4 belongs is
+an error that names the key. Nothing else in the repository spells these defaults.
+"""
+from __future__ import annotations
+
+import os
+import re
+from typing import Annotated, Literal, Optional
+
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints, ValidationError, model_validator
+
+# a value that may reach an #SBATCH line: no blanks, no shell syntax
+SLURM_WORD_PATTERN = r"^[A-Za-z0-9_.:,+\-]{1,128}$"
+CONSTRAINT_PATTERN = r"^[A-Za-z0-9_.&|\[\]*,:\-]{1,128}$"
+SlurmWord = Annotated[str, StringConstraints(pattern=SLURM_WORD_PATTERN)]
+Constraint = Annotated[str, StringConstraints(pattern=CONSTRAINT_PATTERN)]
+MailType = Literal["NONE", "BEGIN", "END", "FAIL", "REQUEUE", "ALL", "INVALID_DEPEND", "STAGE_OUT",
+                   "TIME_LIMIT", "TIME_LIMIT_90", "TIME_LIMIT_80", "TIME_LIMIT_50", "ARRAY_TASKS"]
+MAIL_USER = re.compile(r"^[A-Za-z0-9_.+\-]+@[A-Za-z0-9.\-]+$")
+NODE_LIST = re.compile(r"^[A-Za-z0-9_.,\[\]\-]{1,256}$")
+
+
+class Settings(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
+
+
+class Sbatch(Settings):
+    """Extra sbatch options, each checked: what a site needs beyond the resources (allow-list)."""
+    mail_type: Optional[list[MailType]] = Field(None, description="--mail-type (e.g. [END, FAIL])")
+    mail_user: Optional[str] = Field(None, description="--mail-user (an e-mail address)")
+    exclude: Optional[str] = Field(None, description="--exclude: nodes to avoid (a node list)")
+    nodelist: Optional[str] = Field(None, description="--nodelist: nodes to use (a node list)")
+    reservation: Optional[SlurmWord] = Field(None, description="--reservation")
+    licenses: Optional[SlurmWord] = Field(None, description="--licenses")
+    comment: Optional[SlurmWord] = Field(None, description="--comment (one word)")
+    exclusive: Optional[bool] = Field(None, description="--exclusive")
+    nice: Optional[int] = Field(None, ge=0, le=2147483645, description="--nice")
+
+    @model_validator(mode="after")
+    def _words(self):
+        if self.mail_user is not None and not MAIL_USER.match(self.mail_user):
+            raise ValueError(f"mail_user: {self.mail_user!r} is not an e-mail address")
+        for key in ("exclude", "nodelist"):
+            value = getattr(self, key)
+            if value is not None and not NODE_LIST.match(value):
+                raise ValueError(f"{key}: {value!r} is not a node list (letters, digits, _.,[]-)")
+        return self
+
+    def additional_parameters(self) -> dict:
+        """submitit's additional_parameters for these options (names as sbatch spells them)."""
+        out = {}
+        for key, value in self.model_dump(exclude_none=True).items():
+            if key == "mail_type":
+                out[key] = ",".join(value)
+            elif key == "exclusive":
+                if value:
+                    out[key] = True
+            else:
+                out[key] = value
+        return out
+
+
+class Resources(Settings):
+    """What one job asks for, and how a sweep's runs are spread over jobs."""
+    gpus: int = Field(0, ge=0, description="GPUs per node")
+    cpus: int = Field(1, ge=1, description="CPU cores per process (torch threads of a run)")
+    mem_gb: float = Field(4.0, gt=0, description="memory per job, GB")
+    time_min: float = Field(60.0, gt=0, description="wall-time limit per job, minutes (longer runs requeue or chain)")
+    nodes: int = Field(1, ge=1, description="nodes per job; nodes x tasks_per_node > 1 is a distributed run")
+    tasks_per_node: int = Field(1, ge=1, description="processes per node (one per GPU is the usual choice)")
+    pack: int = Field(1, ge=1, description="runs per job")
+    pack_concurrent: bool = Field(False, description="run a pack's runs side by side instead of one after another")
+    max_parallel: Optional[int] = Field(None, ge=1, description="jobs at once (default: the machine's cores / cpus locally, unthrottled on SLURM)")
+    max_requeue: int = Field(3, ge=0, description="requeues per job before the runs go on in a chained job")
+    max_chain: int = Field(20, ge=0, description="chained jobs per pack at most")
+    fail_fast: int = Field(3, ge=0, description="stop starting runs of a submission once this many failed with the same error (0: never)")
+    signal_delay_s: Optional[int] = Field(None, ge=0, description="seconds before the limit at which SLURM sends USR2")
+    partition: Optional[SlurmWord] = None
+    account: Optional[SlurmWord] = None
+    qos: Optional[SlurmWord] = None
+    constraint: Optional[Constraint] = None
+    sbatch: Sbatch = Field(default_factory=Sbatch, description="extra sbatch options (allow-listed)")
+
+    @property
+    def world_size(self) -> int:
+        """Processes of one run: nodes x tasks_per_node (1: an ordinary run)."""
+        return self.nodes * self.tasks_per_node
+
+    @model_validator(mode="after")
+    def _distributed(self):
+        if self.world_size > 1 and self.pack > 1:
+            raise ValueError("pack: a distributed run (nodes x tasks_per_node > 1) takes the whole "
+                             "allocation; set pack: 1")
+        return self
+
+    def parallel_jobs(self, executor: str) -> int:
+        """max_parallel, else what the executor allows: this machine's cores locally, 1000 on SLURM."""
+        if self.max_parallel is not None:
+            return self.max_parallel
+        if executor == "slurm":
+            return 1000
+        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+        return max(1, cores // (self.cpus * self.world_size))
+
+
+class Checkpoint(Settings):
+    """When a run saves, and which checkpoints it keeps."""
+    every_min: Optional[float] = Field(10.0, ge=0, description="minutes between checkpoints (null: only on steps/stop)")
+    every_steps: Optional[int] = Field(None, ge=1, description="steps between checkpoints")
+    keep_last: int = Field(2, ge=1, description="newest checkpoints kept")
+    keep_every: Optional[int] = Field(None, ge=1, description="also keep every checkpoint whose step is a multiple of this")
+    margin_s: Optional[float] = Field(None, ge=0, description="seconds before the wall clock at which a run saves and stops")
+
+    def margin_s_for(self, time_min: float) -> float:
+        """margin_s, else 10% of the limit within [5 s, 120 s]."""
+        if self.margin_s is not None:
+            return float(self.margin_s)
+        return float(min(120.0, max(5.0, 6.0 * time_min)))
+
+    def for_context(self) -> dict:
+        """What RunContext needs (the retention and interval keys)."""
+        return self.model_dump(include={"every_min", "every_steps", "keep_last", "keep_every"})
+
+
+class Partition(Settings):
+    max_time_min: Optional[float] = Field(None, gt=0)
+    requeue: Optional[bool] = None
+
+
+class ClusterProfile(Settings):
+    """One entry of env/clusters.yaml."""
+    name: str = "local"
+    description: str = ""
+    partition: Optional[SlurmWord] = None
+    account: Optional[SlurmWord] = None
+    qos: Optional[SlurmWord] = None
+    constraint: Optional[Constraint] = None
+    gpu_syntax: Literal["gres", "gpus"] = Field("gres", description="--gres=gpu:[type:]N or --gpus=[type:]N")
+    gpu_type: Optional[SlurmWord] = None
+    max_time_min: Optional[float] = Field(None, gt=0, description="the partition's wall-time limit")
+    signal_delay_s: Optional[int] = Field(None, ge=0)
+    array_limit: Optional[int] = Field(None, ge=1)
+    requeue: bool = True
+    setup: list[str] = Field(default_factory=list, description="shell lines run before the job")
+    root: Optional[str] = None
+    partitions: dict[str, Partition] = Field(default_factory=dict)
+    sbatch: Sbatch = Field(default_factory=Sbatch)
+
+    @model_validator(mode="after")
+    def _setup_lines(self):
+        for line in self.setup:
+            if "\n" in line or line.lstrip().startswith("#SBATCH"):
+                raise ValueError("setup: expected single shell lines (no newline, no #SBATCH lines)")
+        return self
+
+    def limits(self, partition) -> tuple[Optional[float], bool]:
+        """(wall-time limit in minutes, requeue allowed) on `partition`."""
+        part = self.partitions.get(partition) or Partition()
+        limit = part.max_time_min if part.max_time_min is not None else self.max_time_min
+        return limit, part.requeue if part.requeue is not None else self.requeue
+
+
+PATTERN_WORDS = {SLURM_WORD_PATTERN: "a plain SLURM name (letters, digits, _.:,+-)",
+                 CONSTRAINT_PATTERN: "a constraint expression (letters, digits, _.&|[]*,:-)"}
+
+
+def settings_error(e: ValidationError) -> tuple[tuple, str]:
+    """(key path, message) of the first problem in a ValidationError, said for people."""
+    err = e.errors()[0]
+    loc = tuple(p for p in err["loc"] if p != "__root__")
+    kind, ctx, got = err["type"], err.get("ctx") or {}, err.get("input")
+    if kind == "extra_forbidden":
+        return loc, "unknown key"
+    if kind == "missing":
+        return loc, "missing key"
+    if kind == "value_error":
+        return loc, err["msg"].removeprefix("Value error, ")
+    expected = {
+        "int_type": "an integer", "float_type": "a number", "bool_type": "true or false",
+        "string_type": "a string", "list_type": "a list", "dict_type": "a mapping",
+        "model_type": "a mapping", "model_attributes_type": "a mapping",
+        "string_pattern_mismatch": PATTERN_WORDS.get(ctx.get("pattern"), f"text matching {ctx.get('pattern')}"),
+        "greater_than": "a positive number" if ctx.get("gt") == 0 else f"a number > {ctx.get('gt')}",
+        "greater_than_equal": ("a non-negative number" if ctx.get("ge") == 0 else
+                               "a positive integer" if ctx.get("ge") == 1 else f"a number >= {ctx.get('ge')}"),
+        "less_than_equal": f"a number <= {ctx.get('le')}",
+    }.get(kind)
+    if expected is None:
+        return loc, f"{err['msg']}, got {got!r}"
+    return loc, f"expected {expected}, got {got!r}"
+
+
+def known_keys(model) -> list[str]:
+    return list(model.model_fields)

@@ -1,0 +1,200 @@
+"""The sweep dir: every path of a sweep and of its runs, and the state a run is in.
+
+This module is the only place that spells a file name of the on-disk format (README, "The sweep
+dir"). Everyone else asks a `SweepDir` or a `RunDir` for a path:
+
+    sweep_dir = SweepDir.under(root, "depth_ladder")
+    sweep_dir.plan, sweep_dir.journal, sweep_dir.run(run_id).result, ...
+
+State is read from the files, never kept in memory between commands, and reading never writes.
+"""
+from __future__ import annotations
+
+import os
+from datetime import datetime, timezone
+from enum import StrEnum
+from pathlib import Path
+
+import yaml
+
+import jobs.store.atomic as atomic
+
+DEFAULT_ROOT = "results"
+
+
+class RunState(StrEnum):
+    """What a run is, as `status`, `plan`, `aggregate` and the DataFrames say it (one vocabulary)."""
+    NEW = "new"                  # planned, never submitted (no config.yaml yet)
+    PENDING = "pending"          # submitted before, unfinished, and no live job holds it
+    IN_FLIGHT = "in flight"      # a live job (queued or running) holds it
+    BLOCKED = "blocked"          # a downstream run whose upstream failed or was cancelled
+    FAILED = "failed"            # error.txt and no result.json
+    CORRUPT = "corrupt result"   # result.json exists but cannot be read: resume reruns the run
+    DONE = "done"                # result.json, readable: the run's last act
+
+
+class Outcome(StrEnum):
+    """How one attempt of a run ended (attempts.jsonl's `outcome`)."""
+    DONE = "done"
+    INTERRUPTED = "interrupted"  # checkpointed on a stop request or time running out: requeue it
+    FAILED = "failed"            # the task raised
+    EXITED = "exited"            # the task called sys.exit / os._exit before returning
+    BUSY = "busy"                # another process holds the run's lock
+    CANCELLED = "cancelled"      # KeyboardInterrupt in-process
+
+
+def root_dir(root=None, profile_root=None) -> Path:
+    """Where sweep dirs live: --root, else $HPCSWEEP_ROOT, else the cluster profile's root, else ./results."""
+    chosen = root or os.environ.get("HPCSWEEP_ROOT") or profile_root or DEFAULT_ROOT
+    return Path(os.path.expandvars(os.path.expanduser(str(chosen))))
+
+
+def now_iso() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+
+
+class RunDir:
+    """runs/<run_id>/ and its files."""
+
+    def __init__(self, path):
+        self.path = Path(path)
+        self.run_id = self.path.name
+
+    def __repr__(self):
+        return f"RunDir({str(self.path)!r})"
+
+    config = property(lambda self: self.path / "config.yaml")
+    metrics = property(lambda self: self.path / "metrics.jsonl")
+    checkpoints = property(lambda self: self.path / "checkpoints")
+    attempts = property(lambda self: self.path / "attempts.jsonl")
+    result = property(lambda self: self.path / "result.json")
+    error = property(lambda self: self.path / "error.txt")
+    lock = property(lambda self: self.path / "run.lock")
+    holder = property(lambda self: self.path / "run.lock.holder")     # who holds the lock (pid, host, command)
+
+    def error_of_attempt(self, attempt: int) -> Path:
+        return self.path / f"error.attempt{attempt}.txt"
+
+    def set_aside_name(self, stamp: str) -> Path:
+        return self.path.with_name(f"{self.run_id}.before-{stamp}")
+
+    def read_config(self) -> dict:
+        """config.yaml: {run_id, label, task, varied, config, ...}. Raises on a missing or corrupt file."""
+        meta = yaml.safe_load(self.config.read_text(encoding="utf-8"))
+        if not isinstance(meta, dict) or not isinstance(meta.get("config"), dict) or "task" not in meta:
+            raise ValueError(f"{self.config}: not a run config (expected a mapping with task and config)")
+        return meta
+
+    def read_result(self):
+        """result.json parsed, or None when missing or unreadable."""
+        result = atomic.read_json(self.result)
+        return result if isinstance(result, dict) else None
+
+    def read_attempts(self) -> list:
+        return atomic.read_jsonl(self.attempts)
+
+    def starts(self) -> list:
+        """The attempts' start records, in order."""
+        return [a for a in self.read_attempts() if a.get("event") == "start"]
+
+    def state(self, in_flight: bool) -> RunState:
+        """The run's state from its files, given whether a live job holds it."""
+        if self.result.exists():
+            return RunState.DONE if self.read_result() is not None else RunState.CORRUPT
+        if in_flight:
+            return RunState.IN_FLIGHT
+        if self.error.exists():
+            return RunState.FAILED
+        return RunState.PENDING if self.config.exists() else RunState.NEW
+
+
+class SweepDir:
+    """<root>/<sweep name>/ and its files."""
+
+    def __init__(self, path):
+        self.path = Path(path)
+
+    @classmethod
+    def under(cls, root, name, profile_root=None) -> "SweepDir":
+        return cls(root_dir(root, profile_root) / name)
+
+    def __repr__(self):
+        return f"SweepDir({str(self.path)!r})"
+
+    def __str__(self):
+        return str(self.path)
+
+    spec = property(lambda self: self.path / "spec.yaml")
+    plan = property(lambda self: self.path / "plan.json")
+    journal = property(lambda self: self.path / "journal.jsonl")
+    code = property(lambda self: self.path / "code")
+    logs = property(lambda self: self.path / "logs")
+    runs = property(lambda self: self.path / "runs")
+    manifest = property(lambda self: self.path / "checkpoints_manifest.yaml")
+    submit_lock = property(lambda self: self.path / "submit.lock")
+    analysis = property(lambda self: self.path / "analysis")
+
+    def run(self, run_id) -> RunDir:
+        return RunDir(self.runs / run_id)
+
+    def code_version(self, submission) -> Path:
+        return self.code / f"{submission}.json"
+
+    def code_diff(self, submission) -> Path:
+        return self.code / f"{submission}.diff"
+
+    def code_snapshot(self, submission) -> Path:
+        """Copies of the task's own source files as submitted (tasks that live outside the repository)."""
+        return self.code / submission
+
+    def submission_file(self, submission) -> Path:
+        """What the local driver of a submission reads: its job objects, pickled by the submitting command."""
+        return self.logs / f"{submission}.jobs.pkl"
+
+    def driver_log(self, submission) -> Path:
+        return self.logs / f"driver-{submission}.log"
+
+    def slurm_logs(self) -> Path:
+        """submitit's folder pattern for SLURM jobs (one folder per job)."""
+        return self.logs / "%j"
+
+    def job_stderr(self, job_id) -> Path:
+        """submitit's stderr log of a SLURM job (array task `A_i` or plain id)."""
+        return self.logs / job_id / f"{job_id}_0_log.err"
+
+    def exists(self) -> bool:
+        """Was anything ever submitted here?"""
+        return self.plan.exists() or self.journal.exists()
+
+    def is_sweep_dir(self) -> bool:
+        return self.spec.exists() or self.plan.exists() or self.runs.is_dir()
+
+    def read_journal(self, bad=None) -> list:
+        return atomic.read_jsonl(self.journal, bad)
+
+    def append_journal(self, entry: dict) -> None:
+        atomic.append_jsonl(self.journal, entry)
+
+    def read_plan(self) -> dict:
+        plan = atomic.read_json(self.plan, {})
+        return plan if isinstance(plan, dict) else {}
+
+    def read_spec(self) -> dict:
+        try:
+            spec = yaml.safe_load(self.spec.read_text(encoding="utf-8"))
+        except (OSError, yaml.YAMLError):
+            return {}
+        return spec if isinstance(spec, dict) else {}
+
+    def previous_plan(self) -> dict:
+        """run_id -> label of the runs as last submitted (empty before the first submit)."""
+        runs = self.read_plan().get("runs", [])
+        return {r["run_id"]: r.get("label", "") for r in runs if isinstance(r, dict) and "run_id" in r}
+
+    def write_run_config(self, run, task, **extra) -> Path:
+        """runs/<run_id>/config.yaml, written once: a run's config is frozen with its id."""
+        path = self.run(run.run_id).config
+        if not path.exists():
+            atomic.write_yaml(path, {"run_id": run.run_id, "label": run.label, "task": task,
+                                     "varied": run.varied, "config": run.config, **extra})
+        return path

@@ -1,0 +1,107 @@
+"""SLURM pieces that need no cluster: profiles, sbatch text checks, sacct parsing, hostile specs."""
+import json
+import os
+import textwrap
+from pathlib import Path
+
+import pytest
+
+from jobs.sched import slurm
+from jobs.spec import Resources, SpecError, load_sweep
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def test_shipped_profiles_load():
+    local = slurm.load_profile("local")
+    uni = slurm.load_profile("university")
+    assert local.partition == "debug"
+    assert uni.partitions["scavenger"].requeue is True
+    assert any("PYTORCH_CUDA_ALLOC_CONF" in line for line in uni.setup)
+
+
+def test_profile_from_environment(monkeypatch):
+    monkeypatch.setenv("HPCSWEEP_CLUSTER", "university")
+    assert slurm.load_profile().name == "university"
+
+
+@pytest.mark.parametrize("body, words", [
+    ("x: {partition: \"gpu\\n#SBATCH --account=evil\"}", "a plain SLURM name"),
+    ("x: {setup: [\"#SBATCH --exclusive\"]}", "single shell lines"),
+    ("x: {gpu_syntax: cuda}", "gpu_syntax"),
+    ("x: {partion: gpu}", "unknown key"),
+])
+def test_bad_profiles_are_refused(tmp_path, body, words):
+    p = tmp_path / "clusters.yaml"
+    p.write_text(body)
+    with pytest.raises(slurm.ProfileError, match=words):
+        slurm.load_profile("x", path=p)
+
+
+def test_gpu_syntax_and_partition_limits():
+    uni = slurm.load_profile("university")
+    res = Resources(gpus=2, cpus=4, mem_gb=16, time_min=3000, max_parallel=8, partition="a100")
+    out = slurm.resources_for(res, uni)
+    assert out["time_min"] == 2880                       # capped at the partition's limit: chaining does the rest
+    params = slurm.executor_params(out, res, uni, "sweep")
+    assert params["gres"] == "gpu:l4:2" and params["array_parallelism"] == 8
+    assert params["additional_parameters"] == {"account": "mylab", "requeue": True}
+    gpus = slurm.executor_params(out, res, uni.model_copy(update={"gpu_syntax": "gpus", "gpu_type": None}), "sweep")
+    assert gpus["gpus_per_node"] == "2" and "gres" not in gpus
+
+
+def test_generated_sbatch_lines_are_checked(tmp_path):
+    from submitit.slurm.slurm import _make_sbatch_string    # what SlurmExecutor writes (it needs srun to exist)
+    res = Resources(cpus=1, mem_gb=2, time_min=10, max_parallel=2, partition="debug", gpus=1)
+    profile = slurm.load_profile("local")
+    params = slurm.executor_params(slurm.resources_for(res, profile), res, profile, "name")
+    params.pop("array_parallelism")
+    text = _make_sbatch_string(command="python -c pass", folder=tmp_path / "logs" / "%j", **params)
+    slurm.check_sbatch_text(text)                      # what we generate passes
+    assert "#SBATCH --requeue" in text and "#SBATCH --gres=gpu:1" in text
+    for bad in ("#SBATCH --job-name=$(rm -rf ~)", "#SBATCH --job-name=x;id",
+                "#SBATCH --partition=a b", "#SBATCH --comment=`id`"):
+        with pytest.raises(ValueError, match="unsafe sbatch line"):
+            slurm.check_sbatch_text(text + "\n" + bad)
+
+
+def test_paths_with_blanks_or_shell_syntax_cannot_reach_sbatch():
+    slurm.check_path(Path("/scratch/me/results/sweep_1"))
+    for bad in ("/scratch/my results/x", "/tmp/$(id)/x", "/tmp/a\nb"):
+        with pytest.raises(ValueError, match="cannot go into an sbatch file"):
+            slurm.check_path(Path(bad))
+
+
+def test_parse_sacct_output():
+    out = textwrap.dedent("""\
+        101_0|COMPLETED
+        101_1|RUNNING
+        101_[2-4%2]|PENDING
+        102|CANCELLED by 0
+        103|NODE_FAIL
+    """)
+    states = slurm.parse_sacct(out)
+    assert states == {"101_0": "COMPLETED", "101_1": "RUNNING", "101_2": "PENDING", "101_3": "PENDING",
+                      "101_4": "PENDING", "102": "CANCELLED", "103": "NODE_FAIL"}
+    assert [slurm.is_live(states[j]) for j in ("101_0", "101_1", "101_3", "103")] == [False, True, True, False]
+
+
+@pytest.mark.parametrize("resources, key", [
+    ({"partition": "gpu\n#SBATCH --account=evil"}, "resources.partition"),
+    ({"qos": "normal; rm -rf ~"}, "resources.qos"),
+    ({"account": "$(whoami)"}, "resources.account"),
+])
+def test_hostile_resources_are_rejected_at_plan_time(tmp_path, resources, key):
+    p = tmp_path / "hostile.yaml"
+    p.write_text(json.dumps({"task": "resmlp", "grid": {"k": [0, 1]}, "resources": resources}))
+    with pytest.raises(SpecError) as e:
+        load_sweep(p)
+    assert e.value.key == key
+
+
+def test_hostile_names_are_rejected(tmp_path):
+    for name in ("x$(id)", "../../etc", "a b", "a\nb"):
+        p = tmp_path / "h.yaml"
+        p.write_text(json.dumps({"name": name, "task": "resmlp"}))
+        with pytest.raises(SpecError, match="not a safe sweep name"):
+            load_sweep(p)
