@@ -5,11 +5,17 @@ against false ones (SHD, TPR, FDR) when a DAG is learned by continuous optimisat
 
     python main.py run sweeps/lambda_grid.yaml --only lambda_sparse=0.001,lambda_acyclic=1e-05,seed=1
 
-Data (all from numpy's default_rng(seed), so a seed fixes graph, weights and samples). A random
-order of the n_nodes variables; each of the d(d-1)/2 pairs (i before j in that order) is an edge
-i -> j with probability edge_prob (Erdos-Renyi); each edge weight is uniform in [0.5, 2] with a
-random sign. n_samples rows of the linear Gaussian SEM  X_j = sum_i W_true[i, j] X_i + z_j,
+Data, `data: iid` (the default; all from numpy's default_rng(seed), so a seed fixes graph, weights
+and samples). A random order of the n_nodes variables; each of the d(d-1)/2 pairs (i before j in
+that order) is an edge i -> j with probability edge_prob (Erdos-Renyi); each edge weight is
+uniform in [0.5, 2] with a random sign. n_samples rows of the linear Gaussian SEM  X_j = sum_i W_true[i, j] X_i + z_j,
 z_j ~ N(0, noise_scale^2), drawn in the topological order; X is then centred per column.
+`data: sem`: the time-series SEM of models/sem_data.py (the neural_dag task's data: the same keys
+seed, n_nodes, edge_prob, n_samples, n_timesteps, sem_type, noise_type, noise_scale, ar_coef give
+the same graph and series), its (samples, time) flattened to n_samples * n_timesteps rows and
+standardised per column over all of them (zero mean, unit variance, as neural_dag standardises).
+`data: file`: a user's arrays, read and standardised the same way (data_file, graph_file; format in
+models/sem_data.py). The graph's weights are unknown there: only its edges are scored.
 
 Objective, for W (d x d, zero diagonal) written as W = W+ - W-, with W+, W- >= 0:
     F(W) = 0.5/n ||X - X W||_F^2 + lambda_sparse * sum(W+ + W-) + (rho/2) h(W)^2 + alpha h(W)
@@ -30,8 +36,9 @@ The estimate is the accepted W with entries |W_ij| < w_threshold set to 0.
 Metrics (NOTEARS' count_accuracy, edges of the thresholded estimate vs the true DAG): shd = extra +
 missing + reversed edges (a reversed edge counts once); tpr = correctly oriented true edges / true
 edges; fdr = (reversed + edges absent in either direction) / predicted edges; nnz = predicted
-edges; h_final = h of the accepted W before thresholding, h_thresholded after; is_dag; converged
-(h_final <= h_tol or rho reached rho_max); steps (inner solves) and lbfgs_iters (their iterations).
+edges; f1 = 2 TP / (predicted + true edges) over directed edges; h_final = h of the accepted W
+before thresholding, h_thresholded after; is_dag; converged (h_final <= h_tol or rho reached
+rho_max); steps (inner solves) and lbfgs_iters (their iterations).
 
 Logged: one line per step with h, rho and alpha used, lbfgs_iters, accepted, the nnz and shd of
 that solve's thresholded W, and total_steps = max_outer (an upper bound: runs stop when h <= h_tol,
@@ -49,6 +56,7 @@ import scipy.optimize
 import threadpoolctl
 import torch
 
+from models import sem_data
 from models.blocks import restore_same_config
 
 CONFIG = {
@@ -66,9 +74,17 @@ CONFIG = {
     "h_progress": 0.25,           # h must fall below h_progress * (h accepted before) to keep rho
     "h_tol": 1e-8,
     "w_threshold": 0.3,
+    # where the data come from; the keys below only matter for data: sem / file
+    "data": "iid",                # iid: the SEM above | sem: models/sem_data.py's time series | file
+    "n_timesteps": 10,
+    "sem_type": "linear",         # linear | nonlinear
+    "noise_type": "gaussian",     # gaussian | laplace | uniform
+    "ar_coef": 0.5,
+    "data_file": "",
+    "graph_file": "",
 }
 
-CHOICES = {}
+CHOICES = {"data": ["iid", "sem", "file"], "sem_type": ["linear", "nonlinear"], "noise_type": ["gaussian", "laplace", "uniform"]}
 
 
 # ---------------------------------------------------------------- data
@@ -88,6 +104,16 @@ def simulate(cfg):
     for j in order:                                                   # parents come first in `order`
         x[:, j] = x @ w_true[:, j] + noise[:, j]
     return w_true, x - x.mean(axis=0, keepdims=True)
+
+
+def load_data(cfg):
+    """(true graph (d, d), data X (rows, d) float64) for cfg['data']: iid (simulate), sem or file."""
+    if cfg["data"] == "iid":
+        return simulate(cfg)
+    x, b = sem_data.load(cfg)
+    x = x.reshape(-1, x.shape[-1])
+    x = (x - x.mean(axis=0, keepdims=True)) / (x.std(axis=0, keepdims=True) + 1e-8)
+    return b.astype(np.float64), x
 
 
 def count_accuracy(b_true, b_est):
@@ -174,7 +200,12 @@ def resolve(cfg):
     if unknown:
         raise ValueError(f"structure: unknown config keys {unknown}; known: {sorted(CONFIG)}")
     cfg = {**CONFIG, **cfg}
-    for key in ("n_nodes", "n_samples", "max_outer", "inner_steps"):
+    for key, allowed in CHOICES.items():
+        if cfg[key] not in allowed:
+            raise ValueError(f"structure: {key}={cfg[key]!r} is not one of {allowed}")
+    if cfg["data"] == "file" and not cfg["data_file"]:
+        raise ValueError("structure: data: file needs data_file")
+    for key in ("n_nodes", "n_samples", "n_timesteps", "max_outer", "inner_steps"):
         if isinstance(cfg[key], bool) or not (isinstance(cfg[key], int) and cfg[key] >= 1):
             raise ValueError(f"structure: {key} must be an integer >= 1, got {cfg[key]!r}")
     if not (0 <= cfg["edge_prob"] <= 1):
@@ -199,9 +230,9 @@ def train(cfg, ctx):
     random.seed(seed)
     np.random.seed(seed % 2**32)
     torch.manual_seed(seed)
-    w_true, x = simulate(cfg)
+    w_true, x = load_data(cfg)
     cov = torch.as_tensor(x.T @ x / len(x), dtype=torch.float64, device=ctx.device)
-    d, total = cfg["n_nodes"], cfg["max_outer"]
+    d, total = x.shape[1], cfg["max_outer"]
 
     w_acc = np.zeros((d, d))
     rho, alpha, h_acc = float(cfg["lambda_acyclic"]), 0.0, math.inf
@@ -233,7 +264,9 @@ def train(cfg, ctx):
                             "train_time_s": spent + time.time() - resumed_at, "config": cfg})
 
     b_est = np.abs(w_acc) >= cfg["w_threshold"]
-    return {**count_accuracy(w_true, b_est), "h_final": h_acc if step else 0.0,
+    acc = count_accuracy(w_true, b_est)
+    n_true = int((w_true != 0).sum())
+    return {**acc, "f1": 2 * acc["tpr"] * n_true / max(acc["nnz"] + n_true, 1), "h_final": h_acc if step else 0.0,
             "h_thresholded": acyclicity(torch.as_tensor(w_acc * b_est)).item(), "is_dag": bool(is_dag(b_est)),
             "converged": bool(done), "n_true_edges": int((w_true != 0).sum()), "rho_final": rho,
             "steps": step, "lbfgs_iters": iters, "train_time_s": round(spent + time.time() - resumed_at, 3)}

@@ -17,6 +17,10 @@ EXPECTED = {
     "depth_ladder.yaml": 3 * (5 + 3) * 3,
     "depth_ladder_digits.yaml": 3 * 5 * 2,
     "refine_random.yaml": 16 * 2,
+    "neural_dag_grid.yaml": 27 * 3,
+    "neural_dag_sweep.yaml": 9 * 3,
+    "neural_dag_smoke.yaml": 3 * 2 * 2,
+    "neural_dag_notears.yaml": 3 * 3,
 }
 
 
