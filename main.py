@@ -216,9 +216,12 @@ def cmd_run(args) -> int:
     sweep_dir = _sweep_dir(args, sweep)
     submit.prepare(sweep, sweep_dir, submit.new_submission_id())
     res, ckpt = submit.resources_of(sweep), submit.checkpoint_of(sweep)
-    outcome = runner.run_one(sweep_dir.path, run.run_id, gpus=res.gpus, cpus=res.cpus, checkpoint=ckpt.for_context(),
-                             margin_s=ckpt.margin_s_for(res.time_min), reraise=sys.stdin.isatty() and args.pdb)
-    print(f"{run.label}: {outcome} ({sweep_dir.run(run.run_id).path})")
+    stop = runner.Stop()
+    stop.install()                  # USR2 / TERM: the run checkpoints and stops, as in a job
+    outcome = runner.run_any(sweep_dir.path, run.run_id, world_size=res.world_size, stop=stop, gpus=res.gpus, cpus=res.cpus,
+                             checkpoint=ckpt.for_context(), margin_s=ckpt.margin_s_for(res.time_min),
+                             reraise=sys.stdin.isatty() and args.pdb)
+    print(f"{run.label or run.run_id}: {outcome} ({sweep_dir.run(run.run_id).path})")
     return 0 if outcome == "done" else 1
 
 

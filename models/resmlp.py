@@ -39,9 +39,15 @@ from `lr` to 0 over all steps (no warmup); weight decay applies to all trained p
 The feedback matrices come from a torch.Generator seeded with `seed`, drawn for all L blocks in a
 fixed order whatever k is, so runs with different k share them; they are saved in the checkpoint.
 
+Distributed (resources.tasks_per_node / nodes > 1): every rank draws the same permutation and trains
+on its share of each batch (rank r takes elements r, r + W, ... of it); the gradients are averaged
+over the W ranks before each optimizer step (ctx.average_gradients: DDP's arithmetic, without its
+module wrapper, which FA/DFA's custom backward would bypass); logged train metrics are summed over
+the ranks. Evaluation runs on every rank on the whole test set (the same weights: the same numbers).
+
 Checkpoint (ctx.save): model weights, every optimizer, the feedback matrices, the shuffling
-generator's state, the epoch's permutation and position in it, the epoch's running sums and the
-training time; ctx restores the python/numpy/torch RNG states. A resumed run is bit-identical to
+generator's state, the epoch's permutation and position in it, the epoch's running sums (each
+rank's own, as its rank_state, in a distributed run) and the training time; ctx restores the python/numpy/torch RNG states. A resumed run is bit-identical to
 an uninterrupted one on CPU.
 """
 import math
@@ -201,8 +207,11 @@ def _forward_dfa(model, x, cfg, fb):
     return feedback_linear(model.norm(h), model.head.weight, model.head.bias, fb["head"]), outs
 
 
-def train_step(model, fb, opts, cfg, x, y, lr):
-    """One optimisation step of cfg['method'] on the batch (x, y); returns (CE loss, #correct), detached."""
+def train_step(model, fb, opts, cfg, x, y, lr, sync=None):
+    """One optimisation step of cfg['method'] on the batch (x, y); returns (CE loss, #correct), detached.
+
+    `sync()`, when given, runs between backward and the optimizer step (a distributed run averages
+    the gradients over its ranks there)."""
     if cfg["method"] == "bp":
         logits = model(x)
     elif cfg["method"] == "fa":
@@ -218,6 +227,8 @@ def train_step(model, fb, opts, cfg, x, y, lr):
     for opt in opts.values():
         opt.zero_grad(set_to_none=True)
     total.backward()
+    if sync is not None:
+        sync()
     for opt in opts.values():
         for group in opt.param_groups:
             group["lr"] = lr
@@ -272,18 +283,25 @@ def fit(cfg, ctx, data):
         pos = state["data"]
         gen.set_state(pos["generator"])
         epoch, batch, perm = pos["epoch"], pos["batch"], pos["perm"].to(device)
-        sums = {k: v.to(device) for k, v in pos["sums"].items()}
+        # the epoch's running sums are each rank's own (rank_state); one-process checkpoints keep them in state
+        own = ctx.rank_state["sums"] if ctx.rank_state is not None else pos["sums"]
+        sums = {k: v.to(device) for k, v in own.items()}
         step, spent = state["step"], state["train_time_s"]
 
     model.train()
     resumed_at = time.time()
+    # with several ranks, the gradients are averaged as DDP would (FA/DFA's backward bypasses the
+    # module's forward, so the DistributedDataParallel wrapper cannot be used)
+    sync = (lambda: ctx.average_gradients(model.parameters())) if ctx.world_size > 1 else None
     while epoch < cfg["epochs"]:
         if batch == 0:
             perm = torch.randperm(n, generator=gen).to(device)
             sums = _zero_sums(device)
         while batch < per_epoch:
-            idx = perm[batch * bs:(batch + 1) * bs]
-            loss, correct = train_step(model, fb, opts, cfg, x[idx], y[idx], cosine_lr(step, total, cfg["lr"]))
+            # a distributed run: every rank draws the same permutation and takes its share of each batch
+            idx = perm[batch * bs:(batch + 1) * bs][ctx.rank::ctx.world_size]
+            loss, correct = train_step(model, fb, opts, cfg, x[idx], y[idx], cosine_lr(step, total, cfg["lr"]),
+                                       sync=sync)
             sums["loss"] += loss * len(idx)
             sums["correct"] += correct
             sums["seen"] += len(idx)
@@ -295,11 +313,13 @@ def fit(cfg, ctx, data):
                     "feedback": fb,
                     "data": {"epoch": epoch, "batch": batch, "perm": perm.cpu(), "generator": gen.get_state(),
                              "sums": {k: v.cpu() for k, v in sums.items()}},
-                    "step": step, "train_time_s": spent + time.time() - resumed_at, "config": cfg})
+                    "step": step, "train_time_s": spent + time.time() - resumed_at, "config": cfg},
+                    rank_state={"sums": {k: v.cpu() for k, v in sums.items()}} if ctx.world_size > 1 else None)
         epoch, batch = epoch + 1, 0
-        seen = sums["seen"].item()
-        metrics = {"epoch": epoch, "train_loss": sums["loss"].item() / seen,
-                   "train_acc": sums["correct"].item() / seen, "lr": cosine_lr(step, total, cfg["lr"])}
+        seen = float(ctx.sum_over_ranks(sums["seen"].item()))
+        metrics = {"epoch": epoch, "train_loss": ctx.sum_over_ranks(sums["loss"].item()) / seen,
+                   "train_acc": ctx.sum_over_ranks(sums["correct"].item()) / seen,
+                   "lr": cosine_lr(step, total, cfg["lr"])}
         if epoch % cfg["eval_every"] == 0 or epoch == cfg["epochs"]:
             model.eval()
             metrics["test_loss"], metrics["test_acc"] = evaluate(model, data["x_test"], data["y_test"])

@@ -9,6 +9,17 @@ when that checkpoint was taken, so the lines logged again after resuming are not
 Stopping is cooperative: a signal handler calls ctx.request_stop() (it only sets a flag); the task
 sees should_checkpoint() turn True at its next step, calls ctx.save(), and save raises Interrupted
 once the checkpoint is durable. Running out of time (the deadline minus margin_s) does the same.
+
+A distributed run (world_size > 1) has one RunContext per rank. Every rank calls should_checkpoint
+and save at the same steps, as a task's loop does anyway: should_checkpoint is a collective (the
+ranks agree by an all-reduce, so a signal that reached one rank stops them all at the same step and
+none waits in an all-reduce for a rank that left); save gathers every rank's RNG states to rank 0,
+which alone writes the checkpoint, metrics.jsonl and (in the runner) result.json. Every rank
+restores the same checkpoint and its own RNG states.
+
+Random generators a task owns (a numpy Generator for augmentation, a torch.Generator for sampling)
+come from ctx.numpy_rng / ctx.torch_generator / ctx.python_rng: their states are saved with each
+checkpoint (per rank) and put back on resume, so the task need not carry them in its state.
 """
 from __future__ import annotations
 
@@ -63,6 +74,9 @@ class RunContext:
         self._last_save_step = 0
         self._metrics_lines = None       # lines of metrics.jsonl on this run's timeline; None: not counted yet
         self._saved = False
+        self._generators = []            # (kind, generator) made by ctx.*_rng / torch_generator, in order
+        self.rank_state = None           # this rank's `rank_state` of the restored checkpoint
+        self._generator_states = None    # restored states not yet applied (generators made after restore)
 
     # --- distributed runs -----------------------------------------------------------------------
 
@@ -85,6 +99,73 @@ class RunContext:
         ids = [torch.device(self.device).index] if str(self.device).startswith("cuda") else None
         return DistributedDataParallel(model, device_ids=ids)
 
+    def average_gradients(self, parameters) -> None:
+        """Average .grad over the ranks (what DDP does), for tasks whose backward bypasses a module's
+        forward (feedback alignment, custom autograd). One flat all-reduce; no-op on one rank."""
+        if self.world_size == 1:
+            return
+        grads = [p.grad for p in parameters if p.grad is not None]
+        if not grads:
+            return
+        flat = torch.cat([g.reshape(-1) for g in grads])
+        torch.distributed.all_reduce(flat)
+        flat /= self.world_size
+        offset = 0
+        for g in grads:
+            g.copy_(flat[offset:offset + g.numel()].view_as(g))
+            offset += g.numel()
+
+    def sum_over_ranks(self, value):
+        """`value` (a number or tensor) summed over the ranks; unchanged on one rank."""
+        if self.world_size == 1:
+            return value
+        t = torch.as_tensor(value, dtype=torch.float64 if not torch.is_tensor(value) else None).clone()
+        device = t.device
+        t = t.to(self.device) if str(self.device).startswith("cuda") else t.cpu()
+        torch.distributed.all_reduce(t)
+        return t.to(device) if torch.is_tensor(value) else t.item()
+
+    def mean_over_ranks(self, value):
+        """`value` averaged over the ranks (e.g. a validation loss each rank computed on its shard)."""
+        total = self.sum_over_ranks(value)
+        return total / self.world_size if self.world_size > 1 else total
+
+    def split_accumulation(self, acc_steps: int) -> int:
+        """Micro-batches per rank for `acc_steps` of gradient accumulation: acc_steps / gcd(acc_steps,
+        world_size), as the adaptive-depth LM's trainer does (the ranks share the accumulation)."""
+        return acc_steps // math.gcd(acc_steps, self.world_size)
+
+    def _agree(self, *flags) -> list:
+        """The flags OR-ed over the ranks (one all-reduce), so every rank takes the same decision."""
+        if self.world_size == 1:
+            return [bool(f) for f in flags]
+        t = torch.tensor([int(bool(f)) for f in flags], dtype=torch.int32)
+        if str(self.device).startswith("cuda"):
+            t = t.to(self.device)
+        torch.distributed.all_reduce(t, op=torch.distributed.ReduceOp.MAX)
+        return [bool(v) for v in t.tolist()]
+
+    # --- random generators the task owns ----------------------------------------------------------
+
+    def torch_generator(self, seed: int, device="cpu"):
+        """A torch.Generator seeded with `seed`, saved and restored with every checkpoint."""
+        return self._register("torch", torch.Generator(device=device).manual_seed(int(seed)))
+
+    def numpy_rng(self, seed: int):
+        """A numpy Generator (default_rng(seed)), saved and restored with every checkpoint."""
+        return self._register("numpy", np.random.default_rng(seed))
+
+    def python_rng(self, seed: int):
+        """A random.Random(seed), saved and restored with every checkpoint."""
+        return self._register("python", random.Random(seed))
+
+    def _register(self, kind, gen):
+        index = len(self._generators)
+        self._generators.append((kind, gen))
+        if self._generator_states is not None and index < len(self._generator_states):
+            _set_generator(kind, gen, self._generator_states[index])
+        return gen
+
     # --- stopping and time --------------------------------------------------------------------
 
     def request_stop(self) -> None:
@@ -106,14 +187,15 @@ class RunContext:
         every_min minutes passed since the last save (or the start), or every_steps steps did.
         Called every step, so it only reads the clock.
         """
-        if self._stop:
-            return True
         now = self._clock()
-        if self.deadline is not None and self.deadline - now < self.margin_s:
-            return True
-        if now - self._last_save_time >= self._every_s:
-            return True
-        return bool(self._every_steps) and step - self._last_save_step >= self._every_steps
+        due = (self._stop or (self.deadline is not None and self.deadline - now < self.margin_s)
+               or now - self._last_save_time >= self._every_s
+               or (bool(self._every_steps) and step - self._last_save_step >= self._every_steps))
+        if self.world_size == 1:
+            return due
+        due, stop = self._agree(due, self._stop)
+        self._stop = stop               # a signal that reached any rank stops every rank
+        return due
 
     def _stop_reason(self) -> str | None:
         if self._stop:
@@ -133,34 +215,64 @@ class RunContext:
         """
         found = checkpoint.load_latest(self.ckpt_dir)
         if found is None:
-            self._cut_metrics(keep_lines=0, max_step=None)
+            if self.is_main:
+                self._cut_metrics(keep_lines=0, max_step=None)
+            self.barrier()
             return None
         step, payload = found
         if not isinstance(payload, dict) or payload.get("format") != FORMAT or "state" not in payload:
             raise ValueError(f"{checkpoint.ckpt_path(self.ckpt_dir, step)}: not a RunContext checkpoint "
                              f"(expected a dict with format {FORMAT}); was it written by another tool?")
-        set_rng_state(payload.get("rng") or {})
-        self._cut_metrics(payload.get("metrics_lines"), step)
+        ranks = payload.get("ranks")
+        if ranks is not None and len(ranks) != self.world_size:
+            raise ValueError(f"{checkpoint.ckpt_path(self.ckpt_dir, step)} was saved by {len(ranks)} ranks, "
+                             f"this run has {self.world_size}: resume it with the same nodes x tasks_per_node")
+        mine = ranks[self.rank] if ranks is not None else {"rng": payload.get("rng"),
+                                                          "generators": payload.get("generators")}
+        set_rng_state(mine.get("rng") or {})
+        self.rank_state = mine.get("rank_state")
+        self._generator_states = mine.get("generators") or []
+        for (kind, gen), saved in zip(self._generators, self._generator_states):
+            _set_generator(kind, gen, saved)
+        if self.is_main:
+            self._cut_metrics(payload.get("metrics_lines"), step)
+        self.barrier()                   # rank 0 has cut metrics.jsonl before anyone logs again
         self.start_step = self._last_save_step = step
         self._last_save_time = self._clock()
         return payload["state"]
 
-    def save(self, step: int, state) -> Path:
+    def save(self, step: int, state, rank_state=None) -> Path:
         """Checkpoint `state` at `step` (atomic, sha256, retention, manifest); the file's path.
 
         Raises Interrupted after the checkpoint is durable when a stop was requested or time is
         running out: the runner then requeues the run, which resumes from this checkpoint.
         """
-        payload = {"format": FORMAT, "step": int(step), "state": state, "rng": rng_state(),
-                   "metrics_lines": self._count_metrics()}
-        settings = self.checkpoint
-        # the first save of an attempt checks the state loads back safely: a bad type fails now, not on resume
-        path = checkpoint.save(self.ckpt_dir, step, payload, manifest=self.manifest, run_id=self.run_id,
-                               keep_last=settings["keep_last"], keep_every=settings["keep_every"],
-                               verify=not self._saved)
+        _refuse_generators(state)
+        _refuse_generators(rank_state, "rank_state")
+        mine = {"rng": rng_state(), "generators": [_generator_state(k, g) for k, g in self._generators],
+                "rank_state": rank_state}
+        path = checkpoint.ckpt_path(self.ckpt_dir, step)
+        if self.world_size == 1:
+            payload = {"format": FORMAT, "step": int(step), "state": state, **mine,
+                       "metrics_lines": self._count_metrics()}
+        else:
+            ranks = [None] * self.world_size
+            torch.distributed.all_gather_object(ranks, mine)
+            payload = {"format": FORMAT, "step": int(step), "state": state, "ranks": ranks,
+                       "metrics_lines": self._count_metrics() if self.is_main else None}
+        if self.is_main:
+            settings = self.checkpoint
+            # the first save of an attempt checks the state loads back safely: a bad type fails now, not on resume
+            path = checkpoint.save(self.ckpt_dir, step, payload, manifest=self.manifest, run_id=self.run_id,
+                                   keep_last=settings["keep_last"], keep_every=settings["keep_every"],
+                                   verify=not self._saved)
+        self.barrier()                   # the checkpoint is durable before any rank goes on (or stops)
         self._saved = True
         self._last_save_step, self._last_save_time = int(step), self._clock()
         reason = self._stop_reason()
+        if self.world_size > 1:
+            (stop,) = self._agree(reason is not None)
+            reason = reason or ("another rank ran out of time" if stop else None)
         if reason:
             raise Interrupted(f"run {self.run_id or self.run_dir.name} checkpointed at step {step} "
                               f"and stops to be requeued: {reason}")
@@ -169,7 +281,11 @@ class RunContext:
     # --- metrics ------------------------------------------------------------------------------
 
     def log(self, step: int, **metrics) -> None:
-        """Append {"step", "time", **metrics} as one line to metrics.jsonl (one write, unbuffered)."""
+        """Append {"step", "time", **metrics} as one line to metrics.jsonl (one write, unbuffered).
+
+        Rank 0 writes; on the other ranks of a distributed run this does nothing."""
+        if not self.is_main:
+            return
         for key in RESERVED_METRICS:
             if key in metrics:
                 raise ValueError(f"ctx.log: '{key}' is filled in by ctx.log itself; name the metric otherwise")
@@ -265,6 +381,52 @@ def rng_state() -> dict:
     if torch.cuda.is_available() and torch.cuda.is_initialized():
         state["cuda"] = torch.cuda.get_rng_state_all()
     return state
+
+
+def _generator_state(kind, gen):
+    if kind == "torch":
+        return gen.get_state()
+    if kind == "numpy":
+        return _plain_tree(gen.bit_generator.state)
+    version, internal, gauss = gen.getstate()
+    return [version, list(internal), gauss]
+
+
+def _set_generator(kind, gen, saved) -> None:
+    if kind == "torch":
+        gen.set_state(saved)
+    elif kind == "numpy":
+        gen.bit_generator.state = saved
+    else:
+        version, internal, gauss = saved
+        gen.setstate((version, tuple(internal), gauss))
+
+
+def _plain_tree(obj):
+    """numpy's bit-generator state (nested dicts of ints and arrays) in a form weights_only loads."""
+    if isinstance(obj, dict):
+        return {k: _plain_tree(v) for k, v in obj.items()}
+    if isinstance(obj, np.ndarray):
+        return torch.from_numpy(obj.astype(np.int64)) if obj.dtype.kind in "ui" else torch.from_numpy(obj)
+    return obj
+
+
+RNG_TYPES = (np.random.Generator, np.random.RandomState, random.Random, torch.Generator)
+
+
+def _refuse_generators(state, path="state") -> None:
+    """A random generator inside the state cannot be saved safely (nor restored): say what to use."""
+    if isinstance(state, RNG_TYPES):
+        raise TypeError(f"ctx.save: {path} is a {type(state).__module__}.{type(state).__name__}, which a "
+                        "checkpoint cannot hold; make it with ctx.numpy_rng(seed) / ctx.torch_generator(seed) / "
+                        "ctx.python_rng(seed) (saved and restored for you), or save its state "
+                        "(torch: gen.get_state())")
+    if isinstance(state, dict):
+        for k, v in state.items():
+            _refuse_generators(v, f"{path}[{k!r}]")
+    elif isinstance(state, (list, tuple)):
+        for i, v in enumerate(state):
+            _refuse_generators(v, f"{path}[{i}]")
 
 
 def set_rng_state(state: dict) -> None:

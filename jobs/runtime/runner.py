@@ -42,34 +42,85 @@ def job_id() -> str:
     return f"pid{os.getpid()}"
 
 
-def _device(gpus: int) -> str:
+def _device(gpus: int, local_rank: int = 0) -> str:
     if gpus:
         import torch
         if torch.cuda.is_available():
-            return "cuda"
+            return f"cuda:{local_rank}" if local_rank else "cuda"
     return "cpu"
+
+
+class RunLock:
+    """The run's lock (run.lock) and, beside it, who holds it (pid, host, command), for --force to name."""
+
+    def __init__(self, run_dir):
+        self.run_dir, self.lock = run_dir, FileLock(str(run_dir.lock))
+
+    def acquire(self) -> bool:
+        try:
+            self.lock.acquire(timeout=0)
+        except Timeout:
+            return False
+        atomic.write_json(self.run_dir.holder, {"pid": os.getpid(), "host": socket.gethostname(),
+                                                "job_id": job_id(), "command": " ".join(sys.argv)[:300],
+                                                "since": now_iso()})
+        return True
+
+    def release(self) -> None:
+        try:
+            self.run_dir.holder.unlink()
+        except FileNotFoundError:
+            pass
+        self.lock.release()
 
 
 def run_one(sdir, run_id, *, deadline=None, margin_s=60.0, gpus=0, cpus=0, checkpoint=None,
             on_ctx=None, reraise=False) -> str:
-    """Run (or resume) one run to its end or its next interruption; the outcome's name."""
+    """Run (or resume) one single-process run to its end or its next interruption; the outcome."""
     sweep_dir = SweepDir(sdir)
     run_dir = sweep_dir.run(run_id)
     if run_dir.result.exists():
         return DONE
-    lock = FileLock(str(run_dir.lock))
-    try:
-        lock.acquire(timeout=0)
-    except Timeout:
+    lock = RunLock(run_dir)
+    if not lock.acquire():
         return BUSY                   # another job holds it: never run one run twice at once
     try:
         if run_dir.result.exists():
             return DONE
         if cpus:
             limit_threads(cpus)
-        return _attempt(sweep_dir, run_dir, deadline, margin_s, gpus, checkpoint, on_ctx, reraise)
+        return _attempt(sweep_dir, run_dir, deadline, margin_s, _device(gpus), checkpoint, on_ctx, reraise)
     finally:
         lock.release()
+
+
+def run_rank(sdir, run_id, ranks, *, deadline=None, margin_s=60.0, gpus=0, cpus=0, checkpoint=None,
+             on_ctx=None) -> str:
+    """This process's part in a distributed run (jobs/runtime/distributed.py says which rank); the outcome.
+
+    Rank 0 takes the run's lock and writes every file; the group agrees whether to go on at all."""
+    from jobs.runtime import distributed
+    sweep_dir = SweepDir(sdir)
+    run_dir = sweep_dir.run(run_id)
+    if cpus:
+        limit_threads(cpus)
+    device = _device(gpus, ranks.local_rank)
+    attempt = len(run_dir.starts()) + 1          # read by every rank before rank 0 writes the start
+    distributed.init(ranks, device)
+    lock = RunLock(run_dir) if ranks.rank == 0 else None
+    try:
+        verdict = EXIT_CODES[DONE] if run_dir.result.exists() else 0
+        if lock is not None and not verdict and not lock.acquire():
+            lock, verdict = None, EXIT_CODES[BUSY]
+        verdict = distributed.broadcast_int(verdict, device)
+        if verdict:
+            return {v: k for k, v in EXIT_CODES.items()}[verdict]
+        return _attempt(sweep_dir, run_dir, deadline, margin_s, device, checkpoint, on_ctx, False,
+                        ranks=ranks, attempt=attempt)
+    finally:
+        if lock is not None:
+            lock.release()
+        distributed.leave()
 
 
 def limit_threads(cpus):
@@ -79,47 +130,132 @@ def limit_threads(cpus):
         torch.set_num_threads(cpus)
 
 
-def _attempt(sweep_dir, run_dir, deadline, margin_s, gpus, checkpoint, on_ctx, reraise):
+def _attempt(sweep_dir, run_dir, deadline, margin_s, device, checkpoint, on_ctx, reraise, ranks=None, attempt=None):
     from jobs.runtime.context import Interrupted, RunContext     # torch: only where a run executes
     run_id = run_dir.run_id
-    meta = run_dir.read_config()
-    attempt = len(run_dir.starts()) + 1
+    main = ranks is None or ranks.rank == 0
+    world = 1 if ranks is None else ranks.world_size
+    attempt = attempt or len(run_dir.starts()) + 1
     started = time.time()
-    atomic.append_jsonl(run_dir.attempts, {
-        "event": "start", "attempt": attempt, "job_id": job_id(), "host": socket.gethostname(),
-        "pid": os.getpid(), "started": started}, lock=False)
-    if run_dir.error.exists():     # an earlier attempt's failure: keep it beside, start clean
-        os.replace(run_dir.error, run_dir.error_of_attempt(attempt - 1))
-    ctx = RunContext(run_dir.path, meta["config"], run_id=run_id, device=_device(gpus), checkpoint=checkpoint or {},
-                     deadline=deadline, margin_s=margin_s, manifest=sweep_dir.manifest, attempt=attempt)
-    if on_ctx:
-        on_ctx(ctx)
+    where = {}
+    if world > 1:
+        from jobs.runtime import distributed
+        where = {"world_size": world, "ranks": distributed.gather_places(ranks)}
+        print(f"hpcsweep: run {run_id} attempt {attempt}: rank {ranks.rank} of {world} on {socket.gethostname()} "
+              f"(local rank {ranks.local_rank}, {device}, pid {os.getpid()})", file=sys.stderr, flush=True)
+    if main:
+        atomic.append_jsonl(run_dir.attempts, {
+            "event": "start", "attempt": attempt, "job_id": job_id(), "host": socket.gethostname(),
+            "pid": os.getpid(), "started": started, **where}, lock=False)
+        if run_dir.error.exists():     # an earlier attempt's failure: keep it beside, start clean
+            os.replace(run_dir.error, run_dir.error_of_attempt(attempt - 1))
+    if world > 1:
+        distributed.barrier(device)    # error.txt is moved aside before any rank can fail
     outcome, detail = FAILED, ""
     try:
+        meta = run_dir.read_config()
+        ctx = RunContext(run_dir.path, meta["config"], run_id=run_id, device=device, checkpoint=checkpoint or {},
+                         deadline=deadline, margin_s=margin_s, manifest=sweep_dir.manifest, attempt=attempt,
+                         **({} if ranks is None else {"rank": ranks.rank, "local_rank": ranks.local_rank,
+                                                      "world_size": world}))
+        if on_ctx:
+            on_ctx(ctx)
         task = importlib.import_module(f"models.{meta['task']}")
         metrics = task.train(meta["config"], ctx)
-        ended = time.time()
-        wall = sum(a.get("ended", a["started"]) - a["started"]
-                   for a in run_dir.read_attempts() if a.get("event") == "end") + (ended - started)
-        atomic.write_json(run_dir.result, {
-            "run_id": run_id, "label": meta.get("label", ""), "metrics": _plain(metrics or {}),
-            "wall_time_s": round(wall, 3), "attempts": attempt, "finished": now_iso()})
+        if main:
+            ended = time.time()
+            wall = sum(a.get("ended", a["started"]) - a["started"]
+                       for a in run_dir.read_attempts() if a.get("event") == "end") + (ended - started)
+            atomic.write_json(run_dir.result, {
+                "run_id": run_id, "label": meta.get("label", ""), "metrics": _plain(metrics or {}),
+                "wall_time_s": round(wall, 3), "attempts": attempt, "finished": now_iso(),
+                **({"world_size": world} if world > 1 else {})})
         outcome = DONE
     except Interrupted:
         outcome = INTERRUPTED
-    except Exception as e:  # a task's own exception: recorded, shown by `status`, not retried blindly
-        atomic.write_text(run_dir.error, traceback.format_exc())
+    except SystemExit as e:          # the task left before returning: never taken for success
+        outcome, detail = Outcome.EXITED, f"the task called sys.exit({e.code!r}) before returning its metrics"
+        write_error(run_dir, f"{traceback.format_exc()}\n{detail}\n", ranks)
+    except Exception as e:  # a task's own exception (or an unreadable config): recorded, shown, not retried blindly
         detail = f"{type(e).__name__}: {e}".splitlines()[0][:300]
+        write_error(run_dir, traceback.format_exc(), ranks)
         if reraise:
             raise
-    except BaseException:            # KeyboardInterrupt from a cancel, SystemExit: resumable, not failed
+    except BaseException:            # KeyboardInterrupt in-process: resumable, not failed
         outcome = Outcome.CANCELLED
         raise
     finally:
-        atomic.append_jsonl(run_dir.attempts, {
-            "event": "end", "attempt": attempt, "job_id": job_id(), "started": started,
-            "ended": time.time(), "outcome": outcome, **({"error": detail} if detail else {})}, lock=False)
+        if main:
+            atomic.append_jsonl(run_dir.attempts, {
+                "event": "end", "attempt": attempt, "job_id": job_id(), "started": started,
+                "ended": time.time(), "outcome": outcome, **({"error": detail} if detail else {})}, lock=False)
     return outcome
+
+
+def write_error(run_dir, text, ranks=None) -> None:
+    """error.txt; in a distributed run the first rank to fail writes it (its traceback is the cause;
+    the others fail after it, in a collective with a rank that is gone)."""
+    if ranks is None:
+        atomic.write_text(run_dir.error, text)
+        return
+    text = f"rank {ranks.rank} of {ranks.world_size} failed:\n{text}"
+    tmp = run_dir.path / f".error.rank{ranks.rank}.tmp"
+    atomic.write_text(tmp, text)
+    try:
+        os.link(tmp, run_dir.error)           # atomic, and refuses to replace a rank's earlier report
+    except FileExistsError:
+        pass
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def run_any(sdir, run_id, *, world_size=1, stop=None, **kw) -> str:
+    """Run one run: in this process, as this process's rank (srun started the ranks), or by spawning
+    world_size local processes. The outcome (rank 0's; failed when any rank failed)."""
+    if world_size == 1:
+        return run_one(sdir, run_id, on_ctx=stop.attach if stop else None, **kw)
+    from jobs.runtime import distributed
+    kw.pop("reraise", None)
+    ranks = distributed.from_scheduler(world_size)
+    if ranks is not None:
+        return run_rank(sdir, run_id, ranks, on_ctx=stop.attach if stop else None, **kw)
+    by_code = {v: k for k, v in EXIT_CODES.items()}
+    codes, first = distributed.spawn(world_size, _rank_child, (sdir, run_id, kw), ok_codes={EXIT_CODES[o] for o in (DONE, INTERRUPTED, BUSY)},
+                              started=(lambda pids: setattr(stop, "children", pids)) if stop else None)
+    if stop:
+        stop.children = []
+    failed = [(r, c) for r, c in enumerate(codes) if c not in EXIT_CODES.values() or by_code[c] == FAILED]
+    if not failed:
+        return by_code[codes[0]]
+    _close_attempt(SweepDir(sdir).run(run_id), failed, first, codes[first])
+    return FAILED
+
+
+def _close_attempt(run_dir, failed, first, first_code) -> None:
+    """After ranks died: say which died first in error.txt and end rank 0's attempt.
+
+    A rank that raised wrote its own traceback; one killed by a signal wrote nothing, and the ranks
+    that failed after it (a collective with a dead peer) did: their text follows the headline."""
+    died = [f"rank {r} {'was killed by signal ' + str(-c) if c < 0 else 'exited with code ' + str(c)}"
+            for r, c in failed]
+    if first_code < 0 or not run_dir.error.exists():
+        after = run_dir.error.read_text(errors="replace") if run_dir.error.exists() else ""
+        headline = (f"rank {first} was killed by signal {-first_code} (no traceback: killed, out of memory?)"
+                    if first_code < 0 else f"rank {first} exited with code {first_code}")
+        # the headline last: status shows an error file's last line
+        atomic.write_text(run_dir.error, (f"the other ranks failed after rank {first}:\n{after}\n" if after else "")
+                          + headline + "\n")
+    starts, ends = run_dir.starts(), {a.get("attempt") for a in run_dir.read_attempts() if a.get("event") == "end"}
+    if starts and starts[-1].get("attempt") not in ends:
+        atomic.append_jsonl(run_dir.attempts, {"event": "end", "attempt": starts[-1]["attempt"], "job_id": job_id(),
+                                               "started": starts[-1].get("started"), "ended": time.time(),
+                                               "outcome": FAILED, "error": "; ".join(died)}, lock=False)
+
+
+def _rank_child(ranks, sdir, run_id, kw):
+    stop = Stop()
+    stop.install()
+    sys.exit(EXIT_CODES[run_rank(sdir, run_id, ranks, on_ctx=stop.attach, **kw)])
 
 
 def _plain(obj):
@@ -155,11 +291,12 @@ class PackJob:
     # how to go on in a fresh job once the requeue budget is spent: handed in by the scheduler layer
     # (a module-level function, so the job pickles it by name): chain_submit(sweep_dir, pack_job) -> job id
     chain_submit: object = None
+    world_size: int = 1              # processes per run: nodes x tasks_per_node (> 1: a distributed run)
 
     def __call__(self) -> dict:
         started = time.time()
         deadline = started + 60 * self.time_min if self.time_min else None
-        stop = _Stop()
+        stop = Stop()
         stop.install()
         if self.concurrent and len(self.run_ids) > 1:
             outcomes = self._run_concurrently(deadline, stop)
@@ -169,13 +306,15 @@ class PackJob:
                 if stop.requested:
                     outcomes[rid] = INTERRUPTED
                     continue
-                outcomes[rid] = run_one(self.sweep_dir, rid, deadline=deadline, margin_s=self.margin_s,
-                                        gpus=self.gpus, cpus=self.cpus, checkpoint=self.checkpoint, on_ctx=stop.attach,
-                                        reraise=self.reraise)
+                outcomes[rid] = run_any(self.sweep_dir, rid, world_size=self.world_size, stop=stop,
+                                        deadline=deadline, margin_s=self.margin_s, gpus=self.gpus, cpus=self.cpus,
+                                        checkpoint=self.checkpoint, reraise=self.reraise)
                 stop.detach()
                 if outcomes[rid] == INTERRUPTED:
                     stop.requested = True    # out of time: start no further run in this attempt
         left = [rid for rid, o in outcomes.items() if o == INTERRUPTED]
+        if self.world_size > 1 and int(os.environ.get("SLURM_PROCID", "0")) != 0:
+            return {"outcomes": outcomes, "unfinished": left}      # rank 0 requeues or chains for the run
         if left and stop.signum == signal.SIGTERM and os.environ.get("SLURM_JOB_ID"):
             # scancel, `scontrol requeue` or preemption: SLURM itself ends or requeues this job;
             # requeuing or chaining here would run the runs again after a cancel
@@ -219,14 +358,17 @@ class PackJob:
 
 
 def _child(sdir, rid, deadline, margin_s, gpus, cpus, checkpoint):
-    stop = _Stop()
+    stop = Stop()
     stop.install()
     sys.exit(EXIT_CODES[run_one(sdir, rid, deadline=deadline, margin_s=margin_s, gpus=gpus, cpus=cpus,
                            checkpoint=checkpoint, on_ctx=stop.attach)])
 
 
-class _Stop:
-    """Turns SIGUSR2/SIGTERM into a stop request on the running ctx (and forwards it to children)."""
+class Stop:
+    """Turns SIGUSR2/SIGTERM into a stop request on the running ctx (and forwards it to child processes).
+
+    stop = Stop(); stop.install()   # then run_any(..., stop=stop): the run checkpoints and stops on a signal
+    """
 
     def __init__(self):
         self.requested = False
@@ -274,13 +416,16 @@ def requeue():
 
 
 def main(argv=None):
-    """`python -m jobs.runtime.runner SWEEP_DIR RUN_ID`: one run in this process (what `main.py run` uses)."""
+    """`python -m jobs.runtime.runner SWEEP_DIR RUN_ID`: one run from this process (what `main.py run` uses)."""
     sdir, rid = (argv or sys.argv[1:])[:2]
-    # as a job of this sweep would run it: its cpus (torch threads change float sums) and checkpoints
+    # as a job of this sweep would run it: its cpus (torch threads change float sums), ranks and checkpoints
     spec = SweepDir(sdir).read_spec()
     res = Resources.model_validate(spec.get("resources") or {})
     ckpt = Checkpoint.model_validate(spec.get("checkpoint") or {})
-    print(json.dumps({"outcome": run_one(sdir, rid, gpus=res.gpus, cpus=res.cpus, checkpoint=ckpt.for_context(),
+    stop = Stop()
+    stop.install()
+    print(json.dumps({"outcome": run_any(sdir, rid, world_size=res.world_size, stop=stop, gpus=res.gpus,
+                                         cpus=res.cpus, checkpoint=ckpt.for_context(),
                                          margin_s=ckpt.margin_s_for(res.time_min))}))
 
 

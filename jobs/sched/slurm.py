@@ -92,6 +92,10 @@ def executor_params(job_res: dict, res: Resources, profile: ClusterProfile, job_
     for key in ("partition", "qos", "constraint"):
         if job_res.get(key):
             params[key] = job_res[key]
+    if res.world_size > 1:
+        # one rank that dies (an exception, a kill) ends the step at once: the others would wait in a
+        # collective until the wall clock
+        params["srun_args"] = ["--kill-on-bad-exit=1"]
     if job_res.get("account"):
         params["additional_parameters"]["account"] = job_res["account"]
     if job_res.get("requeue", True):

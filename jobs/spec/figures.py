@@ -24,6 +24,9 @@ Figure keys, by kind (required ones first; `name` is the file stem, default deri
     curves        y             x (default step), hue, facet, logx, logy, error
     heatmap       x, y, z       facet, annotate, cmap
     hist          y             hue, facet, logy, bins, density
+    logged_hist   counts, edges hue, facet, logy, density (histograms a run logged already binned: counts
+                                and edges are list-valued keys of one metrics.jsonl line; facet and hue
+                                are scalar keys of the same lines, e.g. facet: step, hue: checkpoint_step)
     every kind:   kind, name, title, where ({key: value or [values]}: keep only those runs)
 """
 from __future__ import annotations
@@ -45,6 +48,7 @@ FIGURE_KEYS = {
     "curves": (("y",), COMMON + XY + ("x",)),
     "heatmap": (("x", "y", "z"), COMMON + ("facet", "annotate", "cmap")),
     "hist": (("y",), COMMON + ("hue", "facet", "logy", "bins", "density")),
+    "logged_hist": (("counts", "edges"), COMMON + ("hue", "facet", "logy", "density")),
 }
 BLOCK_KEYS = ("group_by", "metrics", "error", "decimals", "units", "labels", "figures")
 
@@ -70,6 +74,8 @@ FIGURE_VALUES = {
     "x": (_is_name, "a key name"),
     "y": (_is_name, "a key name"),
     "z": (_is_name, "a key name"),
+    "counts": (_is_name, "a logged key name"),
+    "edges": (_is_name, "a logged key name"),
     "hue": (_is_name, "a key name"),
     "facet": (_is_name, "a key name"),
     "name": (lambda v: isinstance(v, str) and bool(NAME_RE.match(v)),

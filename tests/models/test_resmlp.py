@@ -67,12 +67,13 @@ def test_resume_is_bit_identical(tmp_path, method):
         _assert_same_tensors(a[key], b[key], key)
 
 
-@pytest.mark.parametrize("task", ["resmlp", "refine", "structure"])
+@pytest.mark.parametrize("task", ["resmlp", "poh", "structure"])
 def test_a_checkpoint_saved_under_another_config_is_refused(tmp_path, task):
     # every task restores through models.blocks.restore_same_config
     import importlib
     module = importlib.import_module(f"models.{task}")
-    cfg = {"resmlp": TINY, "refine": {"d_hidden": 16, "max_steps": 2, "epochs": 1, "seed": 7},
+    cfg = {"resmlp": TINY, "poh": {"d_model": 32, "d_ff": 64, "n_train_sents": 96, "n_dev_sents": 40, "epochs": 1,
+                                   "batch_size": 16, "seed": 7},
            "structure": {"n_nodes": 4, "n_samples": 100, "max_outer": 3, "seed": 7}}[task]
     cfg = module.resolve(cfg)
     with pytest.raises(Interrupted):
