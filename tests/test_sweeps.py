@@ -11,12 +11,14 @@ from jobs.spec import load_sweep
 REPO = Path(__file__).resolve().parent.parent
 EXPECTED = {
     "ponder.yaml": 4 * 3,
-    "deep_supervision.yaml": 2 * 3,
-    "ds_schedules.yaml": (3 * 3 + 1) * 3,
+    "deep_supervision.yaml": 5 * 3,
+    "ds_schedules.yaml": 6 * 2,
+    "poh_paper.yaml": 5 * 3,
+    "trm_paper.yaml": 6 * 3,
     "lambda_grid.yaml": 3 * 3 * 3,
     "depth_ladder.yaml": 3 * (5 + 3) * 3,
     "depth_ladder_digits.yaml": 3 * 5 * 2,
-    "refine_random.yaml": 16 * 2,
+    "refine_random.yaml": 8 * 1,
     "neural_dag_grid.yaml": 27 * 3,
     "neural_dag_sweep.yaml": 9 * 3,
     "neural_dag_smoke.yaml": 3 * 2 * 2,
