@@ -6,17 +6,20 @@
     python -m analysis.aggregate results/ponder --out /tmp/ponder_tables
 
 Writes under <sweep dir>/analysis/ (or --out):
-    runs.csv                   one row per run: run_id, label, state, attempts, wall time, config, final metrics
-    curves.csv                 every line of every metrics.jsonl, long form (run_id, then the logged keys)
+    runs.csv                   one row per run: run_id, label, state, stage, attempts, wall time, config,
+                               final metrics, diverged
     summary.csv / .md / .tex   per group of `analysis.group_by`: mean, std, n, 95% CI per metric
     <figure>.png / .pdf        each entry of `analysis.figures` (and <figure>.csv: a Pareto front)
+    curves.csv                 only when asked (`--format csv,md,curves.csv`): every logged line, long form
+Curves live as Parquet in <sweep dir>/analysis/.curves/ (analysis.curve_store: each run's metrics.jsonl
+converted once, on the first read after it changed); `analysis.curves(path)` reads them as a DataFrame.
 A file is rewritten only when its bytes change, so a second call with no new results touches
-nothing (PNG and PDF carry no timestamp). It does not even redo the slow parts: hidden indexes
-beside the outputs (.curves.csv.index.json, .figures.index.json) hold the sizes and mtimes of the
-logs and a hash of what the figures are drawn from; while those match, curves.csv is not read
-again and the figures are not drawn again. Figures read only the logs of the runs they show.
-Problems (a corrupt result.json, a missing metric, a figure that cannot be drawn) are listed at
-the end as warnings; they never stop the rest.
+nothing (PNG and PDF carry no timestamp); a hidden index (.figures.index.json) holds a hash of what
+the figures are drawn from, so they are not even drawn again while it matches.
+Problems (a corrupt result.json, a figure with nothing to draw) are listed at the end as warnings.
+A figure that names a key or metric that does not exist, or whose axis is a config key its
+grouping averages away, is an error: the rest is written, then aggregate raises ValueError
+(`main.py aggregate` prints it and exits 2).
 """
 from __future__ import annotations
 
@@ -28,13 +31,14 @@ import sys
 import time
 from pathlib import Path
 
-from analysis import curves as curves_mod
+from analysis import curve_store as curves_mod
 from analysis import figures as figures_mod
 from analysis import summary as summary_mod
 from analysis.load import DONE, FAILED, PENDING, load
 from jobs.store import SweepDir, atomic
 
 FORMATS = ("csv", "md", "tex", "png", "pdf")
+ON_REQUEST = ("curves.csv",)            # written only when named in --format
 BLOCK = 16 << 20
 WARNINGS_SHOWN = 8
 
@@ -77,7 +81,7 @@ def write_if_changed(path: Path, data: bytes) -> bool:
 
 
 def runs_csv(sweep) -> bytes:
-    runs = sweep.runs
+    runs = sweep.all_runs
     drop = [c for c in ("in_plan", "error") if c == "in_plan" and runs["in_plan"].all()
             or c == "error" and runs["error"].isna().all()]
     return runs.drop(columns=drop).to_csv(index=False).encode()
@@ -89,9 +93,11 @@ def _formats(formats):
     if isinstance(formats, str):
         formats = formats.split(",")
     chosen = {f.strip().lower().lstrip(".") for f in formats if f.strip()}
-    unknown = chosen - set(FORMATS)
+    chosen = {"curves.csv" if f in ("curves.csv", "curves_csv") else f for f in chosen}
+    unknown = chosen - set(FORMATS) - set(ON_REQUEST)
     if unknown:
-        raise ValueError(f"unknown format {', '.join(sorted(unknown))}: choose from {','.join(FORMATS)}")
+        raise ValueError(f"unknown format {', '.join(sorted(unknown))}: choose from "
+                         f"{','.join(FORMATS + ON_REQUEST)}")
     return chosen
 
 
@@ -128,8 +134,9 @@ def aggregate(sweep_dir, out=None, formats=None, log=print, timings=None, analys
 
     runs = sweep.runs
     n_state = runs.loc[runs["in_plan"], "state"].value_counts()
+    n_other = int(runs["in_plan"].sum()) - n_state.get(DONE, 0) - n_state.get(FAILED, 0)
     log(f"{sweep.dir}: {int(runs['in_plan'].sum())} runs planned: {n_state.get(DONE, 0)} done, "
-        f"{n_state.get(FAILED, 0)} failed, {n_state.get(PENDING, 0)} not finished")
+        f"{n_state.get(FAILED, 0)} failed, {n_other} not finished")
     if not runs["in_plan"].all():
         sweep.warn("plan", f"{int((~runs['in_plan']).sum())} run dirs are not in plan.json (an earlier plan): "
                            f"listed in runs.csv and curves.csv, left out of the summary and figures")
@@ -147,32 +154,25 @@ def aggregate(sweep_dir, out=None, formats=None, log=print, timings=None, analys
     lap("summary tables")
 
     figs = sweep.analysis["figures"] if formats & {"png", "pdf"} else []
-    # ctx.restore cuts a resumed run's log back to its checkpoint; a run with several attempts
-    # is still read line by line so that a task which never restores cannot double its steps
-    jobs = [(rid, SweepDir(sweep.dir).run(rid).metrics, attempts > 1)
-            for rid, attempts in zip(runs["run_id"], runs["attempts"].fillna(1))]
-    if "csv" in formats:
-        path = out / "curves.csv"
-        info = curves_mod.write_csv(jobs, path, mode=_file_mode())
-        results.append((path, info.changed))
-        for rid, bad in zip(runs["run_id"], info.bad_lines):
-            if bad:
-                sweep.warn("log", f"runs/{rid}/metrics.jsonl: {bad} unreadable line(s) skipped")
+    run_ids = list(runs["run_id"])
+    table_cache = {}
+
+    def curve_table():
+        if "t" not in table_cache:
+            table_cache["t"] = curves_mod.load(sweep.dir, run_ids)
+            for rid, bad in table_cache["t"][1].items():
+                if bad:
+                    sweep.warn("log", f"runs/{rid}/metrics.jsonl: {bad} unreadable line(s) skipped")
+        return table_cache["t"][0]
+
+    if "curves.csv" in formats:
+        frame = curves_mod.frame(curve_table())
+        emit("curves.csv", frame.to_csv(index=False).encode())
         lap("curves.csv")
 
     if figs:
-        cache = {}
-
-        def logged(positions, columns):
-            """Numbers of `columns` logged by the runs at `positions` of sweep.runs (read on demand:
-            a figure reads only the logs of the runs it shows)."""
-            key = (tuple(positions), tuple(columns))
-            if key not in cache:
-                cache[key] = curves_mod.numbers([(p, *jobs[p]) for p in positions], columns,
-                                                workers=1 if workers > 1 else None)
-            return cache[key]
-
-        key = _figures_key(sweep, figs, formats, jobs)
+        logged = logged_reader(sweep, curve_table)
+        key = _figures_key(sweep, figs, formats, run_ids)
         index_path = out / ".figures.index.json"
         done = _figures_unchanged(index_path, key, out)
         if done is not None:                 # same inputs, same code: the same bytes; not even drawn
@@ -183,19 +183,19 @@ def aggregate(sweep_dir, out=None, formats=None, log=print, timings=None, analys
             lap("figures")
             figs = []
 
+    errors = []
     if figs:
         global _FIGURE_JOB
         names = figures_mod.names(figs)
-        # figures are drawn side by side (each reads its logs in its own process)
-        workers = min(curves_mod._workers(None, curves_mod.PARALLEL_MIN_LOGS), len(figs))
         try:
             _FIGURE_JOB = (sweep, figs, names, formats, logged)
-            rendered = (curves_mod._pool_map(_render, range(len(figs)), workers) if workers > 1
-                        else [_render(i) for i in range(len(figs))])
+            rendered = [_render(i) for i in range(len(figs))]
         finally:
             _FIGURE_JOB = None
         written, warnings = [], []
-        for files, warning in rendered:
+        for files, warning, error in rendered:
+            if error:
+                errors.append(error)
             if warning:
                 sweep.warn("figure", warning)
                 warnings.append(warning)
@@ -204,21 +204,61 @@ def aggregate(sweep_dir, out=None, formats=None, log=print, timings=None, analys
                 written.append(name)
         index = {"key": key, "warnings": warnings,
                  "files": [[name, (out / name).stat().st_size, (out / name).stat().st_mtime_ns] for name in written]}
-        write_if_changed(index_path, json.dumps(index, sort_keys=True).encode())
+        if not errors:
+            write_if_changed(index_path, json.dumps(index, sort_keys=True).encode())
         lap("figures")
 
     report(results, sweep.warnings, log)
+    if errors:
+        raise ValueError("\n".join(errors))
     return [p for p, _ in results]
 
 
-def _figures_key(sweep, figs, formats, jobs) -> str:
+def logged_reader(sweep, curve_table=None):
+    """A function (positions, columns) -> (lines of the runs at `positions` of sweep.runs: a
+    DataFrame with `run` = position and the logged `columns` (and any list-valued ones);
+    {position: {list metric: the last list it logged}}), reading the curves once."""
+    runs = sweep.runs
+    if curve_table is None:
+        held = {}
+
+        def curve_table():
+            if "t" not in held:
+                held["t"] = curves_mod.load(sweep.dir, list(runs["run_id"]))[0]
+            return held["t"]
+    cache = {}
+
+    def logged(positions, columns):
+        key = (tuple(positions), tuple(columns))
+        if key not in cache:
+            table = curve_table()
+            pos_of = {runs.at[p, "run_id"]: p for p in positions}
+            lists_cols = [c for c in table.column_names if curves_mod.is_list_type(table.schema.field(c).type)]
+            keep = [c for c in table.column_names if c == "run_id" or c in columns or c in lists_cols]
+            df = curves_mod.frame(table.select(keep))
+            df = df[df["run_id"].isin(pos_of)]
+            df.insert(0, "run", df["run_id"].map(pos_of))
+            lists = {}
+            for c in lists_cols:
+                last = df[["run", c]].dropna().drop_duplicates("run", keep="last")
+                for p, v in zip(last["run"], last[c]):
+                    lists.setdefault(p, {})[c] = list(v)
+            cols = ["run"] + [c for c in columns if c in df.columns and c != "run_id"]
+            cols += [c for c in df.columns if c not in cols and c != "run_id"]
+            cache[key] = (df[list(dict.fromkeys(cols))].reset_index(drop=True), lists)
+        return cache[key]
+    return logged
+
+
+def _figures_key(sweep, figs, formats, run_ids) -> str:
     """A hash of everything the figures are drawn from: the runs table, list metrics, the figure
     specs and labels, the logs' sizes and mtimes, and the code that draws them."""
     h = hashlib.sha256()
     h.update(sweep.runs.to_csv(index=False).encode())
     h.update(json.dumps([figs, sorted(formats), sweep.analysis, sweep.lists], sort_keys=True, default=str).encode())
-    if any(f["kind"] in ("curves", "hist") for f in figs):
-        h.update(json.dumps(curves_mod._signature(jobs)).encode())
+    if any(f["kind"] in ("curves", "hist", "logged_hist") for f in figs):
+        sdir = SweepDir(sweep.dir)
+        h.update(json.dumps([curves_mod._stat(sdir.run(r).metrics) for r in run_ids]).encode())
     import matplotlib
     h.update(matplotlib.__version__.encode())
     for module in (figures_mod, summary_mod, curves_mod):
@@ -246,8 +286,8 @@ _FIGURE_JOB = None          # what _render needs, set before worker processes ar
 
 
 def _render(i):
-    """Figure i of the job as ([(file name, bytes)], warning or None); a figure that fails is a
-    warning, never the end of the aggregate."""
+    """Figure i of the job as ([(file name, bytes)], warning or None, error or None): a figure
+    with nothing to draw is a warning; a mistake in the figure's spec is an error."""
     sweep, figs, names, formats, logged = _FIGURE_JOB
     fig, name = figs[i], names[i]
     try:
@@ -255,11 +295,13 @@ def _render(i):
         files = [(f"{name}.{fmt}", figures_mod.to_bytes(f, fmt)) for fmt in ("png", "pdf") if fmt in formats]
         files += [(f"{name}{suffix}.csv", t.to_csv(index=False).encode())
                   for suffix, t in tables.items() if "csv" in formats]
-        return files, None
+        return files, None, None
     except figures_mod.Skip as e:
-        return [], f"figure {name!r} ({fig['kind']}): not drawn: {e}"
+        return [], f"figure {name!r} ({fig['kind']}): not drawn: {e}", None
+    except figures_mod.FigureError as e:
+        return [], None, f"figure {name!r} ({fig['kind']}): {e}"
     except Exception as e:            # a bug or an odd sweep: say so, write the rest
-        return [], f"figure {name!r} ({fig['kind']}): failed: {type(e).__name__}: {e}"
+        return [], f"figure {name!r} ({fig['kind']}): failed: {type(e).__name__}: {e}", None
 
 
 def report(results, warnings, log=print):

@@ -49,7 +49,12 @@ ERROR_WORDS = {"std": "mean ± std", "sem": "mean ± s.e.m.", "ci95": "mean ± 9
 
 
 class Skip(Exception):
-    """This figure cannot be drawn from this sweep (the message says why)."""
+    """This figure has nothing to draw from this sweep yet (the message says why)."""
+
+
+class FigureError(ValueError):
+    """A mistake in the figure's spec: a key or metric that does not exist (with a did-you-mean),
+    or an axis that the grouping averages away."""
 
 
 # ---------------------------------------------------------------- naming and text
@@ -64,7 +69,7 @@ def names(figures) -> list:
         elif kinds.count(f["kind"]) == 1:
             stem = f["kind"]
         else:
-            parts = [f["kind"], str(f.get("z") or f["y"])] + ([f"vs_{f['x']}"] if f.get("x") else [])
+            parts = [f["kind"], str(f.get("z") or f.get("y") or f.get("counts"))] + ([f"vs_{f['x']}"] if f.get("x") else [])
             stem = re.sub(r"[^A-Za-z0-9_.+-]+", "-", "_".join(parts))[:80]
         base, k = stem, 2
         while stem in used:
@@ -126,7 +131,9 @@ def _need(sweep, fig, keys, numeric=()):
     options = [c for c in cols if c not in ("run_id", "label", "state", "error", "in_plan", "finished")]
     for k in keys:
         if k and k not in cols:
-            raise Skip(f"{k!r} is neither a config key nor a final metric{schema.did_you_mean(k, options)}")
+            if not (sweep.runs["state"] == DONE).any():
+                raise Skip(f"no run has finished yet, so there is no final metric {k!r}")
+            raise FigureError(f"{k!r} is neither a config key nor a final metric{schema.did_you_mean(k, options)}")
     for k in numeric:
         if not pd.api.types.is_numeric_dtype(sweep.runs[k]) or pd.api.types.is_bool_dtype(sweep.runs[k]):
             raise Skip(f"{k!r} is not numeric")
@@ -137,11 +144,28 @@ def _runs(sweep, fig):
     runs = sweep.runs[sweep.runs["in_plan"]]
     for k, v in (fig.get("where") or {}).items():
         if k not in runs.columns:
-            raise Skip(f"where: {k!r} is no config key{schema.did_you_mean(k, runs.columns)}")
+            raise FigureError(f"where: {k!r} is no config key{schema.did_you_mean(k, runs.columns)}")
         runs = runs[runs[k].isin(v if isinstance(v, list) else [v])]
     if runs.empty:
-        raise Skip("no planned run matches its `where`" if fig.get("where") else "the sweep has no runs")
+        if fig.get("where"):
+            raise Skip(f"no planned run matches where: {_where_text(fig)}")
+        raise Skip("the sweep has no planned runs")
     return runs
+
+
+def _where_text(fig) -> str:
+    return ", ".join(f"{k} = {v if not isinstance(v, list) else ' or '.join(map(str, v))}"
+                     for k, v in (fig.get("where") or {}).items())
+
+
+def _averaged_away(sweep, runs, fig, axes, keys):
+    """An axis that is a config key varying among the figure's runs but not kept apart by its
+    groups would be averaged over: the points would mix configurations. That is an error."""
+    for a in axes:
+        if a in sweep.config_keys and a not in keys and runs[a].nunique(dropna=False) > 1:
+            raise FigureError(f"axis {a!r} is a config key that varies here, and the grouping "
+                              f"({', '.join(keys) or 'none'}) averages it away; plot it as x of a line "
+                              f"figure, or fix it with where: {{{a}: ...}}")
 
 
 def _point_stats(runs, keys, values):
@@ -302,6 +326,7 @@ def ladder(sweep, fig, **_):
     runs = _runs(sweep, fig)
     lines = ([hue] if hue else []) + _leftover(sweep, runs, {x, y, hue, facet, "seed"})
     keys = ([facet] if facet else []) + lines + [x]
+    _averaged_away(sweep, runs, fig, [y], keys)
     st = _point_stats(runs, keys, [y])
     st["err"] = error_of(st, y, fig.get("error", sweep.analysis["error"])).values
     numeric_x = pd.api.types.is_numeric_dtype(runs[x]) and not pd.api.types.is_bool_dtype(runs[x])
@@ -356,7 +381,7 @@ def ladder(sweep, fig, **_):
     axs[0].set_ylabel(label(sweep, y))
     if len(handles) > 1 or hue:
         _legend(f, handles, _legend_title(sweep, lines))
-    _finish(f, fig, partial, fig.get("error", sweep.analysis["error"]))
+    _finish(f, fig, partial, fig.get("error", sweep.analysis["error"]), n=st[f"{y}_n"])
     return f, {}
 
 
@@ -371,6 +396,7 @@ def pareto(sweep, fig, **_):
     runs = _runs(sweep, fig)
     keys = list(dict.fromkeys(([facet] if facet else []) + ([hue] if hue else []) +
                               [k for k in sweep.analysis["group_by"] if k not in (x, y)]))
+    _averaged_away(sweep, runs, fig, [x, y], keys)
     st = _point_stats(runs, keys, [x, y])
     kind = fig.get("error", sweep.analysis["error"])
     st["x_err"], st["y_err"] = error_of(st, x, kind).values, error_of(st, y, kind).values
@@ -415,7 +441,7 @@ def pareto(sweep, fig, **_):
     handles["Pareto front"] = Line2D([], [], color="0.25", ls="--", lw=0.9, marker="o", ms=7, mfc="none",
                                      mec="0.25", mew=0.8)
     _legend(f, handles, label(sweep, hue, unit=False) if hue else None)
-    _finish(f, fig, partial, kind)
+    _finish(f, fig, partial, kind, n=st[f"{y}_n"])
     cols = keys + [f"{x}_mean", "x_err", f"{y}_mean", "y_err", f"{x}_n", f"{y}_n", "planned", "partial"]
     table = st[st["on_front"]].sort_values(([facet] if facet else []) + [f"{x}_mean"])[cols]
     table = table.rename(columns={"x_err": f"{x}_{kind}", "y_err": f"{y}_{kind}"})
@@ -427,14 +453,20 @@ def curves(sweep, fig, logged=None, **_):
     x, y, hue, facet = fig.get("x", "step"), fig["y"], fig.get("hue"), fig.get("facet")
     _need(sweep, fig, [hue, facet])
     runs = _runs(sweep, fig)
-    data = logged(list(runs.index), [x, y])[0] if logged else None
-    if data is None or x not in data.columns or y not in data.columns:
-        raise Skip(f"no run logged both {x!r} and {y!r} in metrics.jsonl")
+    data = logged(list(sweep.runs.index[sweep.runs["in_plan"]]), [x, y])[0] if logged else None
+    if data is None or data.empty:
+        raise Skip("no run has logged anything yet")
+    known = [c for c in data.columns if c not in ("run",)]
+    for k in (x, y):
+        if k not in data.columns:
+            raise FigureError(f"{k!r} was logged by no run{schema.did_you_mean(k, known)}; "
+                              f"logged: {', '.join(known)}")
     lines = list(dict.fromkeys(([hue] if hue else []) + _leftover(sweep, runs, {x, y, hue, facet, "seed"})))
     keys = ([facet] if facet else []) + lines
     data = data[data["run"].isin(runs.index)].dropna(subset=[x, y])
     if data.empty:
-        raise Skip(f"no planned run logged both {x!r} and {y!r}")
+        raise Skip(f"no run{' matching where: ' + _where_text(fig) if fig.get('where') else ''} "
+                   f"logged both {x!r} and {y!r}")
     # a run may log several values at one x (say, per iteration within a step): keep the last
     run = data["run"].to_numpy()
     xv = data[x].to_numpy()
@@ -486,10 +518,12 @@ def curves(sweep, fig, logged=None, **_):
     axs[0].set_ylabel(label(sweep, y))
     if len(handles) > 1 or hue:
         _legend(f, handles, _legend_title(sweep, lines))
-    word = ERROR_WORDS[kind] + " over runs"
+    n = agg["n"]
+    word = (f"line: mean over runs; band: {ERROR_WORDS[kind].split(' ± ')[-1]} ({_n_text(n)})"
+            if kind != "none" else f"line: mean over runs ({_n_text(n)})")
     if partial:
-        _note(f, f"{word}; {PARTIAL}: fewer runs have logged than planned")
-    _finish(f, fig, False, kind, note=False)
+        word += f"; {PARTIAL}: fewer runs have logged than planned"
+    _finish(f, fig, False, kind, note=False, extra=word)
     return f, {}
 
 
@@ -542,9 +576,10 @@ def heatmap(sweep, fig, **_):
     bar = f.colorbar(image, ax=list(axs), shrink=0.9, pad=0.02)
     bar.set_label(label(sweep, z))
     bar.outline.set_visible(False)
+    text = f"cells: mean over seeds ({_n_text(st[f'{z}_n'])})"
     if st["partial"].any():
-        _note(f, f"{PARTIAL}: fewer finished runs than planned; cells show the mean over runs")
-    _finish(f, fig, False, "none", note=False)
+        text += f"; {PARTIAL}: fewer finished runs than planned"
+    _finish(f, fig, False, "none", note=False, extra=text)
     return f, {}
 
 
@@ -609,7 +644,8 @@ def hist(sweep, fig, logged=None, **_):
     axs[0].set_ylabel("Density" if density else "Count")
     if hue:
         _legend(f, handles, label(sweep, hue, unit=False))
-    _finish(f, fig, False, "none", note=False)
+    _finish(f, fig, False, "none", note=False,
+            extra=f"values pooled over {len(pool)} runs" + (" (finished ones)" if scalar else ""))
     return f, {}
 
 
@@ -621,14 +657,99 @@ def _flat(v):
         yield v
 
 
-def _finish(f, fig, partial, kind, note=True):
+def _n_text(n) -> str:
+    n = [int(v) for v in n if v == v and v > 0] if n is not None else []
+    if not n:
+        return "n = 0"
+    return f"n = {min(n)}" if min(n) == max(n) else f"n = {min(n)}–{max(n)} per point"
+
+
+def _finish(f, fig, partial, kind, note=True, n=None, extra=None):
+    """Title, and the caption under the axes: what the error bars are (std, s.e.m. or CI, and n),
+    the `where:` filter, and what hollow markers mean."""
     if fig.get("title"):
         f.suptitle(fig["title"], fontsize=9)
-    if note and partial:
-        _note(f, f"error bars: {ERROR_WORDS[kind]} over seeds; hollow: fewer finished runs than planned")
+    parts = []
+    if extra:
+        parts.append(extra)
+    if note:
+        parts.append(f"error bars: {ERROR_WORDS[kind]} over seeds ({_n_text(n)})" if kind != "none"
+                     else f"points: mean over seeds ({_n_text(n)})")
+        if partial:
+            parts.append("hollow: fewer finished runs than planned")
+    if fig.get("where"):
+        parts.append(f"where: {_where_text(fig)}")
+    if parts:
+        _note(f, "; ".join(parts))
 
 
-KINDS = {"ladder": ladder, "line": line, "pareto": pareto, "curves": curves, "heatmap": heatmap, "hist": hist}
+def logged_hist(sweep, fig, logged=None, **_):
+    """Histograms a run logged already binned (`counts` and `edges`: list-valued keys of the same
+    metrics.jsonl lines): one panel per value of the logged key `facet`, a line per value of the
+    logged key `hue` (bars when there is no hue). A run's last line per (facet, hue) counts; the
+    lines of several runs with the same edges are averaged as densities (n says how many)."""
+    ck, ek, facet, hue = fig["counts"], fig["edges"], fig.get("facet"), fig.get("hue")
+    runs = _runs(sweep, fig)
+    wanted = [k for k in (ck, ek, facet, hue) if k]
+    data = logged(list(runs.index), wanted)[0] if logged else None
+    if data is None or data.empty:
+        raise Skip("no run has logged anything yet")
+    known = [c for c in data.columns if c != "run"]
+    for k in wanted:
+        if k not in data.columns:
+            raise FigureError(f"{k!r} was logged by no run{schema.did_you_mean(k, known)}; logged: {', '.join(known)}")
+    data = data[data["run"].isin(runs.index)]
+    data = data[data[ck].notna() & data[ek].notna()]
+    if data.empty:
+        raise Skip(f"no run{' matching where: ' + _where_text(fig) if fig.get('where') else ''} "
+                   f"logged both {ck!r} and {ek!r} on one line")
+    group = ["run"] + [k for k in (facet, hue) if k]
+    data = data.drop_duplicates(group, keep="last")
+    facet_vals = _order(data[facet].tolist()) if facet else [None]
+    hue_vals = _order(data[hue].tolist()) if hue else [None]
+    f, axs = _axes(len(facet_vals), sharey=False)
+    density = fig.get("density", True)
+    handles, ns = {}, []
+    for ax, fv in zip(axs, facet_vals):
+        part = _match(data, [facet], [fv]) if facet else data
+        for hi, hv in enumerate(hue_vals):
+            sel = _match(part, [hue], [hv]) if hue else part
+            if sel.empty:
+                continue
+            color = PALETTE[hi % len(PALETTE)] if hue else PALETTE[0]
+            by_edges = {}
+            for c, e in zip(sel[ck], sel[ek]):
+                c, e = np.asarray(c, dtype=float), np.asarray(e, dtype=float)
+                if len(e) != len(c) + 1:
+                    raise FigureError(f"{ek!r} must have one more value than {ck!r} (got {len(e)} and {len(c)})")
+                if density:
+                    total = np.nansum(c) * np.diff(e)
+                    c = np.divide(c, np.nansum(c) * np.diff(e), out=np.zeros_like(c), where=total > 0)
+                by_edges.setdefault(tuple(e), []).append(c)
+            for e, cs in by_edges.items():
+                ns.append(len(cs))
+                mean = np.mean(cs, axis=0)
+                if hue:
+                    ax.stairs(mean, e, color=color, lw=1.1)
+                else:
+                    ax.stairs(mean, e, color=color, fill=True, alpha=0.6)
+            if hue:
+                handles.setdefault(value_text(hv), Line2D([], [], color=color, lw=1.1))
+        if facet:
+            ax.set_title(f"{label(sweep, facet, unit=False)} = {value_text(fv)}")
+        ax.set_xlabel(label(sweep, ck, unit=False) if ck not in sweep.analysis["labels"] else label(sweep, ck))
+        if fig.get("logy"):
+            ax.set_yscale("log")
+    axs[0].set_ylabel("Density" if density else "Count")
+    if hue:
+        _legend(f, handles, label(sweep, hue, unit=False))
+    _finish(f, fig, False, "none", note=False,
+            extra=f"each {'line' if hue else 'histogram'}: {'density' if density else 'counts'} "
+                  f"averaged over the runs that logged it ({_n_text(ns)}); a run's last line counts")
+    return f, {}
+
+
+KINDS = {"logged_hist": logged_hist, "ladder": ladder, "line": line, "pareto": pareto, "curves": curves, "heatmap": heatmap, "hist": hist}
 
 
 def draw(sweep, fig, **data):

@@ -1,9 +1,20 @@
 """A sweep dir -> one table with a row per run, and the sweep's analysis settings.
 
 Reads only what the sweep wrote (README, "The sweep dir"): spec.yaml, plan.json and, per run,
-config.yaml, result.json and error.txt. A run is `done` when its result.json parses, `failed`
-when it has error.txt and no result, else `pending`. Anything unreadable becomes a warning and
-the rest goes on: one corrupt file never stops an aggregate.
+config.yaml, result.json and error.txt, through jobs.store.SweepDir. States are jobs.store.RunState:
+`done` (result.json parses), `corrupt result` (it does not), `failed` (error.txt, no result),
+`pending` (config.yaml, nothing else: submitted, unfinished), `new` (no run dir yet). Analysis
+cannot see the scheduler, so a run a live job holds reads as `pending`.
+
+Config columns describe what ran: each run's frozen config.yaml, not plan.json (which lists what
+was asked last) nor the task's current defaults; a run that never started has only its plan entry.
+`stage` is the plan entry's "stage" (pipelines), else "".
+
+Non-finite final metrics: result.json stores NaN / inf / -inf as the strings "nan", "inf", "-inf";
+they come back as float NaN / inf, stay in the table (not as missing), and the boolean column
+`diverged` says a run has any non-finite final metric. Sweep.nonfinite lists them per metric so
+that summaries count them instead of dropping them silently.
+Anything unreadable becomes a warning and the rest goes on: one corrupt file never stops an aggregate.
 """
 from __future__ import annotations
 
@@ -13,6 +24,7 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import yaml
 
@@ -20,8 +32,10 @@ from jobs.spec import figures as schema
 from jobs.store import RunState, SweepDir, atomic
 
 SEED = "seed"
-BASE_COLUMNS = ["run_id", "label", "state", "attempts", "wall_time_s", "finished"]
+BASE_COLUMNS = ["run_id", "label", "state", "stage", "attempts", "wall_time_s", "finished"]
 DONE, FAILED, PENDING = RunState.DONE, RunState.FAILED, RunState.PENDING
+CORRUPT, NEW = RunState.CORRUPT, RunState.NEW
+NOT_FINISHED = (PENDING, CORRUPT, NEW, RunState.IN_FLIGHT, RunState.BLOCKED)
 _Loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
 
 
@@ -36,6 +50,9 @@ class Sweep:
     metrics: list                   # numeric final-metric columns of `runs`
     lists: dict                     # run_id -> {metric: list} for list-valued final metrics
     warnings: list = field(default_factory=list)   # (kind, text)
+    nonfinite: dict = field(default_factory=dict)  # metric column -> run_ids whose value is NaN / inf
+    all_runs: pd.DataFrame = None   # every stage's runs (`runs` holds the analysed stage's: see `stage`)
+    stage: str = ""                 # the stage the summary and figures describe ("" : the only one)
 
     def warn(self, kind, text):
         self.warnings.append((kind, text))
@@ -57,7 +74,13 @@ def read_json(path):
 
 def read_yaml(path):
     try:
-        return yaml.load(Path(path).read_text(encoding="utf-8"), Loader=_Loader), None
+        text = Path(path).read_text(encoding="utf-8")
+        if text.startswith("{"):
+            try:
+                return json.loads(text), None           # JSON is YAML, and much faster to read
+            except ValueError:
+                pass
+        return yaml.load(text, Loader=_Loader), None
     except FileNotFoundError:
         return None, None
     except (OSError, ValueError, yaml.YAMLError) as e:
@@ -69,6 +92,13 @@ def _cell(v):
     if v is None or isinstance(v, (str, int, float, bool)):
         return v
     return json.dumps(v, sort_keys=True, default=str)
+
+
+def finite_back(v):
+    """A result.json value with "nan" / "inf" / "-inf" (how non-finite numbers are stored) as floats."""
+    if isinstance(v, str) and v in atomic.NON_FINITE:
+        return atomic.NON_FINITE[v]
+    return v
 
 
 def _flatten(metrics, prefix=""):
@@ -134,8 +164,21 @@ def load(sweep_dir, analysis=None) -> Sweep:
             varied.setdefault(k, None)
         for k in cfg:
             config_keys.setdefault(k, None)
-        row = {"run_id": rid, "label": entry.get("label") or rid, "in_plan": planned_run}
-        row.update({f"config:{k}": _cell(v) for k, v in cfg.items()})
+        row = {"run_id": rid, "label": entry.get("label") or rid, "in_plan": planned_run,
+               "stage": str(entry.get("stage") or "")}
+        if rid in on_disk and planned_run:
+            frozen, err = read_yaml(sweep_dir.run(rid).config)
+            if isinstance(frozen, dict) and isinstance(frozen.get("config"), dict):
+                cfg = frozen["config"]           # what ran, not what the plan asks now
+                for k in cfg:
+                    config_keys.setdefault(k, None)
+            elif err:
+                warnings.append(("config", f"runs/{rid}/config.yaml: unreadable ({err}); config from plan.json"))
+        # a later stage's run carries its upstream runs' varied values (model, seed...): columns too
+        carried = {k: v for k, v in (entry.get("varied") or {}).items() if k not in cfg}
+        for k in carried:
+            config_keys.setdefault(k, None)
+        row.update({f"config:{k}": _cell(v) for k, v in {**carried, **cfg}.items()})
         if rid in on_disk:
             result, err = read_json(sweep_dir.run(rid).result)
             if err is None and result is not None and not isinstance(result, dict):
@@ -143,6 +186,7 @@ def load(sweep_dir, analysis=None) -> Sweep:
             if err:
                 warnings.append(("result", f"runs/{rid}/result.json ({row['label']}): unreadable ({err}); "
                                            f"the run counts as not finished"))
+                row["state"] = CORRUPT
             if result is not None and not err:
                 row["state"] = DONE
                 row["attempts"] = result.get("attempts")
@@ -153,32 +197,71 @@ def load(sweep_dir, analysis=None) -> Sweep:
                     warnings.append(("result", f"runs/{rid}/result.json ({row['label']}): no `metrics` mapping"))
                     metrics = {}
                 for name, v in _flatten(metrics):
+                    v = finite_back(v)
                     if isinstance(v, list):
+                        v = [finite_back(x) for x in v]
                         lists.setdefault(rid, {})[name] = v
                         continue
                     metric_order.setdefault(name, None)
                     row[f"metric:{name}"] = float("nan") if v is None else v
-            else:
+                    if isinstance(v, float) and math.isnan(v):
+                        row[f"nan:{name}"] = True
+            elif not err:
                 error_txt = sweep_dir.run(rid).error
                 try:
                     text = error_txt.read_text(encoding="utf-8", errors="replace").strip()
                     row["state"] = FAILED
                     row["error"] = text.splitlines()[-1][:300] if text else ""
                 except FileNotFoundError:
-                    row["state"] = PENDING
+                    row["state"] = PENDING if sweep_dir.run(rid).config.exists() else NEW
                 except OSError as e:
                     row["state"] = FAILED
                     row["error"] = f"error.txt unreadable: {e}"
         else:
-            row["state"] = PENDING
+            row["state"] = NEW
         rows.append(row)
 
     varied = _label_order(list(varied), entries)
     config_keys = [k for k in varied if k in config_keys] + [k for k in config_keys if k not in varied]
+    all_runs, all_metrics = _frame(rows, config_keys, list(metric_order), [])
+    diverged = np.zeros(len(all_runs), dtype=bool)
+    for m in all_metrics:
+        diverged |= np.isinf(all_runs[m].to_numpy(dtype=float)) | _logged_nan(rows, m)
+    all_runs["diverged"] = diverged & (all_runs["state"] == DONE).to_numpy()
+    # a pipeline: the summary and figures describe one stage (analysis.stage, else the last one)
+    stages = [st.get("name") for st in (plan or {}).get("stages") or [] if isinstance(st, dict)] \
+        if isinstance(plan, dict) else []
+    stage = analysis.get("stage") or (stages[-1] if len(stages) > 1 else "")
+    if stage:
+        rows = [r for r in rows if r["stage"] == stage]
+        if not rows:
+            warnings.append(("spec", f"analysis.stage: no run of stage {stage!r}"
+                                     f"{schema.did_you_mean(stage, stages)}; stages: {', '.join(stages)}"))
+        present = {k for r in rows for k in r}
+        config_keys = [k for k in config_keys if f"config:{k}" in present]
+        varied = [k for k in varied if f"config:{k}" in present]
+        metric_order = {m: None for m in metric_order if f"metric:{m}" in present}
     runs, metrics = _frame(rows, config_keys, list(metric_order), warnings)
+    nonfinite = {}
+    finite = np.ones(len(runs), dtype=bool)
+    for m in metrics:
+        col = runs[m].to_numpy(dtype=float)
+        bad = np.isinf(col) | _logged_nan(rows, m)
+        if bad.any():
+            nonfinite[m] = set(runs["run_id"][bad])
+        finite &= ~bad
+    runs["diverged"] = (~finite) & (runs["state"] == DONE).to_numpy()
     analysis["group_by"] = _group_by(analysis, varied, runs, warnings)
     analysis["metrics"] = _metrics(analysis, metrics, runs, warnings)
-    return Sweep(sdir, spec, analysis, runs, config_keys, varied, metrics, lists, warnings)
+    return Sweep(sdir, spec, analysis, runs, config_keys, varied, metrics, lists, warnings, nonfinite,
+                 all_runs, stage)
+
+
+def _logged_nan(rows, metric) -> np.ndarray:
+    """Per row: the run's result reported this metric as NaN (not: the metric is missing)."""
+    name = metric[len("metrics."):] if metric.startswith("metrics.") and not any(
+        f"nan:{metric}" in r for r in rows) else metric
+    return np.array([bool(r.get(f"nan:{name}")) for r in rows], dtype=bool)
 
 
 def _label_order(varied, entries):

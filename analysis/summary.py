@@ -1,6 +1,10 @@
 """Runs -> groups: mean, std (ddof=1), n and a 95% confidence interval per metric, as CSV,
 Markdown and LaTeX tables whose cells read `0.617 ± 0.002`.
 
+Non-finite values a run reported (NaN / inf: a diverged run) are never dropped silently: the mean
+and std are over the finite values, and each cell says how many were not (`0.61 ± 0.02 (1 NaN/inf)`,
+column <m>_nonfinite in summary.csv). The 95% CI is mean ± t(0.975, n-1)·std/√n, t from scipy.
+
 Groups are the distinct values of `group_by` (default: every varied key but the seed), in the
 order the plan lists them. A group with fewer finished runs than planned is flagged (`2/3 †`),
 so a partial sweep is never read as a whole one.
@@ -14,27 +18,15 @@ import pandas as pd
 
 from analysis.load import DONE, FAILED, PENDING
 
-# Two-sided 95% quantiles of Student's t for 1..30 degrees of freedom (beyond: an expansion
-# around the normal quantile, exact to 1e-7 there), so the CI needs no scipy.
-T975 = [12.7062047362, 4.3026527297, 3.1824463053, 2.7764451052, 2.5705818356, 2.4469118511,
-        2.3646242516, 2.3060041352, 2.2621571628, 2.228138852, 2.2009851601, 2.1788128297,
-        2.1603686565, 2.1447866879, 2.1314495456, 2.1199052992, 2.1098155778, 2.1009220402,
-        2.0930240544, 2.0859634473, 2.0796138447, 2.0738730679, 2.0686576104, 2.0638985616,
-        2.0595385528, 2.0555294386, 2.0518305165, 2.0484071418, 2.0452296421, 2.0422724563]
-Z975 = 1.959963984540054
 PARTIAL = "†"
 
 
 def t975(df) -> float:
-    """The 0.975 quantile of Student's t with `df` degrees of freedom (nan for df < 1)."""
+    """The 0.975 quantile of Student's t with `df` degrees of freedom (nan for df < 1), from scipy."""
     if not df >= 1:
         return math.nan
-    if df <= len(T975) and df == int(df):
-        return T975[int(df) - 1]
-    z = Z975
-    return (z + (z ** 3 + z) / (4 * df) + (5 * z ** 5 + 16 * z ** 3 + 3 * z) / (96 * df ** 2)
-            + (3 * z ** 7 + 19 * z ** 5 + 17 * z ** 3 - 15 * z) / (384 * df ** 3)
-            + (79 * z ** 9 + 776 * z ** 7 + 1482 * z ** 5 - 1920 * z ** 3 - 945 * z) / (92160 * df ** 4))
+    from scipy.stats import t
+    return float(t.ppf(0.975, df))
 
 
 def _groupby(df, keys):
@@ -46,7 +38,10 @@ def _groupby(df, keys):
 def stats(df, keys, values) -> pd.DataFrame:
     """Per group of `keys`: <v>_mean, <v>_std (ddof=1), <v>_n, <v>_sem, <v>_ci95 (half-width) for each value column."""
     values = list(dict.fromkeys(values))
-    g = _groupby(df[list(keys) + values], keys)
+    df = df[list(keys) + values].copy()
+    for v in values:                 # NaN / inf a run reported are counted by summary(), not averaged
+        df[v] = df[v].where(np.isfinite(df[v].astype(float)))
+    g = _groupby(df, keys)
     mean, std, n = g[values].mean(), g[values].std(ddof=1), g[values].count()
     out = {}
     for v in values:
@@ -78,8 +73,9 @@ def error_of(st, value, kind) -> pd.Series:
 def counts(runs, keys) -> pd.DataFrame:
     """Per group: planned, done, failed, pending runs, and partial (done < planned)."""
     df = runs[list(keys)].copy()
-    for s in (DONE, FAILED, PENDING):
+    for s in (DONE, FAILED):
         df[s] = (runs["state"] == s).astype(int)
+    df[PENDING] = 1 - df[DONE] - df[FAILED]          # not finished: pending, in flight, corrupt result, new
     df["planned"] = 1
     res = _keys_back(_groupby(df, keys)[["planned", DONE, FAILED, PENDING]].sum(), keys)
     res["partial"] = res[DONE] < res["planned"]
@@ -103,6 +99,9 @@ def summary(sweep) -> pd.DataFrame:
             table[f"{m}_n"] = st[f"{m}_n"].values
             table[f"{m}_ci95_lo"] = (st[f"{m}_mean"] - st[f"{m}_ci95"]).values
             table[f"{m}_ci95_hi"] = (st[f"{m}_mean"] + st[f"{m}_ci95"]).values
+            bad = runs["run_id"].isin(sweep.nonfinite.get(m, ())) & (runs["state"] == DONE)
+            table[f"{m}_nonfinite"] = _keys_back(_groupby(runs[keys].assign(_b=bad.astype(int)), keys)["_b"].sum(),
+                                                 keys)["_b"].values if keys else [int(bad.sum())]
     return table
 
 
@@ -151,7 +150,9 @@ def _rows(sweep, table, pm, mark):
         row.append(f"{n} {mark}" if r["partial"] else n)
         for m in sweep.analysis["metrics"]:
             text = cell(r[f"{m}_mean"], r[f"{m}_std"], _decimals(sweep, m), pm)
-            if 0 < r[f"{m}_n"] < r[DONE]:
+            if r.get(f"{m}_nonfinite", 0):
+                text += f" ({r[f'{m}_nonfinite']} NaN/inf)"
+            elif 0 < r[f"{m}_n"] < r[DONE]:
                 text += f" (n={r[f'{m}_n']})"
             row.append(text)
         rows.append(row)
@@ -169,6 +170,9 @@ def _notes(sweep, table):
     if table["partial"].any():
         notes.append(f"{PARTIAL} partial: fewer finished runs than planned (n = finished/planned); "
                      f"mean ± std over the finished ones.")
+    if any(table.get(f"{m}_nonfinite", pd.Series(dtype=int)).gt(0).any() for m in sweep.analysis["metrics"]):
+        notes.append("(k NaN/inf): k finished runs of the group reported a non-finite value (diverged); "
+                     "mean ± std are over the finite values, n counts only those.")
     if any((table[f"{m}_n"] < table[DONE]).any() for m in sweep.analysis["metrics"]):
         notes.append("(n=…): the metric is missing from some finished runs of the group.")
     return notes

@@ -1,5 +1,5 @@
 """Time `aggregate` on a synthetic 10,000-run sweep whose runs each logged 1,000 lines
-(targets: tables under 5 s, figures under 10 s more).
+(targets: tables under 5 s, figures under 10 s more), and the curves side by side with DuckDB.
 
     python bench/aggregate.py                      # 10,000 runs x 1,000 lines, in a temp dir
     python bench/aggregate.py --runs 1000 --keep   # smaller; keep the sweep dir to look at
@@ -7,10 +7,11 @@
 Builds the sweep dir first (not timed): spec.yaml with an analysis block of six figures, plan.json,
 and per run config.yaml, result.json and a metrics.jsonl written the way ctx.log writes it
 ({"step", "time", loss, lr} every step, {"step", "time", val_acc} every 50 steps, a router-weight
-list every 250). Then one full aggregate, timed by phase: "tables" is runs.csv and the summary
-(CSV, Markdown, LaTeX); "curves.csv" is every logged line of every run as one table; "figures" is
+list every 250). First the curves: analysis.curves with an empty cache against DuckDB's read_json of
+the same files into a DataFrame (ratio), then again after one more run finished. Then one full aggregate, timed by phase: "tables" is runs.csv and the summary
+(CSV, Markdown, LaTeX); "figures" is
 the six figures as PNG and PDF. A second call (nothing new) shows the cost of finding that nothing
-changed (curves.csv is not even read again: the sizes and mtimes of the logs are). Wall and CPU
+changed (the figures are not drawn again: a hash of their inputs says so). Wall and CPU
 seconds are both printed (CPU includes worker processes): on a shared machine the wall time also
 holds the time other processes took.
 """
@@ -132,6 +133,41 @@ def timed(sdir, out):
     return time.perf_counter() - t0, cpu() - c0, timings, lines
 
 
+def curves_side_by_side(sdir, lines):
+    """First load of every curve (nothing cached) vs DuckDB read_json of the same files into a
+    DataFrame; then the load after one more run finished (its log alone is converted)."""
+    import duckdb
+    from analysis import curve_store, sweep_dir_of
+    import analysis
+    shutil.rmtree(curve_store.cache_dir(sdir), ignore_errors=True)
+    files = sorted(str(p) for p in (sdir / "runs").glob("*/metrics.jsonl"))
+    t0 = time.perf_counter()
+    ref = duckdb.connect().sql("SELECT * FROM read_json($f, format='newline_delimited', ignore_errors=true)",
+                               params={"f": files}).df()
+    duck = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    first = analysis.curves(sdir)
+    ours = time.perf_counter() - t0
+    print(f"\ncurves, first load of {len(files):,} logs ({len(first):,} rows): analysis.curves {ours:6.2f} s   "
+          f"DuckDB read_json -> DataFrame {duck:6.2f} s   ratio {ours / duck:5.2f} (target <= 1.0)")
+    plan = json.loads((sdir / "plan.json").read_text())
+    rid = "f" * 12
+    cfg = dict(plan["runs"][0]["config"], seed=999)
+    plan["runs"].append({"run_id": rid, "label": "extra", "config": cfg, "varied": cfg})
+    rdir = sdir / "runs" / rid
+    rdir.mkdir()
+    (rdir / "config.yaml").write_text(json.dumps({"run_id": rid, "label": "extra", "task": "bench",
+                                                  "varied": cfg, "config": cfg}) + "\n")
+    (rdir / "metrics.jsonl").write_bytes(log_text(random.Random(1), lines, 0.7))
+    (rdir / "result.json").write_text(json.dumps({"run_id": rid, "label": "extra", "metrics": {"test_acc": 0.7}}))
+    (sdir / "plan.json").write_text(json.dumps(plan))
+    t0 = time.perf_counter()
+    again = analysis.curves(sdir)
+    more = time.perf_counter() - t0
+    print(f"curves after one more run finished ({len(again):,} rows): {more:6.2f} s = "
+          f"{100 * more / ours:4.1f}% of the first load (target < 10%)")
+
+
 def main():
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--runs", type=int, default=10_000)
@@ -148,13 +184,12 @@ def main():
               f"built in {time.perf_counter() - t0:.1f} s (not timed)  [{sdir}]")
         print(f"cores: {len(os.sched_getaffinity(0))}, load average now {os.getloadavg()[0]:.1f}")
 
+        curves_side_by_side(sdir, args.lines)
         wall, cpu_s, t, lines = timed(sdir, tmp / "out")
         print(f"\nfirst aggregate (everything written)   wall {wall:6.2f} s   cpu {cpu_s:6.2f} s")
         show(t)
         tables = t.get("load", 0) + t.get("summary tables", 0)
         print(f"  tables: runs.csv, summary.csv/md/tex (target < 5 s)   {tables:6.2f} s wall")
-        print(f"  curves.csv (every logged line, {(tmp / 'out' / 'curves.csv').stat().st_size / 1e6:,.0f} MB)"
-              f"{'':<14}{t.get('curves.csv', 0):6.2f} s wall")
         print(f"  figures: 6 x PNG + PDF (target < 10 s more)          {t.get('figures', 0):6.2f} s wall")
         warn = [x for x in lines if x.startswith("  - ")]
         if warn:

@@ -9,6 +9,7 @@ fails before anything is submitted, and planning never pays for importing pandas
 
 The block (every key optional):
 
+    stage: eval                       # a pipeline: the stage the tables and figures describe (default: the last)
     group_by: [method, d_hidden, k]   # table rows / figure groups; default: every varied key but the seed
     metrics: [test_acc]               # summary columns; default: every numeric final metric
     error: std                        # std | sem | ci95 | none: error bars and bands in figures
@@ -50,7 +51,7 @@ FIGURE_KEYS = {
     "hist": (("y",), COMMON + ("hue", "facet", "logy", "bins", "density")),
     "logged_hist": (("counts", "edges"), COMMON + ("hue", "facet", "logy", "density")),
 }
-BLOCK_KEYS = ("group_by", "metrics", "error", "decimals", "units", "labels", "figures")
+BLOCK_KEYS = ("stage", "group_by", "metrics", "error", "decimals", "units", "labels", "figures")
 
 
 def _is_name(v):
@@ -120,6 +121,9 @@ def check(block) -> list[tuple[str, str]]:
         elif key in ("group_by", "metrics"):
             if _names(value) is None and value != []:
                 problems.append((key, f"expected a list of key names, got {value!r}"))
+        elif key == "stage":
+            if not _is_name(value):
+                problems.append((key, f"expected a stage name, got {value!r}"))
         elif key == "error":
             if value not in ERRORS:
                 problems.append((key, f"expected one of {', '.join(ERRORS)}, got {value!r}"))
@@ -186,6 +190,7 @@ def normalize(block) -> dict:
     block = block if isinstance(block, dict) else {}
     bad = {path for path, _ in check(block)}
     out = {
+        "stage": block.get("stage") if "stage" not in bad else None,
         "group_by": _names(block.get("group_by")) if "group_by" not in bad else None,
         "metrics": _names(block.get("metrics")) if "metrics" not in bad else None,
         "error": block.get("error", "std") if "error" not in bad else "std",

@@ -56,10 +56,10 @@ def snapshot(out):
 def test_every_output_is_written_under_the_sweep_dir(tmp_path):
     sdir, runs = make_sweep(tmp_path)
     lines = []
-    paths = aggregate(sdir, log=lines.append)
+    paths = aggregate(sdir, formats="csv,md,tex,png,pdf,curves.csv", log=lines.append)
     out = sdir / "analysis"
     again = []
-    assert aggregate(sdir, log=again.append) == paths
+    assert aggregate(sdir, formats="csv,md,tex,png,pdf,curves.csv", log=again.append) == paths
     assert again[-1] == f"0 written, {len(paths)} unchanged"
     names = {p.name for p in paths}
     assert {"runs.csv", "curves.csv", "summary.csv", "summary.md", "summary.tex", "pareto.csv"} <= names
@@ -86,7 +86,7 @@ def test_a_second_call_with_no_new_results_rewrites_nothing(tmp_path):
     aggregate(sdir, formats="csv,md,tex,pdf", log=lines.append)     # figures known unchanged: not drawn
     assert snapshot(sdir / "analysis") == before                      # same bytes, files not even touched
     assert any(line.startswith("0 written") for line in lines), lines
-    for index in (".figures.index.json", ".curves.csv.index.json"):  # drawn and read again: same bytes
+    for index in (".figures.index.json",):  # drawn and read again: same bytes
         (sdir / "analysis" / index).unlink()
     lines = []
     aggregate(sdir, formats="csv,md,tex,pdf", log=lines.append)
@@ -101,12 +101,12 @@ def test_a_new_result_rewrites_what_it_changes_and_only_that(tmp_path):
     sdir, runs = make_sweep(tmp_path, states={17: "pending"}, analysis=analysis)
     runs[17]["log"] = runs[17]["log"][:4]
     write_run(sdir, runs[17])
-    aggregate(sdir, formats="csv,md,png", log=lambda *_: None)
+    aggregate(sdir, formats="csv,md,png,curves.csv", log=lambda *_: None)
     before = snapshot(sdir / "analysis")
     runs[17]["state"] = "done"
     runs[17]["log"] = [{"step": s, "time": 1.7e9 + s, "loss": 0.5} for s in range(10)]
     write_run(sdir, runs[17])
-    aggregate(sdir, formats="csv,md,png", log=lambda *_: None)
+    aggregate(sdir, formats="csv,md,png,curves.csv", log=lambda *_: None)
     after = snapshot(sdir / "analysis")
     changed = {n for n in after if after[n] != before.get(n)}
     assert {"runs.csv", "summary.csv", "summary.md", "curves.csv", "hist.png"} <= changed
@@ -119,7 +119,7 @@ def test_partial_sweeps_corrupt_results_and_missing_metrics_are_reported_not_fat
     write_run(sdir, runs[5])
     (sdir / "runs" / runs[4]["run_id"] / "metrics.jsonl").write_bytes(b'{"step": 0, "loss": 1}\nnot json\n')
     lines = []
-    aggregate(sdir, formats="csv,md", log=lines.append)
+    aggregate(sdir, formats="csv,md,curves.csv", log=lines.append)
     text = "\n".join(lines)
     assert f"runs/{runs[0]['run_id']}/result.json" in text and "unreadable" in text
     assert "metric 'cost' is missing from 1 of 15 finished runs" in text
@@ -129,14 +129,19 @@ def test_partial_sweeps_corrupt_results_and_missing_metrics_are_reported_not_fat
     assert "| bp | 0 | 0/3 † |" in md and "† partial" in md
 
 
-def test_a_figure_that_cannot_be_drawn_is_a_warning_and_the_rest_is_written(tmp_path):
+def test_a_misspelt_figure_key_is_an_error_after_the_rest_is_written(tmp_path):
     analysis = {**ANALYSIS, "figures": [{"kind": "ladder", "x": "kk", "y": "test_acc"},
-                                        {"kind": "ladder", "x": "k", "y": "test_acc"}]}
+                                        {"kind": "ladder", "x": "k", "y": "test_acc"},
+                                        {"kind": "ladder", "x": "k", "y": "test_acc", "where": {"k": 9}}]}
     sdir, _ = make_sweep(tmp_path, analysis=analysis)
     lines = []
-    paths = aggregate(sdir, formats="png", log=lines.append)
-    assert any("not drawn" in line and "did you mean 'k'" in line for line in lines), lines
-    assert {p.name for p in paths} >= {"ladder_test_acc_vs_k.png"}
+    with pytest.raises(ValueError, match="did you mean 'k'"):
+        aggregate(sdir, formats="png", log=lines.append)
+    assert (sdir / "analysis" / "ladder_test_acc_vs_k.png").exists()
+    assert any("not drawn: no planned run matches where: k = 9" in line for line in lines), lines
+    res = subprocess.run([sys.executable, "main.py", "aggregate", str(sdir), "--format", "png"], cwd=REPO,
+                         capture_output=True, text=True, timeout=120)
+    assert res.returncode == 2 and "did you mean 'k'" in res.stderr
 
 
 def test_format_and_out_choose_what_and_where(tmp_path):
@@ -155,7 +160,7 @@ def test_main_py_aggregate_prints_the_paths_and_exits_0(tmp_path):
                          capture_output=True, text=True, timeout=120)
     assert res.returncode == 0, res.stderr
     printed = [line.split(None, 1)[1] for line in res.stdout.splitlines() if line.startswith(("  wrote", "  unchanged"))]
-    assert {Path(p).name for p in printed} == {"runs.csv", "curves.csv", "summary.csv", "summary.md", "ladder.png"}
+    assert {Path(p).name for p in printed} == {"runs.csv", "summary.csv", "summary.md", "ladder.png"}
     assert all(Path(p).parent == sdir / "analysis" and Path(p).exists() for p in printed)
 
 
@@ -172,7 +177,7 @@ def test_main_py_aggregate_on_something_that_is_no_sweep_dir_exits_2(tmp_path, c
 
 
 def test_analysis_imports_no_model_code():
-    code = ("import sys; import analysis.aggregate, analysis.figures, analysis.curves; "
+    code = ("import sys; import analysis.aggregate, analysis.figures, analysis.curve_store; "
             "bad = [m for m in sys.modules if m == 'torch' or m == 'models' or m.startswith(('models.', 'torch.'))]; "
             "assert not bad, bad")
     subprocess.run([sys.executable, "-c", code], cwd=REPO, check=True)

@@ -28,8 +28,8 @@ def make(tmp_path, analysis, states=None):
 
 
 def logged_for(sweep):
-    jobs = [(rid, sweep.dir / "runs" / rid / "metrics.jsonl", False) for rid in sweep.runs["run_id"]]
-    return lambda positions, columns: curves_mod.numbers([(p, *jobs[p]) for p in positions], columns)
+    from analysis.aggregate import logged_reader
+    return logged_reader(sweep)
 
 
 ANALYSIS = {
@@ -127,16 +127,35 @@ def test_partial_groups_are_drawn_hollow_with_a_note(tmp_path):
 
 
 @pytest.mark.parametrize("fig, words", [
-    ({"kind": "ladder", "x": "kk", "y": "test_acc"}, "did you mean 'k'"),
     ({"kind": "ladder", "x": "k", "y": "method"}, "not numeric"),
-    ({"kind": "curves", "y": "nope"}, "no run logged"),
     ({"kind": "hist", "y": "nope"}, "no run has a list"),
-    ({"kind": "pareto", "x": "cost", "y": "test_acc", "where": {"k": 7}}, "no planned run matches"),
+    ({"kind": "pareto", "x": "cost", "y": "test_acc", "where": {"k": 7}}, "no planned run matches where: k = 7"),
 ])
 def test_a_figure_that_cannot_be_drawn_says_why(tmp_path, fig, words):
     sweep = make(tmp_path, ANALYSIS)
     with pytest.raises(figures.Skip, match=words):
         draw(sweep, fig)
+
+
+@pytest.mark.parametrize("fig, words", [
+    ({"kind": "ladder", "x": "kk", "y": "test_acc"}, "did you mean 'k'"),
+    ({"kind": "ladder", "x": "k", "y": "test_ac"}, "did you mean 'test_acc'"),
+    ({"kind": "curves", "y": "los"}, "logged by no run"),
+    ({"kind": "pareto", "x": "k", "y": "test_acc"}, "averages it away"),
+    ({"kind": "ladder", "x": "k", "y": "test_acc", "where": {"lamb": 1}}, "did you mean 'lam'"),
+])
+def test_a_mistake_in_a_figure_is_an_error_with_a_did_you_mean(tmp_path, fig, words):
+    sweep = make(tmp_path, ANALYSIS)
+    with pytest.raises(figures.FigureError, match=words):
+        draw(sweep, fig)
+
+
+def test_error_bars_and_where_are_said_on_the_figure(tmp_path):
+    sweep = make(tmp_path, ANALYSIS)
+    f, _ = draw(sweep, {"kind": "ladder", "x": "k", "y": "test_acc", "hue": "method", "error": "ci95",
+                        "where": {"lam": 0.001}})
+    caption = " ".join(texts(f))
+    assert "mean ± 95% CI over seeds" in caption and "n = " in caption and "where: lam = 0.001" in caption
 
 
 def test_same_data_same_bytes_and_no_timestamps(tmp_path):

@@ -2,6 +2,7 @@
 import math
 
 from analysis.load import DONE, FAILED, PENDING, load
+from jobs.store import RunState
 from tests.sweepdir_factory import grid, write_sweep
 
 
@@ -23,7 +24,7 @@ def test_states_config_keys_and_final_metrics_become_columns(tmp_path):
     sweep = load(sdir)
     df = sweep.runs
     assert len(df) == len(runs) and list(df["run_id"]) == [r["run_id"] for r in runs]
-    assert list(df["state"][:6]) == [DONE, FAILED, PENDING, PENDING, PENDING, DONE]
+    assert list(df["state"][:6]) == [DONE, FAILED, PENDING, RunState.CORRUPT, RunState.NEW, DONE]
     assert df.loc[1, "error"] == "ValueError: diverged"
     assert sweep.varied == ["method", "k", "seed"] and sweep.config_keys[:3] == ["method", "k", "seed"]
     assert {"method", "k", "seed", "test_acc", "loss", "wall_time_s", "attempts", "label"} <= set(df.columns)

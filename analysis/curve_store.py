@@ -1,0 +1,457 @@
+"""metrics.jsonl -> one long table of every logged line, kept as Parquet and built incrementally.
+
+    table, bad = load(SweepDir(path), run_ids)       # pyarrow Table: run_id, step, time, <metrics>...
+    frame(table)                                    # the same as a pandas DataFrame
+
+Engine: DuckDB's JSON reader (vectorised C++, all cores). Measured on 3,000 runs x 1,000 lines
+(2 cores): DuckDB read_json -> Arrow 1.3-1.6 s; pyarrow.json one file at a time 5.2 s; the
+hand-written byte parser this replaces 2.8 s to CSV. DuckDB also reads the bare NaN / Infinity /
+-Infinity tokens Python's json writes. Two passes, because DuckDB's type detection samples only
+the first files and would silently drop a key that first appears in a later one:
+    1. every line as a JSON object: per file the number of readable lines and the keys they use;
+    2. the typed read with those keys as explicit columns (types from DuckDB's detection on the
+       files that use each key; whole numbers other than `step` are read as float64, so a metric
+       that logs 0 then 0.5 never fails). A file whose typed read lost lines that pass 1 could
+       read (a key logged as a number here and text there) is read again line by line by Python.
+A torn last line (a writer killed mid-line) is cut, never fatal; other unreadable lines are
+skipped and counted. ctx.restore cuts a resumed run's log back to its checkpoint, but a task that
+never restores, or a log written before a crash, may hold replayed steps: when the step goes back
+to s, the earlier lines of that run at steps >= s go, so replayed steps keep the last value.
+
+The cache: <sweep dir>/analysis/.curves/ holds Parquet parts (immutable once written) and
+manifest.json (run_id -> part, and the size and mtime_ns of the metrics.jsonl it was made from).
+A run's lines are converted once, on the first read after it changed (a finished run: once);
+the rest come from the parts. Every write is atomic (temp file, fsync, os.replace): the part
+first, then the manifest, so a writer killed at any instant leaves either the old manifest (the
+new part is an orphan, deleted later) or the new one. Updates hold a file lock (filelock), so
+concurrent aggregates wait for each other instead of converting twice. When the parts grow past
+COMPACT_PARTS they are merged into one. A sweep dir that cannot be written is read without a cache.
+"""
+from __future__ import annotations
+
+import json
+import os
+import uuid
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+from filelock import FileLock, Timeout
+
+from jobs.store import SweepDir, atomic
+
+VERSION = 1
+COMPACT_PARTS = 8
+LOCK_TIMEOUT_S = 600
+COMPRESSION = "lz4"
+BIG = 1 << 40            # steps are below this; runs are told apart by multiples of it (replay rule)
+_NUM = {"TINYINT", "SMALLINT", "INTEGER", "BIGINT", "HUGEINT", "UTINYINT", "USMALLINT", "UINTEGER",
+        "UBIGINT", "UHUGEINT", "FLOAT", "DOUBLE", "DECIMAL"}
+
+
+def _sd(sweep_dir) -> SweepDir:
+    return sweep_dir if isinstance(sweep_dir, SweepDir) else SweepDir(sweep_dir)
+
+
+def cache_dir(sweep_dir) -> Path:
+    return _sd(sweep_dir).analysis / ".curves"
+
+
+# ---------------------------------------------------------------- conversion
+
+def _connect():
+    import duckdb
+    con = duckdb.connect(config={"preserve_insertion_order": True})
+    return con
+
+
+def _base(t: str) -> str:
+    return t.split("(")[0].strip().upper()
+
+
+def _merge_type(a, b):
+    if a is None or a == b:
+        return b
+    if a in ("NULL", "JSON"):
+        return b if a == "NULL" else a
+    if b == "NULL":
+        return a
+    la, lb = a.endswith("[]"), b.endswith("[]")
+    if la and lb:
+        return _merge_type(a[:-2], b[:-2]) + "[]"
+    if _base(a) in _NUM and _base(b) in _NUM:
+        return "DOUBLE"
+    return "VARCHAR" if not (la or lb) else "JSON"
+
+
+def _column_type(key, t):
+    """The explicit type a key is read as (whole numbers as float64 except the step)."""
+    if key == "step":
+        return "BIGINT"
+    if t.endswith("[]"):
+        inner = _column_type("", t[:-2])
+        return inner + "[]" if inner != "JSON" else "JSON"
+    b = _base(t)
+    if b in _NUM:
+        return "DOUBLE"
+    if b in ("VARCHAR", "BOOLEAN"):
+        return b
+    return "JSON" if b not in ("NULL",) else "DOUBLE"
+
+
+def _detect(con, files, keys_of):
+    """{key: DuckDB type}, from DuckDB's detection on the first files and then on the files that
+    hold a key not typed yet (32 at a time)."""
+    types = {}
+    todo = set().union(*(keys_of[f] for f in files))
+    batch, rest = files[:32], files[32:]
+    while todo and batch:
+        rel = con.sql("DESCRIBE SELECT * FROM read_json($f, format='newline_delimited', ignore_errors=true, "
+                      "union_by_name=true, sample_size=-1)", params={"f": batch})
+        for name, typ, *_ in rel.fetchall():
+            types[name] = _merge_type(types.get(name), typ)
+        todo -= set(types)
+        rest = [f for f in rest if keys_of[f] & todo]
+        batch, rest = rest[:32], rest[32:]
+    return types
+
+
+def _python_read(path: str):
+    """One log, line by line (the slow, forgiving path): (list of dicts, unreadable lines)."""
+    data = Path(path).read_bytes()
+    if data and not data.endswith(b"\n"):
+        data = data[:data.rfind(b"\n") + 1] if not _whole(data[data.rfind(b"\n") + 1:]) else data + b"\n"
+    rows, bad = [], 0
+    for line in data.split(b"\n"):
+        if not line.strip():
+            continue
+        try:
+            obj = json.loads(line)
+        except ValueError:
+            obj = None
+        if isinstance(obj, dict) and "step" in obj:
+            rows.append(obj)
+        else:
+            bad += 1
+    return rows, bad
+
+
+def _whole(tail: bytes) -> bool:
+    try:
+        return isinstance(json.loads(tail), dict)
+    except ValueError:
+        return False
+
+
+def _torn(path: str) -> bool:
+    """True when the file's last line has no newline and is not a whole JSON object."""
+    try:
+        with open(path, "rb") as f:
+            f.seek(0, os.SEEK_END)
+            size = f.tell()
+            if size == 0:
+                return False
+            f.seek(max(0, size - 65536))
+            tail = f.read()
+    except OSError:
+        return False
+    if tail.endswith(b"\n"):
+        return False
+    return not _whole(tail[tail.rfind(b"\n") + 1:])
+
+
+def convert(files: dict) -> tuple[pa.Table, dict]:
+    """{run_id: metrics.jsonl path} -> (Table of their lines: run_id first, in the given order;
+    {run_id: unreadable lines other than a torn last one})."""
+    files = {rid: str(p) for rid, p in files.items() if p is not None and Path(p).is_file()
+             and Path(p).stat().st_size > 0}
+    if not files:
+        return _empty(), {}
+    paths = list(files.values())
+    rid_of = {p: rid for rid, p in files.items()}
+    con = _connect()
+    counts, keys_of = {}, {}
+    for fname, n, keys in con.sql(
+            "SELECT filename, count(*), flatten(list(DISTINCT json_keys(json))) FROM "
+            "read_ndjson_objects($f, ignore_errors=true, filename=true) WHERE json IS NOT NULL "
+            "AND json_type(json) = 'OBJECT' GROUP BY filename", params={"f": paths}).fetchall():
+        counts[fname] = n
+        keys_of[fname] = set(keys)
+    every = list(dict.fromkeys(k for p in paths for k in sorted(keys_of.get(p, ()))))
+    if not every:
+        return _empty(), {rid: 0 for rid in files}
+    holding = [p for p in paths if p in keys_of]
+    types = _detect(con, holding, keys_of)
+    columns = {k: _column_type(k, types.get(k, "DOUBLE")) for k in every}
+    columns.setdefault("step", "BIGINT")
+    rel = con.sql("SELECT * FROM read_json($f, format='newline_delimited', ignore_errors=true, filename=true, "
+                  "columns=$c)", params={"f": holding, "c": columns})
+    table = rel.to_arrow_table()
+    fname = table.column("filename")
+    step_ok = pc.is_valid(table.column("step"))
+    got = table.filter(step_ok).group_by("filename").aggregate([("step", "count")])
+    got = dict(zip(got.column("filename").to_pylist(), got.column("step_count").to_pylist()))
+    bad = {}
+    redo = []
+    for p in holding:
+        expected = counts.get(p, 0)
+        if got.get(p, 0) < expected:
+            redo.append(p)
+    table = table.filter(step_ok)
+    if redo:               # lines the typed read lost (a key with mixed types): Python reads these files
+        table = table.filter(pc.invert(pc.is_in(table.column("filename"), pa.array(redo))))
+    # run_id from the file name (dictionary-encoded: the indices stay, the dictionary is renamed)
+    enc = pc.dictionary_encode(table.column("filename")).combine_chunks()
+    names = enc.dictionary.to_pylist()
+    rid_col = pa.DictionaryArray.from_arrays(enc.indices, pa.array([rid_of[n] for n in names], pa.string()))
+    table = table.drop_columns(["filename"])
+    table = table.add_column(0, "run_id", rid_col)
+    parts = [table]
+    for p in redo:
+        rows, nbad = _python_read(p)
+        bad[rid_of[p]] = nbad
+        if rows:
+            parts.append(_from_rows(rid_of[p], rows))
+    for p in holding:
+        if p not in redo:
+            lost = _line_count(p) - counts.get(p, 0) - _torn(p)
+            bad[rid_of[p]] = max(0, lost)
+    table = _concat(parts)
+    order = {rid: i for i, rid in enumerate(files)}
+    table = _replays(table, order)
+    return table, bad
+
+
+def _line_count(path) -> int:
+    """Lines of a file (ctx.log writes no blank ones), counted in C."""
+    with open(path, "rb") as f:
+        data = f.read()
+    return data.count(b"\n") + (1 if data and not data.endswith(b"\n") else 0) - data.count(b"\n\n")
+
+
+def _from_rows(rid, rows):
+    cols = list(dict.fromkeys(k for r in rows for k in r))
+    arrays = {"run_id": pa.array([rid] * len(rows), pa.string()).dictionary_encode()}
+    for k in cols:
+        vals = [r.get(k) for r in rows]
+        kinds = {type(v) for v in vals if v is not None}
+        if k == "step":
+            arrays[k] = pa.array([int(v) if isinstance(v, (int, float)) and not isinstance(v, bool) else None
+                                  for v in vals], pa.int64())
+        elif kinds <= {int, float}:
+            arrays[k] = pa.array([float(v) if v is not None else None for v in vals], pa.float64())
+        elif kinds == {bool}:
+            arrays[k] = pa.array(vals, pa.bool_())
+        elif kinds == {str}:
+            arrays[k] = pa.array(vals, pa.string())
+        else:             # mixed: as JSON text
+            arrays[k] = pa.array([None if v is None else (v if isinstance(v, str) else json.dumps(v))
+                                  for v in vals], pa.string())
+    return pa.table(arrays)
+
+
+def _empty() -> pa.Table:
+    return pa.table({"run_id": pa.array([], pa.string()).dictionary_encode(), "step": pa.array([], pa.int64()),
+                     "time": pa.array([], pa.float64())})
+
+
+def _concat(tables):
+    tables = [t for t in tables if t is not None]
+    if not tables:
+        return _empty()
+    if len(tables) == 1:
+        return tables[0]
+    tables = [t.cast(pa.schema([f.with_type(pa.dictionary(pa.int32(), pa.string())) if f.name == "run_id" else f
+                                for f in t.schema])) for t in tables]
+    try:
+        return pa.concat_tables(tables, promote_options="permissive").unify_dictionaries()
+    except (pa.ArrowInvalid, pa.ArrowTypeError):
+        # the same key with types that do not promote (number here, text there): as text
+        names = list(dict.fromkeys(n for t in tables for n in t.column_names))
+        fixed = []
+        for t in tables:
+            for n in names:
+                if n in ("run_id", "step"):
+                    continue
+                kinds = {str(tt.schema.field(n).type) for tt in tables if n in tt.column_names}
+                if len(kinds) > 1 and n in t.column_names:
+                    col = t.column(n)
+                    t = t.set_column(t.column_names.index(n), n, pa.array(
+                        [None if v is None else (v if isinstance(v, str) else json.dumps(v)) for v in col.to_pylist()],
+                        pa.string()))
+            fixed.append(t)
+        return pa.concat_tables(fixed, promote_options="permissive").unify_dictionaries()
+
+
+def _replays(table: pa.Table, order: dict) -> pa.Table:
+    """Rows grouped by run in `order` (line order kept within a run), replayed steps cut: when a
+    run's step goes back to s, its earlier lines at steps >= s go."""
+    if table.num_rows == 0:
+        return table
+    rid = table.column("run_id").combine_chunks()
+    names = rid.dictionary.to_pylist()
+    rank = np.array([order.get(n, len(order)) for n in names], dtype=np.int64)
+    run = rank[rid.indices.to_numpy(zero_copy_only=False)]
+    if np.any(np.diff(run) < 0):
+        idx = np.argsort(run, kind="stable")
+        table, run = table.take(pa.array(idx)), run[idx]
+    step = table.column("step").to_numpy().astype(np.int64)
+    same = np.concatenate([[False], run[1:] == run[:-1]])
+    restart = same & np.concatenate([[False], step[1:] < step[:-1]])
+    if not restart.any():
+        return table
+    key = np.where(restart, step, BIG - 1) + run * BIG
+    suffix = np.minimum.accumulate(key[::-1])[::-1]           # min over rows i.. of the run's restarts
+    later = np.concatenate([suffix[1:], [np.iinfo(np.int64).max]])
+    keep = step + run * BIG < later
+    return table.filter(pa.array(keep))
+
+
+# ---------------------------------------------------------------- the cache
+
+def _stat(path):
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return [st.st_size, st.st_mtime_ns]
+
+
+def _read_manifest(cdir: Path) -> dict:
+    m = atomic.read_json(cdir / "manifest.json", {})
+    if not isinstance(m, dict) or m.get("version") != VERSION or not isinstance(m.get("runs"), dict):
+        return {"version": VERSION, "runs": {}}
+    return m
+
+
+def _write_part(cdir: Path, table: pa.Table) -> str:
+    name = f"part-{uuid.uuid4().hex[:16]}.parquet"
+    sink = pa.BufferOutputStream()
+    pq.write_table(table, sink, compression=COMPRESSION)
+    atomic.write_bytes(cdir / name, sink.getvalue().to_pybytes())
+    return name
+
+
+def _read_part(cdir: Path, name: str, run_ids, columns=None) -> pa.Table:
+    schema = pq.read_schema(cdir / name)
+    cols = None if columns is None else [c for c in schema.names if c in columns]
+    t = pq.read_table(cdir / name, columns=cols, read_dictionary=["run_id"])
+    if run_ids is not None and t.num_rows:
+        col = t.column("run_id").combine_chunks()
+        in_dict = pc.is_in(col.dictionary, pa.array(sorted(run_ids), pa.string()))
+        if not pc.all(in_dict).as_py():          # the part holds runs converted again since: leave them out
+            t = t.filter(in_dict.take(col.indices))
+    return t
+
+
+def _cleanup(cdir: Path, manifest: dict):
+    """Delete parts no manifest entry points at (orphans of a killed writer, merged parts) and
+    temp files left by a killed atomic write."""
+    live = {v[0] for v in manifest["runs"].values()}
+    for e in os.scandir(cdir):
+        if (e.name.startswith("part-") and e.name.endswith(".parquet") and e.name not in live) or \
+                (e.name.startswith(".part-") and e.name.endswith(".tmp")) or \
+                (e.name.startswith(".manifest.json.") and e.name.endswith(".tmp")):
+            try:
+                os.unlink(e.path)
+            except OSError:
+                pass
+
+
+def load(sweep_dir, run_ids, columns=None, cache=True, stats=None) -> tuple[pa.Table, dict]:
+    """(every logged line of `run_ids` as a Table, {run_id: unreadable lines}); converts only the
+    logs that changed since the cache last saw them. `columns`: keep only these (plus run_id).
+    `stats`, when a dict, receives converted / cached run counts."""
+    sdir = _sd(sweep_dir)
+    run_ids = list(dict.fromkeys(run_ids))
+    paths = {rid: sdir.run(rid).metrics for rid in run_ids}
+    now = {rid: _stat(p) for rid, p in paths.items()}
+    stats = {} if stats is None else stats
+    cdir = cache_dir(sdir)
+    lock = None
+    if cache:
+        try:
+            cdir.mkdir(parents=True, exist_ok=True)
+            lock = FileLock(str(cdir / "lock"), timeout=LOCK_TIMEOUT_S)
+            lock.acquire()
+        except (OSError, Timeout):
+            lock = None
+    if lock is None:                   # no cache: convert everything in memory
+        table, bad = convert({rid: paths[rid] for rid in run_ids if now[rid]})
+        stats.update(converted=sum(1 for r in run_ids if now[r]), cached=0)
+        return _select(table, columns), bad
+    try:
+        manifest = _read_manifest(cdir)
+        entries = manifest["runs"]
+        stale = [rid for rid in run_ids if now[rid] and (rid not in entries or entries[rid][1:3] != now[rid])]
+        for rid in run_ids:
+            if not now[rid]:
+                entries.pop(rid, None)
+        if stale:
+            table, bad = convert({rid: paths[rid] for rid in stale})
+            part = _write_part(cdir, table) if table.num_rows else None
+            for rid in stale:
+                entries[rid] = [part, *now[rid], int(bad.get(rid, 0))]
+        parts = {}
+        for rid in run_ids:
+            e = entries.get(rid)
+            if e and e[0]:
+                parts.setdefault(e[0], []).append(rid)
+        live_parts = {v[0] for v in entries.values() if v[0]}
+        if len(live_parts) > COMPACT_PARTS:
+            everything = {}
+            for rid, e in entries.items():
+                if e[0]:
+                    everything.setdefault(e[0], []).append(rid)
+            merged = _concat([_read_part(cdir, name, set(rids)) for name, rids in everything.items()])
+            name = _write_part(cdir, merged)
+            for rid, e in entries.items():
+                if e[0]:
+                    e[0] = name
+            parts = {name: [rid for rid in run_ids if entries.get(rid) and entries[rid][0]]}
+        atomic.write_bytes(cdir / "manifest.json", json.dumps(manifest).encode())
+        _cleanup(cdir, manifest)
+        want = None if columns is None else {"run_id", *columns}
+        tables = [_read_part(cdir, name, set(rids), want) for name, rids in parts.items()]
+        stats.update(converted=len(stale), cached=len(run_ids) - len(stale))
+        table = _concat(tables)
+        table = _replays_order(table, run_ids)
+        bad = {rid: entries[rid][3] for rid in run_ids if rid in entries and entries[rid][3]}
+        return table, bad
+    finally:
+        lock.release()
+
+
+def _replays_order(table, run_ids):
+    """Rows ordered by run as `run_ids` lists them (each part is already cut of replays)."""
+    if table.num_rows == 0:
+        return table
+    rid = table.column("run_id").combine_chunks()
+    order = {r: i for i, r in enumerate(run_ids)}
+    rank = np.array([order.get(n, len(order)) for n in rid.dictionary.to_pylist()], dtype=np.int64)
+    run = rank[rid.indices.to_numpy(zero_copy_only=False)]
+    if np.any(np.diff(run) < 0):
+        table = table.take(pa.array(np.argsort(run, kind="stable")))
+    return table
+
+
+def _select(table, columns):
+    if columns is None:
+        return table
+    return table.select([c for c in table.column_names if c == "run_id" or c in columns])
+
+
+def frame(table: pa.Table):
+    """The Table as a pandas DataFrame: run_id (str), step, time, then the metrics; list metrics as
+    numpy arrays; NaN / inf kept as floats."""
+    df = table.to_pandas(split_blocks=True, self_destruct=False)
+    if "run_id" in df.columns:
+        df["run_id"] = df["run_id"].astype(str)
+    first = [c for c in ("run_id", "step", "time") if c in df.columns]
+    return df[first + [c for c in df.columns if c not in first]].reset_index(drop=True)
+
+
+def is_list_type(t) -> bool:
+    return pa.types.is_list(t) or pa.types.is_large_list(t)
