@@ -20,7 +20,15 @@ from jobs.store import RunState, SweepDir
 
 
 def _load(args):
-    return specs.load_sweep(args.spec, max_runs=getattr(args, "max_runs", None))
+    from jobs.store import registry
+    spec = Path(args.spec)
+    if not spec.is_file():
+        raise specs.SpecError(f"{spec}: file not found (a sweep spec, e.g. sweeps/depth_ladder_digits.yaml)")
+    try:
+        names = registry.read()
+    except registry.RegistryError as e:
+        raise specs.SpecError(str(e))
+    return specs.load_sweep(spec, max_runs=getattr(args, "max_runs", None), registry=names)
 
 
 # ---------------------------------------------------------------- plan
@@ -43,7 +51,8 @@ def cmd_plan(args) -> int:
         out = {"name": sweep.name, "task": sweep.task, "spec": str(sweep.path), "count": len(sweep.runs),
                "sweep_dir": str(sweep_dir), "exists": exists,
                "axes": sweep.axes,
-               "runs": [{"run_id": r.run_id, "label": r.label, "config": r.config, "varied": r.varied,
+               "stages": [{"name": st.name, "task": st.task, "after": st.after, "runs": len(st.runs)} for st in sweep.stages],
+               "runs": [{"run_id": r.run_id, "label": r.label, "stage": r.stage, "config": r.config, "varied": r.varied,
                          **({"state": str(states[r.run_id])} if exists else {})} for r in sweep.runs]}
         if exists:
             out["changes"] = changes
@@ -51,7 +60,13 @@ def cmd_plan(args) -> int:
         print()
         return 0
 
-    print(f"sweep {sweep.name} (task {sweep.task}) from {sweep.path}: {len(sweep.runs)} runs")
+    if len(sweep.stages) > 1:
+        print(f"sweep {sweep.name} from {sweep.path}: {len(sweep.runs)} runs in {len(sweep.stages)} stages")
+        for st in sweep.stages:
+            source = f" after {st.after}" if st.after else (f" from {', '.join(st.from_manifest)}" if st.from_manifest else "")
+            print(f"  stage {st.name}: {len(st.runs)} runs of task {st.task}{source}")
+    else:
+        print(f"sweep {sweep.name} (task {sweep.task}) from {sweep.path}: {len(sweep.runs)} runs")
     if sweep.axes:
         width = max(len(k) for k in sweep.axes)
         print("axes:")
@@ -68,10 +83,12 @@ def cmd_plan(args) -> int:
         print(f"sweep dir {sweep_dir}: not created yet (submit creates it)")
     print()
     lw = max([5] + [len(r.label) for r in sweep.runs])
-    header = f"{'#':>5}  {'label':<{lw}}  run_id"
+    staged = len(sweep.stages) > 1
+    sw = max(len(st.name) for st in sweep.stages) if staged else 0
+    header = f"{'#':>5}  " + (f"{'stage':<{sw}}  " if staged else "") + f"{'label':<{lw}}  run_id"
     print(header + ("        state" if exists else ""))
     for i, r in enumerate(sweep.runs, 1):
-        line = f"{i:>5}  {r.label or '(single run)':<{lw}}  {r.run_id}"
+        line = f"{i:>5}  " + (f"{r.stage:<{sw}}  " if staged else "") + f"{r.label or '(single run)':<{lw}}  {r.run_id}"
         if exists:
             line += f"  {states[r.run_id]}"
         print(line)
@@ -183,6 +200,10 @@ def cmd_status(args) -> int:
     rows = [progress.run_row(sweep_dir, r, st[r.run_id], failures.get(r.run_id, "")) for r in sweep.runs]
     counts = submit.count(st.values())
     print(f"{sweep.name}: {len(rows)} runs: {submit.describe(counts)}")
+    if len(sweep.stages) > 1:
+        for stage in sweep.stages:
+            mine = submit.count(st[r.run_id] for r in stage.runs)
+            print(f"  stage {stage.name}: {submit.describe(mine)}")
     size = shutil.get_terminal_size((120, 40))
     order = {RunState.FAILED: 0, RunState.CORRUPT: 0, RunState.IN_FLIGHT: 1, RunState.BLOCKED: 2,
              RunState.PENDING: 2, RunState.NEW: 3, RunState.DONE: 4}
@@ -223,6 +244,61 @@ def cmd_run(args) -> int:
                              reraise=sys.stdin.isatty() and args.pdb)
     print(f"{run.label or run.run_id}: {outcome} ({sweep_dir.run(run.run_id).path})")
     return 0 if outcome == "done" else 1
+
+
+def cmd_export(args) -> int:
+    """Register one run's checkpoint under a name in checkpoints_manifest.yaml."""
+    from jobs.runtime import checkpoint
+    from jobs.store import now_iso, registry
+    sweep = _load(args)
+    sweep_dir = _sweep_dir(args, sweep)
+    runs = [r for r in sweep.runs if r.stage == args.stage] if args.stage else list(sweep.runs)
+    if args.stage and not runs:
+        print(f"error: no stage {args.stage!r} in {args.spec}{specs.did_you_mean(args.stage, [s.name for s in sweep.stages])}",
+              file=sys.stderr)
+        return 2
+    if args.only:
+        runs = [r for r in runs if _matches(r, args.only)]
+    if len(runs) != 1:
+        listed = ", ".join(r.label or r.run_id for r in runs[:8])
+        print(f"error: export takes one run; {len(runs)} match ({listed}{' ...' if len(runs) > 8 else ''}): "
+              "narrow it with --stage / --only key=value,...", file=sys.stderr)
+        return 2
+    run = runs[0]
+    run_dir = sweep_dir.run(run.run_id)
+    steps = checkpoint.list_steps(run_dir.checkpoints)
+    step = args.step if args.step is not None else (steps[-1] if steps else None)
+    path = checkpoint.ckpt_path(run_dir.checkpoints, step) if step is not None else None
+    digest = checkpoint.verified_digest(path) if path is not None else None
+    if digest is None:
+        print(f"error: {run.label or run.run_id}: no valid checkpoint" + (f" at step {step}" if step is not None else "")
+              + f" in {run_dir.checkpoints} (kept: {steps or 'none'})", file=sys.stderr)
+        return 2
+    entry = {"sweep": sweep.name, "sweep_dir": str(sweep_dir.path.resolve()), "stage": run.stage, "run_id": run.run_id,
+             "label": run.label, "task": run.task, "varied": run.varied, "run_dir": str(run_dir.path.resolve()),
+             "step": int(step), "path": str(path.resolve()), "bytes": path.stat().st_size, "sha256": digest,
+             "done": run_dir.result.exists(), "exported": now_iso()}
+    try:
+        where = registry.register(args.name, entry, replace=args.replace)
+    except registry.RegistryError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    print(f"registered {args.name}: {run.label or run.run_id} step {step} ({entry['bytes']:,} bytes, sha256 {digest[:12]}) "
+          f"in {where}\nuse it in a stage: from_manifest: {args.name}")
+    return 0
+
+
+def _matches(run, only) -> bool:
+    """--only: a run_id, a label, or key=value pairs (any order) that the run's config / varied values match."""
+    if only in (run.run_id, run.label):
+        return True
+    values = {**run.varied, **run.config}
+    try:
+        pairs = dict(part.split("=", 1) for part in only.split(",") if part)
+    except ValueError:
+        return False
+    return bool(pairs) and all(k in values and specs.format_value(values[k]) == v or str(values.get(k)) == v
+                               for k, v in pairs.items())
 
 
 # ---------------------------------------------------------------- aggregate
@@ -304,6 +380,15 @@ def build_parser() -> argparse.ArgumentParser:
     spec_arg(sp)
     sp.add_argument("--only", required=True, metavar="LABEL", help="the run's label (or run_id), as `plan` prints it")
     sp.add_argument("--pdb", action="store_true", help="post-mortem debugger on an exception (at a terminal)")
+
+    sp = add("export", "register one run's checkpoint by name in checkpoints_manifest.yaml (for `from_manifest:`)", cmd_export)
+    spec_arg(sp)
+    sp.add_argument("--name", required=True, help="the name a later stage gives in `from_manifest:`")
+    sp.add_argument("--stage", help="the stage of the run (a pipeline)")
+    sp.add_argument("--only", metavar="RUN", help="the run: a run_id, its label, or key=value,... pairs")
+    sp.add_argument("--step", type=int, help="the checkpoint's step (default: the newest valid one)")
+    sp.add_argument("--cluster", help="cluster profile whose root holds the sweep dir")
+    sp.add_argument("--replace", action="store_true", help="overwrite an entry of the same name")
 
     sp = add("aggregate", "turn a sweep dir into tables (CSV, Markdown, LaTeX) and figures (PNG, PDF)", cmd_aggregate)
     sp.add_argument("target", help="a sweep spec or a sweep dir")

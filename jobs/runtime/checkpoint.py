@@ -193,6 +193,22 @@ def load_latest(ckpt_dir):
     return None
 
 
+def load_step(ckpt_dir, step: int):
+    """The payload of the checkpoint of `step`, verified; raises FileNotFoundError / ValueError saying why not."""
+    path = ckpt_path(ckpt_dir, step)
+    if not path.exists():
+        raise FileNotFoundError(f"{path}: no checkpoint at step {step} (kept: {list_steps(ckpt_dir) or 'none'})")
+    payload = _load_verified(path)
+    if payload is _DAMAGED:
+        raise ValueError(f"{path}: damaged (see the warning above)")
+    return payload
+
+
+def verified_digest(path) -> str | None:
+    """The sha256 of a checkpoint file when its sidecar matches it, else None."""
+    return _verified_digest(Path(path))
+
+
 def _load_verified(path):
     """The payload of one checkpoint file, or _DAMAGED (after a warning) when it does not verify."""
     path = Path(path)

@@ -47,13 +47,62 @@ class Interrupted(Exception):
     """Raised by ctx.save after a stop request / time running out: the run checkpointed and must be requeued."""
 
 
+class UpstreamRun:
+    """A downstream run's view of one upstream run (ctx.upstream[stage]): its dir, config, final
+    metrics and checkpoints. A run that feeds a later stage ends with a ctx.save of its final state
+    (after its last step): that checkpoint is what .checkpoint() returns."""
+
+    def __init__(self, stage, record, sweep_run_dirs):
+        self.stage = stage
+        self.run_id = record["run_id"]
+        self.run_dir = Path(record["run_dir"]) if record.get("run_dir") else Path(sweep_run_dirs) / self.run_id
+        self._record = record
+
+    def __repr__(self):
+        return f"UpstreamRun({self.stage!r}, {str(self.run_dir)!r})"
+
+    @property
+    def config(self) -> dict:
+        return RunDir(self.run_dir).read_config()["config"]
+
+    @property
+    def metrics(self) -> dict:
+        result = RunDir(self.run_dir).read_result()
+        if result is None:
+            raise FileNotFoundError(f"upstream run {self.run_id} ({self.stage}) has no readable result in {self.run_dir}")
+        return result.get("metrics") or {}
+
+    def checkpoint_steps(self) -> list:
+        return checkpoint.list_steps(RunDir(self.run_dir).checkpoints)
+
+    def checkpoint(self, step=None):
+        """The state the upstream run passed to ctx.save: at `step`, else the registered step
+        (a from_manifest stage), else its newest valid checkpoint. Loaded with weights_only."""
+        ckpt_dir = RunDir(self.run_dir).checkpoints
+        step = step if step is not None else self._record.get("step")
+        if step is None:
+            found = checkpoint.load_latest(ckpt_dir)
+            if found is None:
+                raise FileNotFoundError(f"upstream run {self.run_id} ({self.stage}) left no checkpoint in {ckpt_dir}: "
+                                        "a task whose runs feed a later stage must ctx.save its final state")
+            return found[1]["state"]
+        if self._record.get("sha256"):
+            digest = checkpoint.verified_digest(checkpoint.ckpt_path(ckpt_dir, step))
+            if digest != self._record["sha256"]:
+                raise ValueError(f"{checkpoint.ckpt_path(ckpt_dir, step)}: sha256 {digest} differs from the registered "
+                                 f"{self._record['sha256']} (the checkpoint changed or is damaged)")
+        return checkpoint.load_step(ckpt_dir, step)["state"]
+
+
 class RunContext:
     """The handle a task gets: restore, save, log, should_checkpoint, time_left, device."""
 
     def __init__(self, run_dir, cfg, *, run_id="", device="cpu", checkpoint=None, deadline=None,
-                 margin_s=60.0, manifest=None, attempt=0, clock=time.time, rank=0, local_rank=0, world_size=1):
+                 margin_s=60.0, manifest=None, attempt=0, clock=time.time, rank=0, local_rank=0, world_size=1,
+                 upstream=None):
         self.run_dir = Path(run_dir)
         self.rank, self.local_rank, self.world_size = int(rank), int(local_rank), int(world_size)
+        self.upstream = dict(upstream or {})     # stage -> UpstreamRun, every ancestor stage of a pipeline run
         self.cfg = cfg
         self.run_id = run_id
         self.device = device

@@ -10,7 +10,9 @@ ends and reports the runs left for the launcher to chain into a fresh job.
 """
 from __future__ import annotations
 
+import hashlib
 import importlib
+import importlib.util
 import json
 import multiprocessing
 import os
@@ -24,6 +26,7 @@ from pathlib import Path
 
 from filelock import FileLock, Timeout
 
+import jobs.spec.tasks as tasks
 from jobs.spec.settings import Checkpoint, Resources
 from jobs.store import Outcome, RunDir, SweepDir, atomic, now_iso
 
@@ -75,7 +78,7 @@ class RunLock:
 
 
 def run_one(sdir, run_id, *, deadline=None, margin_s=60.0, gpus=0, cpus=0, checkpoint=None,
-            on_ctx=None, reraise=False) -> str:
+            on_ctx=None, reraise=False, submission="") -> str:
     """Run (or resume) one single-process run to its end or its next interruption; the outcome."""
     sweep_dir = SweepDir(sdir)
     run_dir = sweep_dir.run(run_id)
@@ -89,13 +92,14 @@ def run_one(sdir, run_id, *, deadline=None, margin_s=60.0, gpus=0, cpus=0, check
             return DONE
         if cpus:
             limit_threads(cpus)
-        return _attempt(sweep_dir, run_dir, deadline, margin_s, _device(gpus), checkpoint, on_ctx, reraise)
+        return _attempt(sweep_dir, run_dir, deadline, margin_s, _device(gpus), checkpoint, on_ctx, reraise,
+                        submission=submission)
     finally:
         lock.release()
 
 
 def run_rank(sdir, run_id, ranks, *, deadline=None, margin_s=60.0, gpus=0, cpus=0, checkpoint=None,
-             on_ctx=None) -> str:
+             on_ctx=None, submission="") -> str:
     """This process's part in a distributed run (jobs/runtime/distributed.py says which rank); the outcome.
 
     Rank 0 takes the run's lock and writes every file; the group agrees whether to go on at all."""
@@ -116,7 +120,7 @@ def run_rank(sdir, run_id, ranks, *, deadline=None, margin_s=60.0, gpus=0, cpus=
         if verdict:
             return {v: k for k, v in EXIT_CODES.items()}[verdict]
         return _attempt(sweep_dir, run_dir, deadline, margin_s, device, checkpoint, on_ctx, False,
-                        ranks=ranks, attempt=attempt)
+                        ranks=ranks, attempt=attempt, submission=submission)
     finally:
         if lock is not None:
             lock.release()
@@ -130,8 +134,34 @@ def limit_threads(cpus):
         torch.set_num_threads(cpus)
 
 
-def _attempt(sweep_dir, run_dir, deadline, margin_s, device, checkpoint, on_ctx, reraise, ranks=None, attempt=None):
-    from jobs.runtime.context import Interrupted, RunContext     # torch: only where a run executes
+def load_task(ref: str, sweep_dir=None, submission=""):
+    """The train function a run's config names (jobs/spec/tasks.py's forms). A task file of the user's
+    is imported from the copy the submission snapshot (code/<submission>/), when there is one: the
+    code that ran is the code that was recorded."""
+    m = tasks.FILE_REF.match(ref)
+    if tasks.SHORT.match(ref):
+        return importlib.import_module(f"models.{ref}").train
+    if m:
+        path = Path(m["file"])
+        if sweep_dir is not None and submission:
+            copy = sweep_dir.code_snapshot(submission) / path.name
+            path = copy if copy.is_file() else path
+        name = "hpcsweep_task_" + hashlib.sha256(str(path).encode()).hexdigest()[:12]
+        if name not in sys.modules:
+            if str(Path(m["file"]).parent) not in sys.path:
+                sys.path.insert(0, str(Path(m["file"]).parent))      # its sibling modules import as at home
+            spec = importlib.util.spec_from_file_location(name, path)
+            module = importlib.util.module_from_spec(spec)
+            sys.modules[name] = module
+            spec.loader.exec_module(module)
+        return getattr(sys.modules[name], m["func"])
+    m = tasks.MODULE_REF.match(ref)
+    return getattr(importlib.import_module(m["module"]), m["func"])
+
+
+def _attempt(sweep_dir, run_dir, deadline, margin_s, device, checkpoint, on_ctx, reraise, ranks=None, attempt=None,
+             submission=""):
+    from jobs.runtime.context import Interrupted, RunContext, UpstreamRun     # torch: only where a run executes
     run_id = run_dir.run_id
     main = ranks is None or ranks.rank == 0
     world = 1 if ranks is None else ranks.world_size
@@ -154,14 +184,16 @@ def _attempt(sweep_dir, run_dir, deadline, margin_s, device, checkpoint, on_ctx,
     outcome, detail = FAILED, ""
     try:
         meta = run_dir.read_config()
+        upstream = {stage: UpstreamRun(stage, record, sweep_dir.runs) for stage, record in (meta.get("upstream") or {}).items()}
         ctx = RunContext(run_dir.path, meta["config"], run_id=run_id, device=device, checkpoint=checkpoint or {},
                          deadline=deadline, margin_s=margin_s, manifest=sweep_dir.manifest, attempt=attempt,
+                         upstream=upstream,
                          **({} if ranks is None else {"rank": ranks.rank, "local_rank": ranks.local_rank,
                                                       "world_size": world}))
         if on_ctx:
             on_ctx(ctx)
-        task = importlib.import_module(f"models.{meta['task']}")
-        metrics = task.train(meta["config"], ctx)
+        train = load_task(meta["task"], sweep_dir, submission)
+        metrics = train(tasks.nest(meta["config"]), ctx)
         if main:
             ended = time.time()
             wall = sum(a.get("ended", a["started"]) - a["started"]
@@ -292,6 +324,7 @@ class PackJob:
     # (a module-level function, so the job pickles it by name): chain_submit(sweep_dir, pack_job) -> job id
     chain_submit: object = None
     world_size: int = 1              # processes per run: nodes x tasks_per_node (> 1: a distributed run)
+    needs: list = field(default_factory=list)   # upstream runs (of an earlier stage) that must be done first
 
     def __call__(self) -> dict:
         started = time.time()
@@ -308,7 +341,7 @@ class PackJob:
                     continue
                 outcomes[rid] = run_any(self.sweep_dir, rid, world_size=self.world_size, stop=stop,
                                         deadline=deadline, margin_s=self.margin_s, gpus=self.gpus, cpus=self.cpus,
-                                        checkpoint=self.checkpoint, reraise=self.reraise)
+                                        checkpoint=self.checkpoint, reraise=self.reraise, submission=self.submission)
                 stop.detach()
                 if outcomes[rid] == INTERRUPTED:
                     stop.requested = True    # out of time: start no further run in this attempt

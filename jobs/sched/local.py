@@ -81,10 +81,26 @@ def drive(sweep_dir: SweepDir, submission: str) -> None:
 
     def record(event, **kw):
         sweep_dir.append_journal({"event": event, "submission": submission, "time": now_iso(), **kw})
+    def done(run_id):
+        return sweep_dir.run(run_id).result.exists()
+
     try:
         while (queue or running) and not stopping:
-            while queue and len(running) < parallel:
-                i, pack, chain = queue.pop(0)
+            # a pack of a later stage starts once the upstream runs it needs are done; it is blocked
+            # when one of them ended without a result and no job of this driver will run it again
+            coming = {r for _, p, _ in queue for r in p.run_ids} | {r for _, _, p, _ in running.values() for r in p.run_ids}
+            for item in list(queue):
+                if len(running) >= parallel:
+                    break
+                i, pack, chain = item
+                waiting = [u for u in pack.needs if not done(u)]
+                if waiting and not set(waiting) & coming:
+                    queue.remove(item)
+                    record("blocked", pack=i, runs=pack.run_ids, needs=waiting)
+                    continue
+                if waiting:
+                    continue
+                queue.remove(item)
                 job = ex.submit(pack)
                 running[job.job_id] = (job, i, pack, chain)
                 record("job", job_id=job.job_id, pack=i, runs=pack.run_ids, chain=chain)

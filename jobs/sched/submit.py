@@ -32,6 +32,7 @@ from pathlib import Path
 
 from filelock import FileLock
 
+import jobs.spec.tasks as tasks
 from jobs.sched import local, slurm
 from jobs.sched.packing import pack_job
 from jobs.spec.settings import Checkpoint, Resources
@@ -46,12 +47,15 @@ class SubmitError(Exception):
     pass
 
 
-def resources_of(sweep) -> Resources:
-    return Resources.model_validate(sweep.spec.get("resources") or {})
+def resources_of(sweep, stage=None) -> Resources:
+    """The resources of `stage` (a Stage; default the first), the sweep-wide ones merged in."""
+    stage = stage or sweep.stages[0]
+    return Resources.model_validate(stage.spec.get("resources") or {})
 
 
-def checkpoint_of(sweep) -> Checkpoint:
-    return Checkpoint.model_validate(sweep.spec.get("checkpoint") or {})
+def checkpoint_of(sweep, stage=None) -> Checkpoint:
+    stage = stage or sweep.stages[0]
+    return Checkpoint.model_validate(stage.spec.get("checkpoint") or {})
 
 
 def default_executor() -> str:
@@ -67,25 +71,38 @@ def prepare(sweep, sweep_dir: SweepDir, submission: str) -> None:
     atomic.write_yaml(sweep_dir.spec, sweep.spec)
     atomic.write_json(sweep_dir.plan, {
         "name": sweep.name, "task": sweep.task, "spec": str(sweep.path), "submission": submission,
-        "runs": [{"run_id": r.run_id, "label": r.label, "config": r.config, "varied": r.varied} for r in sweep.runs]})
+        "stages": [{"name": st.name, "task": st.task, "after": st.after, "from_manifest": st.from_manifest,
+                    "runs": len(st.runs)} for st in sweep.stages],
+        "runs": [{"run_id": r.run_id, "label": r.label, "config": r.config, "varied": r.varied, "stage": r.stage,
+                  "task": r.task, **({"upstream": r.upstream} if r.upstream else {})} for r in sweep.runs]})
     version, diff = code_version()
+    version["tasks"] = snapshot_tasks(sweep, sweep_dir, submission)
     atomic.write_json(sweep_dir.code_version(submission), version)
     if diff:
         atomic.write_text(sweep_dir.code_diff(submission), diff)
     for r in sweep.runs:
-        sweep_dir.write_run_config(r, sweep.task)
+        sweep_dir.write_run_config(r, r.task, stage=r.stage, **({"upstream": r.upstream} if r.upstream else {}))
+
+
+UNTRACKED_MAX_BYTES = 1 << 20      # an untracked file larger than this is named in the diff, not copied
 
 
 def code_version():
-    """(git commit, dirty flag, package versions) and the diff of a dirty tree."""
+    """(git commit, dirty flag, package versions) and the diff of a dirty tree, untracked files included."""
     def git(*args):
         try:
             return subprocess.run(["git", *args], cwd=REPO, capture_output=True, text=True, timeout=30).stdout
         except (OSError, subprocess.TimeoutExpired):
             return ""
     commit = git("rev-parse", "HEAD").strip() or None
-    dirty = bool(git("status", "--porcelain", "--untracked-files=no").strip())
+    dirty = bool(git("status", "--porcelain").strip())
     diff = git("diff", "HEAD") if dirty else ""
+    for name in git("ls-files", "--others", "--exclude-standard").splitlines():
+        path = REPO / name
+        if path.is_file() and path.stat().st_size <= UNTRACKED_MAX_BYTES:
+            diff += git("diff", "--no-index", "--", "/dev/null", name)
+        elif path.is_file():
+            diff += f"# untracked, {path.stat().st_size} bytes, not copied: {name}\n"
     packages = {}
     for p in PACKAGES:
         try:
@@ -94,6 +111,19 @@ def code_version():
             packages[p] = None
     return {"commit": commit, "dirty": dirty, "python": sys.version.split()[0], "packages": packages,
             "host": socket.gethostname(), "time": now_iso()}, diff
+
+
+def snapshot_tasks(sweep, sweep_dir, submission) -> dict:
+    """Copy each task file that lives outside the repository's models/ into code/<submission>/ (the job
+    imports that copy); ref -> {file, sha256} of every task of the sweep."""
+    out = {}
+    for stage in sweep.stages:
+        ref = tasks.resolve(stage.task, Path(sweep.path).resolve().parent)
+        data = ref.file.read_bytes()
+        out[stage.task] = {"file": str(ref.file), "sha256": hashlib.sha256(data).hexdigest()}
+        if ref.kind == "file":
+            atomic.write_bytes(sweep_dir.code_snapshot(submission) / ref.file.name, data)
+    return out
 
 
 # ---------------------------------------------------------------- what is in flight
@@ -121,16 +151,34 @@ def live_runs(sweep_dir: SweepDir, entries=None, sacct=None) -> dict:
     return live
 
 
+BROKEN = (RunState.FAILED, RunState.CORRUPT, RunState.BLOCKED)
+
+
 def states(sweep, sweep_dir: SweepDir) -> dict:
-    """run_id -> RunState of every run of the sweep. Reads the sweep dir and the scheduler; writes nothing."""
+    """run_id -> RunState of every run of the sweep. Reads the sweep dir and the scheduler; writes nothing.
+
+    A downstream run whose upstream run failed (or is itself blocked, or is unfinished with nothing
+    running it) is `blocked`, not failed: its own code never ran."""
     entries = sweep_dir.read_journal()
     live = live_runs(sweep_dir, entries)
     killed = scheduler_failures(sweep_dir, entries)
     out = {}
-    for r in sweep.runs:
+    for r in sweep.runs:              # stage by stage: an upstream's state is known before its downstream's
         state = sweep_dir.run(r.run_id).state(r.run_id in live)
-        out[r.run_id] = RunState.FAILED if r.run_id in killed and state != RunState.DONE else state
+        if r.run_id in killed and state != RunState.DONE:
+            state = RunState.FAILED
+        if state not in (RunState.DONE, RunState.CORRUPT) and _held_up(r, out, live):
+            state = RunState.BLOCKED
+        out[r.run_id] = state
     return out
+
+
+def _held_up(run, known, live) -> bool:
+    for up in run.upstream.values():
+        st = known.get(up["run_id"])          # None: a registered checkpoint of another sweep
+        if st in BROKEN or (st == RunState.PENDING and run.run_id not in live):
+            return True
+    return False
 
 
 def scheduler_failures(sweep_dir: SweepDir, entries=None) -> dict:
@@ -185,33 +233,85 @@ def submit(sweep, sweep_dir: SweepDir, *, job_class, executor=None, force=(), re
             raise SubmitError("cannot --force runs that are in flight: " + ", ".join(r.label for r in busy)
                               + " (cancel them first)")
         for r in forced:
-            _set_aside(sweep_dir, r, sweep.task)
+            _set_aside(sweep_dir, r)
             run_states[r.run_id] = RunState.NEW
         wanted = {RunState.NEW, RunState.PENDING, RunState.CORRUPT} | ({RunState.FAILED} if retry_failed else set())
-        todo = [r for r in sweep.runs if run_states[r.run_id] in wanted]
+        todo = _todo(sweep, run_states, wanted)
         counts = count(run_states.values())
-        skipped = {s: n for s, n in counts.items() if s not in wanted or s == RunState.IN_FLIGHT}
+        going = {r.run_id for r in todo}
+        skipped = count(st for rid, st in run_states.items() if rid not in going)
         if not todo:
-            log(f"nothing to submit: {describe(counts)}")
+            log(f"nothing to submit: {describe(counts)}" + _hint(counts, retry_failed))
             return {}
-        res = resources_of(sweep)
-        packs = [[r.run_id for r in todo[i:i + res.pack]] for i in range(0, len(todo), res.pack)]
+        waves = _waves(sweep, todo)
         entry = {"event": "submit", "submission": submission, "time": now_iso(), "executor": executor,
-                 "host": socket.gethostname(), "runs": [r.run_id for r in todo], "packs": packs,
+                 "host": socket.gethostname(), "runs": [r.run_id for r in todo],
+                 "packs": [pack for _, packs in waves for pack in packs],
                  "force": [r.run_id for r in forced], "code": str(sweep_dir.code_version(submission).relative_to(sweep_dir.path)),
                  "spec_sha256": hashlib.sha256(json.dumps(sweep.spec, sort_keys=True, default=str).encode()).hexdigest()}
         if executor == "local":
-            jobs = [pack_job(job_class, sweep_dir, pack, res, checkpoint_of(sweep), "local") for pack in packs]
-            entry["driver_pid"] = local.start_driver(sweep_dir, submission, jobs, res.parallel_jobs("local"),
-                                                     res.max_chain)
+            jobs = [_job(job_class, sweep, sweep_dir, stage, pack, "local", submission) for stage, packs in waves for pack in packs]
+            entry["driver_pid"] = local.start_driver(sweep_dir, submission, jobs,
+                                                     max(resources_of(sweep, st).parallel_jobs("local") for st, _ in waves),
+                                                     max(resources_of(sweep, st).max_chain for st, _ in waves))
         elif executor == "slurm":
-            entry.update(_submit_slurm(job_class, sweep, sweep_dir, submission, packs, profile))
+            entry.update(_submit_slurm(job_class, sweep, sweep_dir, submission, waves, profile))
         sweep_dir.append_journal(entry)
-        log(f"submitted {len(todo)} runs in {len(packs)} jobs ({executor}) as {submission}"
+        log(f"submitted {len(todo)} runs in {len(entry['packs'])} jobs ({executor}) as {submission}"
+            + (f" ({', '.join(f'{st.name}: {sum(map(len, packs))}' for st, packs in waves)})" if len(sweep.stages) > 1 else "")
             + (f"; skipped {describe(skipped)}" if skipped else ""))
     if executor == "debug":
-        _run_debug(job_class, sweep, sweep_dir, submission, packs, log)
+        _run_debug(job_class, sweep, sweep_dir, submission, waves, log)
     return entry
+
+
+def _todo(sweep, run_states, wanted) -> list:
+    """The runs to submit now, stage by stage. A blocked run goes too once every upstream run of
+    it is done, in flight, or submitted now (resume after fixing the upstream: fresh dependencies)."""
+    todo, going = [], set()
+    for r in sweep.runs:
+        state = run_states[r.run_id]
+        ready = all(run_states.get(u["run_id"]) in (None, RunState.DONE, RunState.IN_FLIGHT) or u["run_id"] in going
+                    for u in r.upstream.values())
+        if (state in wanted and ready) or (state == RunState.BLOCKED and ready):
+            todo.append(r)
+            going.add(r.run_id)
+    return todo
+
+
+def _waves(sweep, todo) -> list:
+    """[(stage, packs)] in stage order; a stage's packs hold runs that wait on the same upstream runs."""
+    out = []
+    for st in sweep.stages:
+        runs = [r for r in todo if r.stage == st.name]
+        if not runs:
+            continue
+        size = resources_of(sweep, st).pack
+        groups = {}
+        for r in runs:
+            groups.setdefault(tuple(sorted(u["run_id"] for u in r.upstream.values())), []).append(r.run_id)
+        out.append((st, [g[i:i + size] for g in groups.values() for i in range(0, len(g), size)]))
+    return out
+
+
+def _needs(sweep, pack) -> list:
+    """The in-sweep upstream runs a pack's runs wait for."""
+    ids = set(pack)
+    return sorted({u["run_id"] for r in sweep.runs if r.run_id in ids for u in r.upstream.values() if "run_dir" not in u})
+
+
+def _job(job_class, sweep, sweep_dir, stage, pack, executor, submission=""):
+    job = pack_job(job_class, sweep_dir, pack, resources_of(sweep, stage), checkpoint_of(sweep, stage), executor)
+    job.needs, job.submission = _needs(sweep, pack), submission
+    return job
+
+
+def _hint(counts, retry_failed) -> str:
+    if counts.get(RunState.FAILED) and not retry_failed:
+        return "; add --retry-failed to rerun the failed ones"
+    if counts.get(RunState.BLOCKED):
+        return "; the blocked runs wait on failed upstream runs: --retry-failed reruns those, then them"
+    return ""
 
 
 def _resolve_force(sweep, force):
@@ -224,12 +324,12 @@ def _resolve_force(sweep, force):
     return out
 
 
-def _set_aside(sweep_dir, run, task):
+def _set_aside(sweep_dir, run):
     """Move a forced run's old dir aside (never deleted) and start it anew."""
     run_dir = sweep_dir.run(run.run_id)
     if run_dir.path.exists():
         os.replace(run_dir.path, run_dir.set_aside_name(f"{datetime.now(timezone.utc):%Y%m%d-%H%M%S}"))
-    sweep_dir.write_run_config(run, task)
+    sweep_dir.write_run_config(run, run.task, stage=run.stage, **({"upstream": run.upstream} if run.upstream else {}))
 
 
 def count(values) -> dict:
@@ -243,37 +343,64 @@ def describe(counts) -> str:
     return ", ".join(f"{n} {s}" for s, n in sorted(counts.items())) or "no runs"
 
 
-def _submit_slurm(job_class, sweep, sweep_dir, submission, packs, profile) -> dict:
-    """Submit the packs as job arrays: {cluster, job_ids (one per pack), since}."""
-    res, ckpt = resources_of(sweep), checkpoint_of(sweep)
-    job_res = slurm.resources_for(res, profile)
-    signal_delay = job_res.get("signal_delay_s") or int(ckpt.margin_s_for(job_res["time_min"]))
-    params = slurm.executor_params({**job_res, "signal_delay_s": signal_delay}, res, profile,
-                                   job_name=sweep.name, pack_size=len(packs[0]))
-    max_requeue = res.max_requeue if job_res["requeue"] else 0
-    jobs = []
-    for pack in packs:
-        job = pack_job(job_class, sweep_dir, pack, res.model_copy(update={"time_min": job_res["time_min"]}), ckpt, "slurm")
-        job.max_requeue, job.submission = max_requeue, submission
-        job.chain = {"params": params, "left": res.max_chain}
-        job.chain_submit = slurm.submit_chained
-        jobs.append(job)
+def _submit_slurm(job_class, sweep, sweep_dir, submission, waves, profile) -> dict:
+    """Submit every stage's packs as job arrays, downstream ones held by SLURM dependencies on the
+    upstream jobs (afterok; --kill-on-invalid-dep, so a failed upstream removes what waits on it)."""
     since = slurm.since_now()
-    try:
-        submitted = slurm.submit_packs(sweep_dir, jobs, params)
-    except Exception as e:          # sbatch refused: say what it said
-        raise SubmitError(f"sbatch failed: {e}")
-    return {"cluster": profile.name, "job_ids": [str(j.job_id) for j in submitted], "since": since}
+    holder = {}                                      # run_id -> the job (A_i) that runs it
+    for job in slurm.jobs_in(sweep_dir.read_journal()):
+        for run_id in job.runs:
+            holder[run_id] = job.job_id
+    live = live_runs(sweep_dir)
+    job_ids, calls = [], 0
+    for stage, packs in waves:
+        res, ckpt = resources_of(sweep, stage), checkpoint_of(sweep, stage)
+        job_res = slurm.resources_for(res, profile)
+        signal_delay = job_res.get("signal_delay_s") or int(ckpt.margin_s_for(job_res["time_min"]))
+        params = slurm.executor_params({**job_res, "signal_delay_s": signal_delay}, res, profile,
+                                       job_name=sweep.name if len(sweep.stages) == 1 else f"{sweep.name}.{stage.name}",
+                                       pack_size=len(packs[0]))
+        max_requeue = res.max_requeue if job_res["requeue"] else 0
+        by_deps = {}
+        for pack in packs:
+            needs = _needs(sweep, pack)
+            deps = tuple(sorted({holder[u] for u in needs
+                                 if u in holder and (u in live or u in {x for p in job_ids for x in p[1]})}))
+            job = pack_job(job_class, sweep_dir, pack, res.model_copy(update={"time_min": job_res["time_min"]}), ckpt, "slurm")
+            job.max_requeue, job.submission, job.needs = max_requeue, submission, needs
+            job.chain = {"params": params, "left": res.max_chain}
+            job.chain_submit = slurm.submit_chained
+            by_deps.setdefault(deps, []).append(job)
+        for deps, jobs in by_deps.items():
+            group_params = dict(params)
+            if deps:
+                group_params["dependency"] = "afterok:" + ":".join(deps)
+                group_params["additional_parameters"] = {**params["additional_parameters"], "kill_on_invalid_dep": "yes"}
+            try:
+                submitted = slurm.submit_packs(sweep_dir, jobs, group_params)
+            except Exception as e:          # sbatch refused: say what it said
+                raise SubmitError(f"sbatch failed: {e}")
+            calls += 1
+            for job, sub in zip(jobs, submitted):
+                for run_id in job.run_ids:
+                    holder[run_id] = str(sub.job_id)
+                job_ids.append((str(sub.job_id), job.run_ids))
+    # the journal's packs are in wave order, as job_ids are
+    order = {tuple(p): jid for jid, p in job_ids}
+    return {"cluster": profile.name, "job_ids": [order[tuple(p)] for _, packs in waves for p in packs], "since": since}
 
 
-def _run_debug(job_class, sweep, sweep_dir, submission, packs, log):
+def _run_debug(job_class, sweep, sweep_dir, submission, waves, log):
     import submitit
-    res, ckpt = resources_of(sweep), checkpoint_of(sweep)
     ex = submitit.DebugExecutor(folder=sweep_dir.logs)
-    for i, pack in enumerate(packs):
-        job = ex.submit(pack_job(job_class, sweep_dir, pack, res, ckpt, "debug"))
-        out = job.result()
-        log(f"pack {i + 1}/{len(packs)}: " + ", ".join(f"{o}" for o in out["outcomes"].values()))
+    for stage, packs in waves:
+        for i, pack in enumerate(packs):
+            job = _job(job_class, sweep, sweep_dir, stage, pack, "debug", submission)
+            if not all(sweep_dir.run(u).result.exists() for u in job.needs):
+                log(f"{stage.name} pack {i + 1}/{len(packs)}: blocked (an upstream run did not finish)")
+                continue
+            out = ex.submit(job).result()
+            log(f"{stage.name} pack {i + 1}/{len(packs)}: " + ", ".join(f"{o}" for o in out["outcomes"].values()))
     sweep_dir.append_journal({"event": "driver_end", "submission": submission, "time": now_iso()})
 
 

@@ -25,15 +25,20 @@ import yaml
 from pydantic import ValidationError
 
 import jobs.spec.figures as figures
+import jobs.spec.tasks as tasks
 from jobs.spec.errors import SpecError, did_you_mean
 from jobs.spec.settings import Checkpoint, Resources, Sbatch, known_keys, settings_error
 
 REPO = Path(__file__).resolve().parent.parent.parent
-MODELS_DIR = REPO / "models"
+MODELS_DIR = tasks.MODELS_DIR
 DEFAULT_MAX_RUNS = 10_000
 
 TOP_KEYS = ("name", "task", "extends", "description", "base", "grid", "zip", "seeds", "random",
             "include", "exclude", "resources", "checkpoint", "analysis", "max_runs")
+# a pipeline: `stages:` instead of the single sweep's keys; resources / checkpoint are every stage's defaults
+PIPELINE_KEYS = ("name", "extends", "description", "stages", "resources", "checkpoint", "analysis", "max_runs")
+STAGE_KEYS = ("name", "task", "after", "from_manifest", "description", "base", "grid", "zip", "seeds", "random",
+              "include", "exclude", "resources", "checkpoint")
 # Sections a child spec merges key by key into its parent's; the rest replace wholesale.
 MERGED_SECTIONS = ("base", "grid", "resources", "checkpoint", "analysis")
 FORMS = ("range", "linspace", "logspace", "geomspace")
@@ -52,21 +57,41 @@ class Run:
     run_id: str
     label: str
     config: dict          # the full resolved config: task defaults overlaid with the spec's values
-    varied: dict          # the values of the keys that vary across the sweep
+    varied: dict          # the values of the keys that vary across the sweep (upstream stages' included)
+    task: str = ""
+    stage: str = ""       # the stage's name (a sweep without stages: the sweep's name)
+    # every ancestor stage -> {"run_id": ..., and for a registry checkpoint "run_dir", "step", "sha256"}
+    upstream: dict = field(default_factory=dict)
+
+
+@dataclass
+class Stage:
+    name: str
+    task: str
+    after: str | None     # the stage whose runs this one's are crossed with (None: a sweep of its own)
+    spec: dict            # the stage's own keys, with the sweep-wide resources / checkpoint merged in
+    runs: list
+    axes: dict
+    defaults: dict = field(default_factory=dict)
+    from_manifest: list = field(default_factory=list)
 
 
 @dataclass
 class Sweep:
     name: str
-    task: str
+    task: str             # the first stage's task
     path: Path
     spec: dict            # the resolved spec, `extends` merged in
-    runs: list
+    runs: list            # every stage's runs, stage by stage
     axes: dict            # varied key -> its distinct values, in order of appearance
     defaults: dict = field(default_factory=dict)
+    stages: list = field(default_factory=list)
 
     def by_label(self, label):
         return next((r for r in self.runs if r.label == label), None)
+
+    def stage_of(self, run) -> Stage:
+        return next(s for s in self.stages if s.name == run.stage)
 
 
 # ---------------------------------------------------------------- YAML with line numbers
@@ -74,9 +99,16 @@ class Sweep:
 class _Where:
     """Maps a key path such as ('grid', 'arch', 0, 'k') to the file and line it came from."""
 
-    def __init__(self):
-        self.lines = {}
+    def __init__(self, lines=None, prefix=()):
+        self.lines = {} if lines is None else lines
+        self.prefix = tuple(prefix)
         self.cap = DEFAULT_MAX_RUNS
+
+    def scoped(self, prefix) -> "_Where":
+        """The same file's lines, with every key path under `prefix` (a stage: ('stages', 2))."""
+        inner = _Where(self.lines, self.prefix + tuple(prefix))
+        inner.cap = self.cap
+        return inner
 
     def check_cap(self, count, path):
         """Refuse a form or an axis of more points than the sweep may have, before it is materialised."""
@@ -85,14 +117,14 @@ class _Where:
                              "(raise `max_runs:` in the spec or pass --max-runs)")
 
     def of(self, path):
-        path = tuple(path)
+        path = self.prefix + tuple(path)
         while path not in self.lines and path:
             path = path[:-1]
         return self.lines.get(path, (None, None))
 
     def error(self, path, message):
         file, line = self.of(path)
-        return SpecError(message, file, line, _dotted(path))
+        return SpecError(message, file, line, _dotted(self.prefix + tuple(path)))
 
 
 def _dotted(path):
@@ -198,28 +230,11 @@ def _merge(parent, child):
 
 # ---------------------------------------------------------------- the task's CONFIG
 
-def task_schema(task: str, models_dir: Path = MODELS_DIR):
-    """The task's (defaults, choices, file), read from models/<task>.py without importing it.
-
-    CONFIG and CHOICES are literal dicts, read with ast.literal_eval: `plan` on a login node
-    then needs neither torch nor a GPU, and stays fast.
-    """
-    file = Path(models_dir) / f"{task}.py"
-    if not file.is_file():
-        known = sorted(p.stem for p in Path(models_dir).glob("*.py") if not p.stem.startswith("_"))
-        raise LookupError(f"no task {task!r}: {file} does not exist{did_you_mean(task, known)}")
-    tree = ast.parse(file.read_text(encoding="utf-8"), str(file))
-    found = {}
-    for stmt in tree.body:
-        if isinstance(stmt, ast.Assign) and len(stmt.targets) == 1 \
-                and isinstance(stmt.targets[0], ast.Name) and stmt.targets[0].id in ("CONFIG", "CHOICES"):
-            try:
-                found[stmt.targets[0].id] = ast.literal_eval(stmt.value)
-            except ValueError:
-                raise LookupError(f"{file}:{stmt.lineno}: {stmt.targets[0].id} must be a literal dict")
-    if not isinstance(found.get("CONFIG"), dict):
-        raise LookupError(f"{file}: declares no literal `CONFIG = {{...}}` dict of its keys and defaults")
-    return found["CONFIG"], found.get("CHOICES", {}), file
+def task_schema(task: str, models_dir: Path = MODELS_DIR, spec_dir: Path = Path(".")):
+    """The task's (defaults, choices, source file), read without importing it (jobs/spec/tasks.py)."""
+    ref = tasks.resolve(task, spec_dir, models_dir)
+    defaults, choices = tasks.schema(ref)
+    return defaults, choices, ref.file
 
 
 def _coerce(key, value, defaults, choices, where, path):
@@ -569,32 +584,127 @@ def format_value(v):
 
 # ---------------------------------------------------------------- the whole spec
 
-def load_sweep(path, *, models_dir=MODELS_DIR, max_runs=None) -> Sweep:
-    """The sweep a spec file means: every run with its id, label and full config."""
+def load_sweep(path, *, models_dir=MODELS_DIR, max_runs=None, registry=None) -> Sweep:
+    """The sweep a spec file means: every run with its id, label and full config, stage by stage.
+
+    `registry`: name -> entry of the checkpoint registry (checkpoints_manifest.yaml), for stages
+    that take `from_manifest:`; the CLI passes it (this layer reads no file but the spec).
+    """
     path = Path(path)
     where = _Where()
     spec = _read_with_extends(path, where)
+    pipeline = "stages" in spec
     for key in spec:
-        if key not in TOP_KEYS:
-            raise where.error((key,), f"unknown key{did_you_mean(key, TOP_KEYS)}")
+        if key not in (PIPELINE_KEYS if pipeline else TOP_KEYS):
+            hint = (" (a spec with `stages:` takes the run keys inside each stage)" if pipeline and key in TOP_KEYS
+                    else did_you_mean(key, PIPELINE_KEYS if pipeline else TOP_KEYS))
+            raise where.error((key,), f"unknown key{hint}")
 
     name = spec.get("name", path.stem)
     if not isinstance(name, str) or not SAFE_NAME.match(name):
         raise where.error(("name",), f"{name!r} is not a safe sweep name: use letters, digits, '_', '.', "
                           "'+', '-' (64 at most), as it names a directory and jobs")
     spec["name"] = name
-    task = spec.get("task")
-    if not isinstance(task, str) or not TASK_NAME.match(task):
-        raise where.error(("task",), f"expected the name of a module in models/, got {task!r}")
-    try:
-        defaults, choices, _ = task_schema(task, models_dir)
-    except LookupError as e:
-        raise where.error(("task",), str(e))
-
     cap = max_runs if max_runs is not None else spec.get("max_runs", DEFAULT_MAX_RUNS)
     if not (isinstance(cap, int) and not isinstance(cap, bool) and cap >= 1):
         raise where.error(("max_runs",), f"expected a positive integer, got {cap!r}")
     where.cap = cap
+
+    if not pipeline:
+        stage = _stage(name, spec, where, models_dir, upstream=None, spec_dir=path.resolve().parent)
+        _check_sections(spec, where)
+        return Sweep(name, stage.task, path, spec, stage.runs, stage.axes, stage.defaults, [stage])
+
+    stages_raw = spec["stages"]
+    if not isinstance(stages_raw, list) or not stages_raw:
+        raise where.error(("stages",), "expected a list of stages, each a mapping with at least `name` and `task`")
+    _check_sections({k: spec[k] for k in ("resources", "checkpoint", "analysis") if k in spec}, where)
+    stages, runs = [], []
+    for i, raw in enumerate(stages_raw):
+        at = where.scoped(("stages", i))
+        if not isinstance(raw, dict):
+            raise at.error((), "expected a mapping with at least `name` and `task`")
+        for key in raw:
+            if key not in STAGE_KEYS:
+                raise at.error((key,), f"unknown key{did_you_mean(key, STAGE_KEYS)}")
+        stage_name = raw.get("name")
+        if not isinstance(stage_name, str) or not SAFE_NAME.match(stage_name):
+            raise at.error(("name",), f"expected a stage name (letters, digits, '_', '.', '+', '-'), got {stage_name!r}")
+        if any(s.name == stage_name for s in stages):
+            raise at.error(("name",), f"two stages are named {stage_name!r}")
+        if "after" in raw and "from_manifest" in raw:
+            raise at.error(("from_manifest",), "a stage takes either `after:` (a stage of this spec) or "
+                           "`from_manifest:` (registered checkpoints), not both")
+        merged = dict(raw)
+        for section in ("resources", "checkpoint"):
+            if section in spec or section in raw:
+                merged[section] = {**(spec.get(section) or {}), **(raw.get(section) or {})}
+        upstream = None
+        if "after" in raw:
+            before = {s.name: s for s in stages}
+            if raw["after"] not in before:
+                raise at.error(("after",), f"no earlier stage named {raw['after']!r}"
+                               f"{did_you_mean(raw['after'], before)} (stages run in the order listed)")
+            upstream = [(r, {r.stage: {"run_id": r.run_id}, **r.upstream}) for r in before[raw["after"]].runs]
+        elif "from_manifest" in raw:
+            upstream = _registry_upstream(raw["from_manifest"], registry, at)
+        stage = _stage(stage_name, merged, at, models_dir, upstream, after=raw.get("after"), spec_dir=path.resolve().parent)
+        stage.from_manifest = [raw["from_manifest"]] if isinstance(raw.get("from_manifest"), str) else list(raw.get("from_manifest") or [])
+        _check_sections(merged, at)
+        stages.append(stage)
+        runs.extend(stage.runs)
+        if len(runs) > cap:
+            raise at.error((), f"the stages so far have {len(runs):,} runs, over the cap of {cap:,} "
+                           "(raise `max_runs:` in the spec or pass --max-runs)")
+    ids = {}
+    for r in runs:
+        if r.run_id in ids:
+            raise where.error(("stages",), f"stages {ids[r.run_id]!r} and {r.stage!r} resolve to the same run "
+                              f"({r.label or r.run_id}): give one of them a different value")
+        ids[r.run_id] = r.stage
+    axes = {}
+    for st in stages:
+        for k, v in st.axes.items():
+            axes.setdefault(k, v)
+    return Sweep(name, stages[0].task, path, spec, runs, axes, stages[0].defaults, stages)
+
+
+class _UpstreamRun:
+    """What a downstream stage needs of a registered checkpoint's run: its id, label and varied values."""
+
+    def __init__(self, entry):
+        self.run_id, self.label, self.stage = entry["run_id"], entry.get("label", ""), entry.get("stage", "upstream")
+        self.varied = dict(entry.get("varied") or {})
+        self.upstream = {}
+
+
+def _registry_upstream(names, registry, where):
+    names = [names] if isinstance(names, str) else names
+    if not isinstance(names, list) or not names or not all(isinstance(n, str) for n in names):
+        raise where.error(("from_manifest",), "expected a checkpoint name, or a list of them, "
+                          "as `main.py export` registered them")
+    out = []
+    for n in names:
+        entry = (registry or {}).get(n)
+        if entry is None:
+            known = sorted(registry or {})
+            raise where.error(("from_manifest",), f"no checkpoint named {n!r} in the registry"
+                              f"{did_you_mean(n, known)} (register one with `python main.py export`)")
+        run = _UpstreamRun(entry)
+        record = {"run_id": entry["run_id"], "run_dir": entry["run_dir"], "step": entry["step"],
+                  "sha256": entry["sha256"], "checkpoint": entry["path"], "name": n}
+        out.append((run, {run.stage: record}))
+    return out
+
+
+def _stage(name, spec, where, models_dir, upstream, after=None, spec_dir=Path(".")) -> Stage:
+    """One stage's runs (a sweep without stages is one stage); `upstream`: [(run, ancestry)] to cross with."""
+    try:
+        ref = tasks.resolve(spec.get("task"), spec_dir, models_dir)
+        defaults, choices = tasks.schema(ref)
+    except LookupError as e:
+        raise where.error(("task",), str(e))
+    task = ref.ref
 
     base = spec.get("base") or {}
     if not isinstance(base, dict):
@@ -618,24 +728,48 @@ def load_sweep(path, *, models_dir=MODELS_DIR, max_runs=None) -> Sweep:
             raise where.error(("base", sorted(clash)[0]),
                               f"{sorted(clash)[0]!r} is both fixed in base and varied by {a.name!r}")
 
-    count = math.prod(len(a.points) for a in axes)
-    if count > cap:
-        raise where.error(("grid",), f"the grid has {count:,} points, over the cap of {cap:,} "
+    count = math.prod(len(a.points) for a in axes) * (len(upstream) if upstream else 1)
+    if count > where.cap:
+        raise where.error(("grid",), f"the grid has {count:,} points, over the cap of {where.cap:,} "
                           "(raise `max_runs:` in the spec or pass --max-runs)")
 
     _check_axis_values(axes, defaults, choices, where)
+    carried = {k: None for up, _ in (upstream or []) for k in up.varied}
     include = _filters(spec.get("include"), ("include",), where)
     exclude = _filters(spec.get("exclude"), ("exclude",), where)
     for fpath, patterns in ((("include",), include), (("exclude",), exclude)):
         for i, pat in enumerate(patterns):
             for k in pat:
-                if k not in defaults:
-                    raise where.error(fpath + (i, k), f"unknown key {k!r}{did_you_mean(k, defaults)}")
+                if k not in defaults and k not in carried:
+                    raise where.error(fpath + (i, k), f"unknown key {k!r}{did_you_mean(k, {**defaults, **carried})}")
 
     fixed = {**defaults, **base}
-    runs, axis_values = _expand(task, axes, fixed, defaults, include, exclude, where)
-    _check_sections(spec, where)
-    return Sweep(name, task, path, spec, runs, axis_values, defaults)
+    if upstream is None:
+        runs, axis_values = _expand(task, axes, fixed, defaults, include, exclude, where)
+        for r in runs:
+            r.task, r.stage = task, name
+        return Stage(name, task, None, spec, runs, axis_values, defaults)
+
+    own, own_axes = _expand(task, axes, fixed, defaults, [], [], where)
+    runs = []
+    for up, ancestry in upstream:
+        for r in own:
+            clash = set(r.varied) & set(up.varied)
+            if clash:
+                k = sorted(clash)[0]
+                raise where.error(("grid",), f"{k!r} varies in both this stage and stage {up.stage!r}: "
+                                  "give it another name in one of them")
+            merged = {**up.varied, **r.config}
+            if include and not any(_matches(merged, p) for p in include):
+                continue
+            if exclude and any(_matches(merged, p) for p in exclude):
+                continue
+            rid = hashlib.sha256(f"{r.run_id}|after|{up.stage}:{up.run_id}".encode()).hexdigest()[:12]
+            label = ",".join(x for x in (up.label, r.label) if x)
+            runs.append(Run(rid, label, r.config, {**up.varied, **r.varied}, task, name, dict(ancestry)))
+    if not runs:
+        raise where.error(("grid",), "the stage has no runs" + (" left after include/exclude" if include or exclude else ""))
+    return Stage(name, task, after, spec, runs, own_axes, defaults)
 
 
 def _distinct(values):
