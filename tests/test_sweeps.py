@@ -23,6 +23,8 @@ EXPECTED = {
     "neural_dag_sweep.yaml": 9 * 3,
     "neural_dag_smoke.yaml": 3 * 2 * 2,
     "neural_dag_notears.yaml": 3 * 3,
+    "cotformer_smoke.yaml": 1 + 2 + (6 + 11),
+    "cotformer_paper.yaml": 4 + 34,
 }
 
 
