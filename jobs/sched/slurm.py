@@ -30,7 +30,8 @@ REPO = Path(__file__).resolve().parent.parent.parent
 PROFILES = REPO / "env" / "clusters.yaml"
 SACCT_MIN_INTERVAL_S = 2.0     # status loops (--wait) ask often: sacct is asked at most this often
 # what a generated #SBATCH line may look like: a flag, and a value without blanks or shell syntax
-SBATCH_LINE = re.compile(r"^#SBATCH --[a-z][a-z0-9-]*(=[A-Za-z0-9_.:,%/@+\-=\[\]&|*]*)?$")
+# (submitit single-quotes a value holding [ ] & | *, e.g. a node list: the quotes are sbatch's, not a shell's)
+SBATCH_LINE = re.compile(r"^#SBATCH --[a-z][a-z0-9-]*(=[A-Za-z0-9_.:,%/@+\-=\[\]&|*]*|='[A-Za-z0-9_.:,%/@+\-=\[\]&|*]*')?$")
 TERMINAL = {"COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "NODE_FAIL", "OUT_OF_MEMORY", "PREEMPTED",
             "BOOT_FAIL", "DEADLINE", "REVOKED"}
 INFRASTRUCTURE = {"NODE_FAIL", "OUT_OF_MEMORY", "BOOT_FAIL", "PREEMPTED"}

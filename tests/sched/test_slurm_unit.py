@@ -105,3 +105,45 @@ def test_hostile_names_are_rejected(tmp_path):
         p.write_text(json.dumps({"name": name, "task": "resmlp"}))
         with pytest.raises(SpecError, match="not a safe sweep name"):
             load_sweep(p)
+
+
+GOLDEN = REPO / "tests" / "fixtures" / "sbatch_university_2nodes_4gpus.sh"
+
+
+def sbatch_for_distributed_run():
+    """The sbatch file of a 2-node x 4-GPU run (one process per GPU) on the university profile."""
+    from submitit.slurm.slurm import _make_sbatch_string
+    res = Resources(nodes=2, tasks_per_node=4, gpus=4, cpus=8, mem_gb=64, time_min=1440, partition="a100",
+                    sbatch={"mail_type": ["END", "FAIL"], "mail_user": "me@uni.edu", "exclude": "gpu[01-02]"})
+    profile = slurm.load_profile("university")
+    params = slurm.executor_params(slurm.resources_for(res, profile), res, profile, "cotformer.train")
+    text = _make_sbatch_string(command="python -u -m submitit.core._submit /sweeps/x/logs/%j",
+                               folder="/sweeps/x/logs/%j", **params)
+    return text.replace(str(REPO), "<repo>")
+
+
+def test_a_distributed_run_sbatch_file_matches_the_golden_one():
+    text = sbatch_for_distributed_run()
+    slurm.check_sbatch_text(text)
+    if os.environ.get("HPCSWEEP_UPDATE_GOLDEN"):
+        GOLDEN.write_text(text)
+    assert text == GOLDEN.read_text(), "regenerate with HPCSWEEP_UPDATE_GOLDEN=1 after checking the difference"
+    for line in ("#SBATCH --nodes=2", "#SBATCH --ntasks-per-node=4", "#SBATCH --gres=gpu:l4:4",
+                 "#SBATCH --cpus-per-task=8", "#SBATCH --partition=a100", "#SBATCH --time=1440",
+                 "#SBATCH --mail-type=END,FAIL", "#SBATCH --exclude='gpu[01-02]'"):
+        assert line in text, line
+    assert "srun --unbuffered" in text and "--kill-on-bad-exit=1" in text
+
+
+@pytest.mark.parametrize("sbatch, words", [
+    ({"mail_type": ["SOMETIMES"]}, "mail_type"),
+    ({"mail_user": "me; rm -rf ~"}, "e-mail"),
+    ({"exclude": "node1 node2"}, "node list"),
+    ({"account": "x"}, "unknown key"),
+])
+def test_extra_sbatch_options_are_checked(tmp_path, sbatch, words):
+    p = tmp_path / "s.yaml"
+    p.write_text(json.dumps({"task": "resmlp", "resources": {"sbatch": sbatch}}))
+    with pytest.raises(SpecError, match=words) as e:
+        load_sweep(p)
+    assert e.value.key.startswith("resources.sbatch")
