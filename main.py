@@ -5,7 +5,7 @@
     python main.py status sweeps/depth_ladder_digits.yaml        # what state each run is in
     python main.py aggregate sweeps/depth_ladder_digits.yaml     # tables and figures
 
-Run from the repository root. `python main.py COMMAND --help` says more.
+Run from the repository root, or anywhere as `hpcsweep` after `pip install -e .`; COMMAND --help says more.
 """
 from __future__ import annotations
 
@@ -18,6 +18,9 @@ from pathlib import Path
 from jobs import spec as specs
 from jobs.store import RunState, SweepDir
 
+# how the user runs us, for the commands our hints print: the console script or the file
+PROG = "hpcsweep" if Path(sys.argv[0]).name == "hpcsweep" else "python main.py"
+
 
 def _load(args):
     from jobs.store import registry
@@ -28,7 +31,8 @@ def _load(args):
         names = registry.read()
     except registry.RegistryError as e:
         raise specs.SpecError(str(e))
-    return specs.load_sweep(spec, max_runs=getattr(args, "max_runs", None), registry=names)
+    return specs.load_sweep(spec, max_runs=getattr(args, "max_runs", None), registry=names,
+                            overrides=getattr(args, "set", None) or ())
 
 
 # ---------------------------------------------------------------- plan
@@ -43,6 +47,7 @@ def cmd_plan(args) -> int:
     else:
         states = {}
     before = sweep_dir.previous_plan() if exists else {}
+    changed = _changed_configs(sweep, sweep_dir) if exists else []
     now = {r.run_id for r in sweep.runs}
     changes = {"added": [r.run_id for r in sweep.runs if r.run_id not in before],
                "removed": [rid for rid in before if rid not in now],
@@ -55,7 +60,7 @@ def cmd_plan(args) -> int:
                "runs": [{"run_id": r.run_id, "label": r.label, "stage": r.stage, "config": r.config, "varied": r.varied,
                          **({"state": str(states[r.run_id])} if exists else {})} for r in sweep.runs]}
         if exists:
-            out["changes"] = changes
+            out["changes"] = {**changes, "config_changed": [r.run_id for r in changed]}
         json.dump(out, sys.stdout, indent=1, default=list)
         print()
         return 0
@@ -92,11 +97,33 @@ def cmd_plan(args) -> int:
         if exists:
             line += f"  {states[r.run_id]}"
         print(line)
+    if changed:
+        print(f"\n{len(changed)} runs ran with values the spec no longer resolves to (a task default changed?): "
+              + ", ".join(r.label or r.run_id for r in changed[:10]) + (" ..." if len(changed) > 10 else "")
+              + f"\n  their results describe what ran; rerun them with: {PROG} submit {_named(args)} --force "
+              + " ".join(r.run_id for r in changed[:10]))
     if exists and changes["removed"]:
         print(f"\nremoved since the last submit ({len(changes['removed'])}): "
               + ", ".join(before[rid] or rid for rid in changes["removed"][:20])
               + (" ..." if len(changes["removed"]) > 20 else ""))
     return 0
+
+
+def _changed_configs(sweep, sweep_dir) -> list:
+    """Runs whose frozen config.yaml differs from the config the spec resolves to now (a task's
+    default changed: run ids leave defaults out, so the id stayed while the values moved)."""
+    out = []
+    for r in sweep.runs:
+        run_dir = sweep_dir.run(r.run_id)
+        if not run_dir.config.exists():
+            continue
+        try:
+            frozen = run_dir.read_config()["config"]
+        except (OSError, ValueError, KeyError):
+            continue
+        if frozen != r.config:
+            out.append(r)
+    return out
 
 
 # ---------------------------------------------------------------- submit / resume / status / cancel / run
@@ -110,16 +137,19 @@ def _sweep_dir(args, sweep) -> SweepDir:
             profile_root = slurm.load_profile(getattr(args, "cluster", None)).root
         except slurm.ProfileError as e:
             raise specs.SpecError(str(e))
-    return SweepDir.under(args.root, sweep.name, profile_root)
+    return SweepDir.under(args.root, sweep.name, profile_root, spec=sweep.path)
 
 
 def _named(args) -> str:
     """How the user named the sweep, with the flags that locate it: repeated in every hint."""
+    import shlex
     out = [str(args.spec)]
     for flag in ("root", "cluster"):
         if getattr(args, flag, None):
             out += [f"--{flag}", str(getattr(args, flag))]
-    return " ".join(out)
+    for item in getattr(args, "set", None) or ():
+        out += ["--set", item]
+    return " ".join(shlex.quote(x) for x in out)
 
 
 def cmd_submit(args, retry_failed=False) -> int:
@@ -138,7 +168,7 @@ def cmd_submit(args, retry_failed=False) -> int:
     if args.wait:
         return _wait(sweep, sweep_dir, _named(args))
     if entry and entry.get("executor") != "debug":
-        print(f"watch it: python main.py status {_named(args)}")
+        print(f"watch it: {PROG} status {_named(args)}")
     return 0
 
 
@@ -168,15 +198,15 @@ def _wait(sweep, sweep_dir, named) -> int:
                 break
             time.sleep(1.0)
     except KeyboardInterrupt:
-        print(f"\nstopped waiting; the jobs keep running. Watch them: python main.py status {named}"
-              f" (or stop them: python main.py cancel {named})", file=sys.stderr)
+        print(f"\nstopped waiting; the jobs keep running. Watch them: {PROG} status {named}"
+              f" (or stop them: {PROG} cancel {named})", file=sys.stderr)
         return 130
     if tty:
         print(file=sys.stderr)
     unfinished = len(st) - counts.get(RunState.DONE, 0)
     if unfinished:
         print(f"{unfinished} of {len(st)} runs did not finish ({submit.describe(counts)})\n"
-              + progress.next_step(counts, named))
+              + progress.next_step(counts, named, PROG))
     return 1 if unfinished else 0
 
 
@@ -193,11 +223,12 @@ def cmd_status(args) -> int:
     sweep = _load(args)
     sweep_dir = _sweep_dir(args, sweep)
     if not sweep_dir.plan.exists():
-        print(f"{sweep.name}: not submitted yet ({sweep_dir} does not exist)\nnext: python main.py submit {_named(args)}")
+        print(f"{sweep.name}: not submitted yet ({sweep_dir} does not exist)\nnext: {PROG} submit {_named(args)}")
         return 0
     st = submit.states(sweep, sweep_dir)
-    failures = submit.scheduler_failures(sweep_dir)
-    rows = [progress.run_row(sweep_dir, r, st[r.run_id], failures.get(r.run_id, "")) for r in sweep.runs]
+    failures, notes = submit.scheduler_failures(sweep_dir), submit.scheduler_notes(sweep_dir)
+    rows = [progress.run_row(sweep_dir, r, st[r.run_id], failures.get(r.run_id, ""), notes.get(r.run_id, ""))
+            for r in sweep.runs]
     counts = submit.count(st.values())
     print(f"{sweep.name}: {len(rows)} runs: {submit.describe(counts)}")
     if len(sweep.stages) > 1:
@@ -213,7 +244,7 @@ def cmd_status(args) -> int:
     print(progress.table(shown, size.columns))
     if len(shown) < len(rows):
         print(f"... {len(rows) - len(shown)} more runs (--all shows every run)")
-    print(progress.next_step(counts, _named(args)))
+    print(progress.next_step(counts, _named(args), PROG))
     return 0
 
 
@@ -228,12 +259,19 @@ def cmd_run(args) -> int:
     from jobs.runtime import runner
     from jobs.sched import submit
     sweep = _load(args)
-    run = sweep.by_label(args.only) or next((r for r in sweep.runs if r.run_id == args.only), None)
-    if run is None:
-        labels = [r.label for r in sweep.runs]
-        print(f"error: no run labelled {args.only!r}{specs.did_you_mean(args.only, labels)}; "
-              f"`python main.py plan {_named(args)}` lists them", file=sys.stderr)
+    if args.only is None and len(sweep.runs) == 1:
+        matching = list(sweep.runs)
+    else:
+        matching = [r for r in sweep.runs if args.only is not None and _matches(r, args.only)]
+    if len(matching) != 1:
+        labels = [r.label or r.run_id for r in sweep.runs]
+        what = (f"{len(matching)} runs match {args.only!r} ({', '.join(r.label for r in matching[:5])}...)" if matching
+                else f"no run matches {args.only!r}{specs.did_you_mean(args.only, labels)}" if args.only
+                else f"the sweep has {len(sweep.runs)} runs: name one with --only")
+        print(f"error: {what}; `{PROG} plan {_named(args)}` lists them "
+              "(--only takes a run_id, a label, or key=value pairs in any order)", file=sys.stderr)
         return 2
+    run = matching[0]
     sweep_dir = _sweep_dir(args, sweep)
     submit.prepare(sweep, sweep_dir, submit.new_submission_id())
     res, ckpt = submit.resources_of(sweep), submit.checkpoint_of(sweep)
@@ -242,7 +280,11 @@ def cmd_run(args) -> int:
     outcome = runner.run_any(sweep_dir.path, run.run_id, world_size=res.world_size, stop=stop, gpus=res.gpus, cpus=res.cpus,
                              checkpoint=ckpt.for_context(), margin_s=ckpt.margin_s_for(res.time_min),
                              reraise=sys.stdin.isatty() and args.pdb)
-    print(f"{run.label or run.run_id}: {outcome} ({sweep_dir.run(run.run_id).path})")
+    run_dir = sweep_dir.run(run.run_id)
+    if outcome != "done" and run_dir.error.exists():
+        tail = run_dir.error.read_text(errors="replace").rstrip().splitlines()[-8:]
+        print("\n".join(["the run's error (" + str(run_dir.error) + "):"] + ["  " + line for line in tail]), file=sys.stderr)
+    print(f"{run.label or run.run_id}: {outcome} ({run_dir.path})")
     return 0 if outcome == "done" else 1
 
 
@@ -334,7 +376,7 @@ def cmd_aggregate(args) -> int:
 # ---------------------------------------------------------------- parser
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python main.py", description=__doc__.split("\n")[0],
+    p = argparse.ArgumentParser(prog=PROG, description=__doc__.split("\n")[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter,
                                 epilog="\n".join(__doc__.split("\n")[2:]))
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -342,17 +384,25 @@ def build_parser() -> argparse.ArgumentParser:
     def add(name, help_, func):
         sp = sub.add_parser(name, help=help_, description=help_)
         sp.set_defaults(func=func)
-        sp.add_argument("--root", help="where sweep dirs live (default: $HPCSWEEP_ROOT, else the root of the cluster profile named by --cluster or $HPCSWEEP_CLUSTER, else ./results)")
+        sp.add_argument("--root", help="where sweep dirs live (default: $HPCSWEEP_ROOT, else the root of the cluster profile named by --cluster or $HPCSWEEP_CLUSTER, else results/ at the top of the spec's git checkout, or beside the spec)")
         return sp
+
+    def set_arg(sp):
+        sp.add_argument("--set", action="append", metavar="KEY=VALUE",
+                        help="override the spec (repeatable): base.lr=0.01, resources.time_min=120, "
+                             "grid.seed=[1,2], stages.1.base.iterations=100; values are YAML")
 
     sp = add("plan", "show which runs a spec means (and their state if the sweep dir exists); submits nothing", cmd_plan)
     sp.add_argument("spec", help="a sweep spec, e.g. sweeps/depth_ladder_digits.yaml")
+    set_arg(sp)
+    sp.add_argument("--cluster", help="cluster profile whose root holds the sweep dir")
     sp.add_argument("--json", action="store_true", help="print an object with a `runs` list for scripts")
     sp.add_argument("--max-runs", type=int, help=f"cap on the number of runs (default: the spec's max_runs, else {specs.DEFAULT_MAX_RUNS:,})")
 
     def spec_arg(sp):
         sp.add_argument("spec", help="a sweep spec, e.g. sweeps/depth_ladder_digits.yaml")
         sp.add_argument("--max-runs", type=int, help="cap on the number of runs (default: the spec's max_runs)")
+        set_arg(sp)
 
     sp = add("submit", "submit every run that is neither done nor in flight; returns at once unless --wait", cmd_submit)
     spec_arg(sp)
@@ -371,14 +421,17 @@ def build_parser() -> argparse.ArgumentParser:
 
     sp = add("status", "counts by state and a table of runs: state, attempts, progress, elapsed, last error", cmd_status)
     spec_arg(sp)
+    sp.add_argument("--cluster", help="cluster profile whose root holds the sweep dir")
     sp.add_argument("--all", action="store_true", help="list every run, not only what fits the terminal")
 
     sp = add("cancel", "stop the sweep's jobs; runs checkpoint and can be resumed", cmd_cancel)
     spec_arg(sp)
+    sp.add_argument("--cluster", help="cluster profile whose root holds the sweep dir")
 
     sp = add("run", "run one run in this process (for debugging), results in the sweep dir", cmd_run)
     spec_arg(sp)
-    sp.add_argument("--only", required=True, metavar="LABEL", help="the run's label (or run_id), as `plan` prints it")
+    sp.add_argument("--only", metavar="RUN", help="the run: its run_id, its label, or key=value pairs in any order "
+                                                  "(method=bp,seed=1); not needed when the spec has one run")
     sp.add_argument("--pdb", action="store_true", help="post-mortem debugger on an exception (at a terminal)")
 
     sp = add("export", "register one run's checkpoint by name in checkpoints_manifest.yaml (for `from_manifest:`)", cmd_export)
@@ -407,6 +460,11 @@ def main(argv=None) -> int:
     except specs.SpecError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    except OSError as e:          # a full disk, a read-only or foreign sweep dir: say where, no traceback
+        where = f"{e.filename}: " if e.filename else ""
+        print(f"error: {where}{e.strerror or e} (free space, or write permission, is needed there; "
+              "nothing was left half-written)", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

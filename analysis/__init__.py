@@ -31,7 +31,7 @@ def sweep_dir_of(path, root=None) -> Path:
     if p.is_file():
         from jobs.spec import load_sweep
         name = load_sweep(p, registry=registry.read()).name
-        return SweepDir.under(root_dir(root), name).path
+        return SweepDir.under(root_dir(root, spec=p), name).path
     if not SweepDir(p).is_sweep_dir():
         raise FileNotFoundError(f"{p}: not a sweep dir (no spec.yaml, plan.json or runs/) nor a spec file")
     return p

@@ -82,13 +82,13 @@ def run_one(sdir, run_id, *, deadline=None, margin_s=60.0, gpus=0, cpus=0, check
     """Run (or resume) one single-process run to its end or its next interruption; the outcome."""
     sweep_dir = SweepDir(sdir)
     run_dir = sweep_dir.run(run_id)
-    if run_dir.result.exists():
+    if finished(run_dir):
         return DONE
     lock = RunLock(run_dir)
     if not lock.acquire():
         return BUSY                   # another job holds it: never run one run twice at once
     try:
-        if run_dir.result.exists():
+        if finished(run_dir):
             return DONE
         if cpus:
             limit_threads(cpus)
@@ -113,7 +113,7 @@ def run_rank(sdir, run_id, ranks, *, deadline=None, margin_s=60.0, gpus=0, cpus=
     distributed.init(ranks, device)
     lock = RunLock(run_dir) if ranks.rank == 0 else None
     try:
-        verdict = EXIT_CODES[DONE] if run_dir.result.exists() else 0
+        verdict = EXIT_CODES[DONE] if (ranks.rank == 0 and finished(run_dir)) else 0
         if lock is not None and not verdict and not lock.acquire():
             lock, verdict = None, EXIT_CODES[BUSY]
         verdict = distributed.broadcast_int(verdict, device)
@@ -125,6 +125,17 @@ def run_rank(sdir, run_id, ranks, *, deadline=None, margin_s=60.0, gpus=0, cpus=
         if lock is not None:
             lock.release()
         distributed.leave()
+
+
+def finished(run_dir) -> bool:
+    """A readable result.json: done. An unreadable one (a torn copy, a full disk) is moved aside and
+    the run goes on from its newest valid checkpoint."""
+    if not run_dir.result.exists():
+        return False
+    if run_dir.read_result() is not None:
+        return True
+    os.replace(run_dir.result, run_dir.corrupt_result(int(time.time())))
+    return False
 
 
 def limit_threads(cpus):
@@ -176,7 +187,7 @@ def _attempt(sweep_dir, run_dir, deadline, margin_s, device, checkpoint, on_ctx,
     if main:
         atomic.append_jsonl(run_dir.attempts, {
             "event": "start", "attempt": attempt, "job_id": job_id(), "host": socket.gethostname(),
-            "pid": os.getpid(), "started": started, **where}, lock=False)
+            "pid": os.getpid(), "started": started, "submission": submission, **where}, lock=False)
         if run_dir.error.exists():     # an earlier attempt's failure: keep it beside, start clean
             os.replace(run_dir.error, run_dir.error_of_attempt(attempt - 1))
     if world > 1:
@@ -219,7 +230,7 @@ def _attempt(sweep_dir, run_dir, deadline, margin_s, device, checkpoint, on_ctx,
     finally:
         if main:
             atomic.append_jsonl(run_dir.attempts, {
-                "event": "end", "attempt": attempt, "job_id": job_id(), "started": started,
+                "event": "end", "attempt": attempt, "job_id": job_id(), "started": started, "submission": submission,
                 "ended": time.time(), "outcome": outcome, **({"error": detail} if detail else {})}, lock=False)
     return outcome
 
@@ -325,6 +336,7 @@ class PackJob:
     chain_submit: object = None
     world_size: int = 1              # processes per run: nodes x tasks_per_node (> 1: a distributed run)
     needs: list = field(default_factory=list)   # upstream runs (of an earlier stage) that must be done first
+    fail_fast: int = 0               # start no run once this many of the submission failed alike (0: never)
 
     def __call__(self) -> dict:
         started = time.time()
@@ -339,6 +351,12 @@ class PackJob:
                 if stop.requested:
                     outcomes[rid] = INTERRUPTED
                     continue
+                why = failing_fast(SweepDir(self.sweep_dir), self.submission, self.fail_fast)
+                if why:
+                    atomic.append_jsonl(SweepDir(self.sweep_dir).run(rid).attempts, {
+                        "event": "skipped", "submission": self.submission, "time": time.time(), "reason": why}, lock=False)
+                    outcomes[rid] = Outcome.SKIPPED
+                    continue
                 outcomes[rid] = run_any(self.sweep_dir, rid, world_size=self.world_size, stop=stop,
                                         deadline=deadline, margin_s=self.margin_s, gpus=self.gpus, cpus=self.cpus,
                                         checkpoint=self.checkpoint, reraise=self.reraise, submission=self.submission)
@@ -348,9 +366,9 @@ class PackJob:
         left = [rid for rid, o in outcomes.items() if o == INTERRUPTED]
         if self.world_size > 1 and int(os.environ.get("SLURM_PROCID", "0")) != 0:
             return {"outcomes": outcomes, "unfinished": left}      # rank 0 requeues or chains for the run
-        if left and stop.signum == signal.SIGTERM and os.environ.get("SLURM_JOB_ID"):
-            # scancel, `scontrol requeue` or preemption: SLURM itself ends or requeues this job;
-            # requeuing or chaining here would run the runs again after a cancel
+        if left and stop.signum == signal.SIGTERM:
+            # a cancel (scancel, `main.py cancel`), `scontrol requeue` or preemption: the scheduler itself
+            # ends or requeues this job; requeuing or chaining here would run the runs again after a cancel
             return {"outcomes": outcomes, "unfinished": left}
         if left and self._may_requeue():
             requeue()
@@ -388,6 +406,25 @@ class PackJob:
             codes[rid] = p.exitcode
         by_code = {v: k for k, v in EXIT_CODES.items()}
         return {rid: by_code.get(code, FAILED) for rid, code in codes.items()}
+
+
+def failing_fast(sweep_dir, submission, threshold) -> str:
+    """Why no further run of `submission` should start ("" : go on): `threshold` of its runs already
+    failed with the same error (a bug that hits every run is found once, not run by run)."""
+    if not threshold or not submission:
+        return ""
+    runs = next((e.get("runs", []) for e in sweep_dir.read_journal()
+                 if e.get("event") == "submit" and e.get("submission") == submission), [])
+    seen = {}
+    for run_id in runs:
+        for a in sweep_dir.run(run_id).read_attempts():
+            if a.get("event") == "end" and a.get("submission") == submission and a.get("error"):
+                seen[a["error"]] = seen.get(a["error"], 0) + 1
+    error, n = max(seen.items(), key=lambda kv: kv[1], default=("", 0))
+    if n < threshold:
+        return ""
+    return (f"not started: {n} runs of submission {submission} failed with the same error ({error[:160]}); "
+            "fix it, then resume --retry-failed (resources.fail_fast sets how many)")
 
 
 def _child(sdir, rid, deadline, margin_s, gpus, cpus, checkpoint):

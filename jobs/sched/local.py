@@ -46,6 +46,13 @@ def driver_alive(pid: int, submission: str) -> bool:
         return False
 
 
+def process_alive(pid) -> bool:
+    try:
+        return psutil.Process(int(pid)).status() != psutil.STATUS_ZOMBIE
+    except (psutil.Error, ValueError, TypeError):
+        return False
+
+
 def cancel(entries, log=print) -> int:
     """SIGTERM every live local driver the journal names; how many."""
     ended = {e.get("submission") for e in entries if e.get("event") == "driver_end"}
@@ -121,7 +128,11 @@ def drive(sweep_dir: SweepDir, submission: str) -> None:
     finally:
         if stopping:
             for job, *_ in running.values():
-                job._interrupt()         # submitit's own USR2 to the job: each run checkpoints and stops
+                # SIGTERM to submitit's controller, which forwards it to the worker: each run checkpoints
+                # and stops without requeuing. (submitit's job._interrupt() sends USR2, which the
+                # controller does not forward: it dies and leaves the worker running, adopted by init.)
+                if job._process.poll() is None:
+                    job._process.send_signal(signal.SIGTERM)
             deadline = time.time() + STOP_WAIT_S
             while any(not j.done() for j, *_ in running.values()) and time.time() < deadline:
                 time.sleep(0.2)

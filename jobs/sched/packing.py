@@ -15,4 +15,5 @@ def pack_job(job_class, sweep_dir, run_ids, res: Resources, ckpt: Checkpoint, ex
     return job_class(str(sweep_dir.path), list(run_ids), time_min=float(res.time_min),
                      margin_s=ckpt.margin_s_for(res.time_min), gpus=res.gpus, cpus=res.cpus,
                      checkpoint=ckpt.for_context(), concurrent=res.pack_concurrent, max_requeue=max_requeue,
-                     reraise=executor == "debug" and sys.stdin.isatty(), world_size=res.world_size)
+                     reraise=executor == "debug" and sys.stdin.isatty(), world_size=res.world_size,
+                     fail_fast=res.fail_fast)

@@ -41,8 +41,9 @@ def last_json_line(path, tail_bytes=TAIL_BYTES):
         return None
 
 
-def run_row(sweep_dir, run, state, failure="") -> dict:
-    """One line of the status table; `failure`: what the scheduler says killed the run (not yet in its dir)."""
+def run_row(sweep_dir, run, state, failure="", note="") -> dict:
+    """One line of the status table; `failure`: what the scheduler says killed the run (not yet in its
+    dir); `note`: what it says stopped the run's last attempt (a time limit, a preemption)."""
     run_dir = sweep_dir.run(run.run_id)
     attempts = run_dir.read_attempts()
     starts = [a for a in attempts if a.get("event") == "start" and isinstance(a.get("started"), (int, float))]
@@ -64,8 +65,12 @@ def run_row(sweep_dir, run, state, failure="") -> dict:
         error = f"{run_dir.result} cannot be read; resume reruns the run from its newest valid checkpoint"
     elif last_end.get("error"):
         error = last_end["error"]
+    elif state == RunState.PENDING and attempts and attempts[-1].get("event") == "skipped":
+        error = attempts[-1].get("reason", "not started (fail fast)")
+    elif state == RunState.PENDING and note:
+        error = note
     elif state == RunState.PENDING and starts and not last_end:
-        error = f"attempt {starts[-1].get('attempt')} ended abruptly (killed, out of memory, node failure?)"
+        error = f"attempt {starts[-1].get('attempt')} ended abruptly (killed, out of memory, node failure?); resume goes on from its newest valid checkpoint"
     result = run_dir.read_result() if state == RunState.DONE else None
     if result and isinstance(result.get("wall_time_s"), (int, float)):
         elapsed = result["wall_time_s"]
@@ -120,19 +125,19 @@ class _Null:
         pass
 
 
-def next_step(counts, command) -> str:
+def next_step(counts, command, prog="python main.py") -> str:
     """One line saying what to do next, given the counts by state; `command` is how the user names the sweep
-    (e.g. "sweeps/x.yaml --root /scratch/me"), repeated in every hint."""
+    (e.g. "sweeps/x.yaml --root /scratch/me"), repeated in every hint; `prog` how they run hpcsweep."""
     if counts.get(RunState.FAILED):
         return (f"next: {counts[RunState.FAILED]} runs failed (see the error column and runs/<run_id>/error.txt); "
-                f"fix the cause, then: python main.py resume {command} --retry-failed")
+                f"fix the cause, then: {prog} resume {command} --retry-failed")
     if counts.get(RunState.CORRUPT):
-        return f"next: {counts[RunState.CORRUPT]} results are unreadable: python main.py resume {command} reruns them"
+        return f"next: {counts[RunState.CORRUPT]} results are unreadable: {prog} resume {command} reruns them"
     if counts.get(RunState.IN_FLIGHT):
-        return f"next: wait; python main.py status {command} again, or python main.py resume {command} --wait"
+        return f"next: wait; {prog} status {command} again, or {prog} resume {command} --wait"
     if counts.get(RunState.BLOCKED):
         return (f"next: {counts[RunState.BLOCKED]} runs wait on failed upstream runs: "
-                f"python main.py resume {command} --retry-failed")
+                f"{prog} resume {command} --retry-failed")
     if counts.get(RunState.PENDING) or counts.get(RunState.NEW):
-        return f"next: runs are unfinished and nothing is running them: python main.py resume {command}"
-    return f"next: every run is done: python main.py aggregate {command}"
+        return f"next: runs are unfinished and nothing is running them: {prog} resume {command}"
+    return f"next: every run is done: {prog} aggregate {command}"

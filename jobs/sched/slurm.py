@@ -323,8 +323,39 @@ def infrastructure_failures(sweep_dir: SweepDir, jobs, states) -> dict:
         elif started - ended:
             found[run_id] = (f"SLURM job {job_id} ended {state}: {INFRASTRUCTURE_WHY[state]}.\n"
                              f"{state} (infrastructure, not the task): job {job_id}; "
-                             "python main.py resume SPEC --retry-failed reruns it from its last checkpoint\n")
+                             "resume --retry-failed reruns it from its last checkpoint\n")
     return found
+
+
+STOPPED_WHY = {
+    "TIMEOUT": "hit its wall-clock limit before the run could checkpoint (raise checkpoint.margin_s or "
+               "resources.signal_delay_s if this repeats)",
+    "PREEMPTED": "was preempted",
+    "CANCELLED": "was cancelled",
+    "DEADLINE": "passed its deadline",
+}
+
+
+def interruptions(sweep_dir: SweepDir, jobs, states) -> dict:
+    """run_id -> what stopped its latest attempt, for runs whose job ended TIMEOUT / PREEMPTED /
+    CANCELLED while the run was in it and never wrote an end: resumable, so said, not failed."""
+    latest = {}
+    for job in jobs:
+        for run_id in job.runs:
+            latest[run_id] = job.job_id
+    out = {}
+    for run_id, job_id in latest.items():
+        state = states.get(job_id)
+        if state not in STOPPED_WHY:
+            continue
+        run_dir = sweep_dir.run(run_id)
+        attempts = run_dir.read_attempts()
+        started = [a for a in attempts if a.get("event") == "start" and a.get("job_id") == job_id]
+        ended = {a.get("attempt") for a in attempts if a.get("event") == "end"}
+        if started and started[-1].get("attempt") not in ended and not run_dir.result.exists():
+            out[run_id] = (f"job {job_id} {STOPPED_WHY[state]} ({state}) during attempt {started[-1].get('attempt')}; "
+                           "resume goes on from the run's newest valid checkpoint")
+    return out
 
 
 def is_live(state: str) -> bool:

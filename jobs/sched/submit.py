@@ -144,11 +144,25 @@ def live_runs(sweep_dir: SweepDir, entries=None, sacct=None) -> dict:
     for e in entries:
         if e.get("event") != "submit" or e.get("submission") in ended or e.get("executor") != "local":
             continue
-        if e.get("host") == socket.gethostname() and not local.driver_alive(e.get("driver_pid", -1), e["submission"]):
+        if e.get("host") == socket.gethostname() and not local.driver_alive(e.get("driver_pid", -1), e.get("submission", "")):
             continue
         for run_id in e.get("runs", []):
-            live[run_id] = e["submission"]
+            live[run_id] = e.get("submission")
     return live
+
+
+def held_runs(sweep_dir: SweepDir, run_ids) -> dict:
+    """run_id -> who holds its lock, for runs executing anywhere (a job, `main.py run`, the debug
+    executor): in flight whatever the journal says. A holder on this host whose process is gone is not."""
+    out = {}
+    for run_id in run_ids:
+        run_dir = sweep_dir.run(run_id)
+        if not run_dir.holder.exists():
+            continue
+        holder = run_dir.read_holder()
+        if holder and (holder.get("host") != socket.gethostname() or local.process_alive(holder.get("pid", -1))):
+            out[run_id] = holder
+    return out
 
 
 BROKEN = (RunState.FAILED, RunState.CORRUPT, RunState.BLOCKED)
@@ -161,6 +175,7 @@ def states(sweep, sweep_dir: SweepDir) -> dict:
     running it) is `blocked`, not failed: its own code never ran."""
     entries = sweep_dir.read_journal()
     live = live_runs(sweep_dir, entries)
+    live.update(held_runs(sweep_dir, [r.run_id for r in sweep.runs]))
     killed = scheduler_failures(sweep_dir, entries)
     out = {}
     for r in sweep.runs:              # stage by stage: an upstream's state is known before its downstream's
@@ -186,6 +201,13 @@ def scheduler_failures(sweep_dir: SweepDir, entries=None) -> dict:
     job that died before its run started) and whose run dirs do not say so yet. Reads only."""
     jobs = slurm.jobs_in(sweep_dir.read_journal() if entries is None else entries)
     return slurm.infrastructure_failures(sweep_dir, jobs, slurm.job_states(jobs)) if jobs else {}
+
+
+def scheduler_notes(sweep_dir: SweepDir, entries=None) -> dict:
+    """run_id -> what the scheduler says stopped a run's last attempt (TIMEOUT, preemption, cancel)
+    and what resume will do. Reads only."""
+    jobs = slurm.jobs_in(sweep_dir.read_journal() if entries is None else entries)
+    return slurm.interruptions(sweep_dir, jobs, slurm.job_states(jobs)) if jobs else {}
 
 
 def reconcile(sweep_dir: SweepDir) -> list:
@@ -230,8 +252,11 @@ def submit(sweep, sweep_dir: SweepDir, *, job_class, executor=None, force=(), re
         run_states = states(sweep, sweep_dir)
         busy = [r for r in forced if run_states[r.run_id] == RunState.IN_FLIGHT]
         if busy:
-            raise SubmitError("cannot --force runs that are in flight: " + ", ".join(r.label for r in busy)
-                              + " (cancel them first)")
+            holders = held_runs(sweep_dir, [r.run_id for r in busy])
+            said = [r.label or r.run_id for r in busy]
+            said = [f"{x} (held by pid {holders[r.run_id]['pid']} on {holders[r.run_id]['host']}: "
+                    f"{holders[r.run_id].get('command', '')[:80]})" if r.run_id in holders else x for x, r in zip(said, busy)]
+            raise SubmitError("cannot --force runs that are in flight: " + ", ".join(said) + " (cancel them first)")
         for r in forced:
             _set_aside(sweep_dir, r)
             run_states[r.run_id] = RunState.NEW

@@ -584,15 +584,19 @@ def format_value(v):
 
 # ---------------------------------------------------------------- the whole spec
 
-def load_sweep(path, *, models_dir=MODELS_DIR, max_runs=None, registry=None) -> Sweep:
+def load_sweep(path, *, models_dir=MODELS_DIR, max_runs=None, registry=None, overrides=()) -> Sweep:
     """The sweep a spec file means: every run with its id, label and full config, stage by stage.
 
     `registry`: name -> entry of the checkpoint registry (checkpoints_manifest.yaml), for stages
     that take `from_manifest:`; the CLI passes it (this layer reads no file but the spec).
+    `overrides`: ["base.lr=0.1", "stages.1.grid.k=[1, 2]", ...] (the CLI's --set), applied to the
+    spec before it is checked; values are YAML.
     """
     path = Path(path)
     where = _Where()
     spec = _read_with_extends(path, where)
+    for text in overrides:
+        _override(spec, text, where)
     pipeline = "stages" in spec
     for key in spec:
         if key not in (PIPELINE_KEYS if pipeline else TOP_KEYS):
@@ -667,6 +671,39 @@ def load_sweep(path, *, models_dir=MODELS_DIR, max_runs=None, registry=None) -> 
         for k, v in st.axes.items():
             axes.setdefault(k, v)
     return Sweep(name, stages[0].task, path, spec, runs, axes, stages[0].defaults, stages)
+
+
+def _override(spec, text, where):
+    """Apply one --set key.path=value (a YAML value) to the spec."""
+    key, sep, raw = text.partition("=")
+    if not sep or not key:
+        raise SpecError(f"--set {text!r}: expected key.path=value, e.g. base.lr=0.01 or resources.time_min=120")
+    try:
+        value = yaml.load(raw, Loader=_Loader) if raw.strip() else None
+    except yaml.YAMLError as e:
+        raise SpecError(f"--set {key}: the value {raw!r} is not YAML ({str(e).splitlines()[0]})")
+    parts, node, path = key.split("."), spec, []
+    while True:
+        part = parts.pop(0)
+        if isinstance(node, list):
+            if not part.isdigit() or int(part) >= len(node):
+                raise SpecError(f"--set {key}: {'.'.join(map(str, path)) or 'the spec'} has no item {part!r}")
+            part = int(part)
+        path.append(part)
+        if not parts:
+            break
+        if part in ("base", "grid") and isinstance(node, dict):
+            # inside base / grid the rest is one config key, dots and all (optim.lr)
+            node, part = node.setdefault(part, {}), ".".join(parts)
+            path.append(part)
+            break
+        node = node.setdefault(part, {}) if isinstance(node, dict) else node[part]
+        if not isinstance(node, (dict, list)):
+            raise SpecError(f"--set {key}: {'.'.join(map(str, path))} is a value, not a section")
+    if not isinstance(node, (dict, list)):
+        raise SpecError(f"--set {key}: {'.'.join(map(str, path[:-1]))} is a value, not a section")
+    node[part] = value
+    where.lines[tuple(path)] = (f"--set {key}", None)
 
 
 class _UpstreamRun:

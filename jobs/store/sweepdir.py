@@ -41,12 +41,21 @@ class Outcome(StrEnum):
     EXITED = "exited"            # the task called sys.exit / os._exit before returning
     BUSY = "busy"                # another process holds the run's lock
     CANCELLED = "cancelled"      # KeyboardInterrupt in-process
+    SKIPPED = "skipped"          # not started: the submission's runs were failing alike (resources.fail_fast)
 
 
-def root_dir(root=None, profile_root=None) -> Path:
-    """Where sweep dirs live: --root, else $HPCSWEEP_ROOT, else the cluster profile's root, else ./results."""
-    chosen = root or os.environ.get("HPCSWEEP_ROOT") or profile_root or DEFAULT_ROOT
-    return Path(os.path.expandvars(os.path.expanduser(str(chosen))))
+def root_dir(root=None, profile_root=None, spec=None) -> Path:
+    """Where sweep dirs live: --root, else $HPCSWEEP_ROOT, else the cluster profile's root, else
+    results/ of the project the spec file belongs to (the top of its git checkout, else its folder),
+    so a sweep is found whatever directory a command runs in; without a spec, ./results."""
+    chosen = root or os.environ.get("HPCSWEEP_ROOT") or profile_root
+    if chosen:
+        return Path(os.path.expandvars(os.path.expanduser(str(chosen))))
+    if spec is None:
+        return Path(DEFAULT_ROOT)
+    folder = Path(spec).resolve().parent
+    top = next((p for p in (folder, *folder.parents) if (p / ".git").exists()), folder)
+    return top / DEFAULT_ROOT
 
 
 def now_iso() -> str:
@@ -72,6 +81,15 @@ class RunDir:
     lock = property(lambda self: self.path / "run.lock")
     holder = property(lambda self: self.path / "run.lock.holder")     # who holds the lock (pid, host, command)
 
+    def corrupt_result(self, stamp) -> Path:
+        """Where an unreadable result.json is kept when the run is rerun."""
+        return self.path / f"result.corrupt-{stamp}.json"
+
+    def read_holder(self):
+        """Who holds the run's lock ({pid, host, job_id, command, since}), or None."""
+        holder = atomic.read_json(self.holder)
+        return holder if isinstance(holder, dict) else None
+
     def error_of_attempt(self, attempt: int) -> Path:
         return self.path / f"error.attempt{attempt}.txt"
 
@@ -80,7 +98,11 @@ class RunDir:
 
     def read_config(self) -> dict:
         """config.yaml: {run_id, label, task, varied, config, ...}. Raises on a missing or corrupt file."""
-        meta = yaml.safe_load(self.config.read_text(encoding="utf-8"))
+        try:
+            meta = yaml.safe_load(self.config.read_text(encoding="utf-8"))
+        except yaml.YAMLError as e:
+            raise ValueError(f"{self.config}: unreadable run config ({str(e).splitlines()[0]}); "
+                             "`submit --force` the run to write it anew") from None
         if not isinstance(meta, dict) or not isinstance(meta.get("config"), dict) or "task" not in meta:
             raise ValueError(f"{self.config}: not a run config (expected a mapping with task and config)")
         return meta
@@ -115,8 +137,8 @@ class SweepDir:
         self.path = Path(path)
 
     @classmethod
-    def under(cls, root, name, profile_root=None) -> "SweepDir":
-        return cls(root_dir(root, profile_root) / name)
+    def under(cls, root, name, profile_root=None, spec=None) -> "SweepDir":
+        return cls(root_dir(root, profile_root, spec) / name)
 
     def __repr__(self):
         return f"SweepDir({str(self.path)!r})"
