@@ -24,6 +24,7 @@ import traceback
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
+import psutil
 from filelock import FileLock, Timeout
 
 import jobs.spec.tasks as tasks
@@ -65,6 +66,7 @@ class RunLock:
         except Timeout:
             return False
         atomic.write_json(self.run_dir.holder, {"pid": os.getpid(), "host": socket.gethostname(),
+                                                "process_started": psutil.Process().create_time(),
                                                 "job_id": job_id(), "command": " ".join(sys.argv)[:300],
                                                 "since": now_iso()})
         return True

@@ -46,9 +46,11 @@ def driver_alive(pid: int, submission: str) -> bool:
         return False
 
 
-def process_alive(pid) -> bool:
+def process_alive(pid, started=None) -> bool:
+    """Is `pid` a live process (not a zombie), and, given its start time, still the same process?"""
     try:
-        return psutil.Process(int(pid)).status() != psutil.STATUS_ZOMBIE
+        proc = psutil.Process(int(pid))
+        return proc.status() != psutil.STATUS_ZOMBIE and (started is None or abs(proc.create_time() - started) < 1.0)
     except (psutil.Error, ValueError, TypeError):
         return False
 

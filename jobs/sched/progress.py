@@ -48,14 +48,16 @@ def run_row(sweep_dir, run, state, failure="", note="") -> dict:
     attempts = run_dir.read_attempts()
     starts = [a for a in attempts if a.get("event") == "start" and isinstance(a.get("started"), (int, float))]
     ends = {a.get("attempt"): a for a in attempts if a.get("event") == "end"}
-    elapsed = 0.0
+    last = last_json_line(run_dir.metrics) or {}
+    elapsed, unknown = 0.0, False
     for a in starts:
         end = ends.get(a.get("attempt"))
         if end and isinstance(end.get("ended"), (int, float)):
             elapsed += end["ended"] - a["started"]
         elif state == RunState.IN_FLIGHT and a is starts[-1]:
             elapsed += time.time() - a["started"]
-    last = last_json_line(run_dir.metrics) or {}
+        elif a is starts[-1]:
+            unknown = True            # killed without an end record: how long it ran is not known here
     step, total = last.get("step"), last.get("total_steps")
     error = ""
     last_end = ends.get(starts[-1].get("attempt"), {}) if starts else {}
@@ -76,7 +78,8 @@ def run_row(sweep_dir, run, state, failure="", note="") -> dict:
         elapsed = result["wall_time_s"]
     return {"label": run.label or run.run_id, "run_id": run.run_id, "state": str(state), "attempts": len(starts),
             "progress": "" if step is None else (f"{step}/{total}" if total else str(step)),
-            "elapsed": duration(elapsed) if starts else "", "error": error}
+            "elapsed": (duration(elapsed) + ("+?" if unknown else "") if elapsed or not unknown else "?") if starts else "",
+            "error": error}
 
 
 def _last_line(path):
@@ -97,17 +100,22 @@ COLUMNS = (("label", "label"), ("state", "state"), ("attempts", "att"), ("progre
 
 
 def table(rows, width=120) -> str:
-    """The rows as aligned columns within `width` characters (the label and error give way first)."""
+    """The rows as aligned columns within `width` characters: state, attempts, step and elapsed keep
+    their width; the label and the error give way (cut with an ellipsis)."""
     if not rows:
         return ""
+    need = {k: max(len(h), *(len(str(r[k])) for r in rows)) for k, h in COLUMNS}
+    fixed = sum(need[k] + 2 for k in ("state", "attempts", "progress", "elapsed"))
+    label = min(need["label"], max(12, (width - fixed) // 2))
+    error = max(10, width - fixed - label - 2)
+    widths = {**need, "label": label, "error": min(need["error"], error)}
     t = Table(box=None, pad_edge=False, show_edge=False, header_style="bold", padding=(0, 2, 0, 0))
     for key, header in COLUMNS:
-        t.add_column(header, justify="right" if key == "attempts" else "left",
-                     overflow="ellipsis", no_wrap=True, ratio=1 if key in ("label", "error") else None,
-                     min_width=10 if key in ("label", "error") else None)
+        t.add_column(header, justify="right" if key == "attempts" else "left", overflow="ellipsis",
+                     no_wrap=True, width=widths[key])
     for r in rows:
         t.add_row(*(str(r[k]) for k, _ in COLUMNS))
-    return render(t, width)
+    return render(t, max(width, sum(widths.values()) + 2 * len(COLUMNS)))
 
 
 def render(renderable, width=120) -> str:

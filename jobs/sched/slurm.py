@@ -353,8 +353,8 @@ def interruptions(sweep_dir: SweepDir, jobs, states) -> dict:
         started = [a for a in attempts if a.get("event") == "start" and a.get("job_id") == job_id]
         ended = {a.get("attempt") for a in attempts if a.get("event") == "end"}
         if started and started[-1].get("attempt") not in ended and not run_dir.result.exists():
-            out[run_id] = (f"job {job_id} {STOPPED_WHY[state]} ({state}) during attempt {started[-1].get('attempt')}; "
-                           "resume goes on from the run's newest valid checkpoint")
+            out[run_id] = (f"job {job_id} ended {state}: it {STOPPED_WHY[state]} during attempt "
+                           f"{started[-1].get('attempt')}; resume goes on from the run's newest valid checkpoint")
     return out
 
 

@@ -160,7 +160,7 @@ def held_runs(sweep_dir: SweepDir, run_ids) -> dict:
         if not run_dir.holder.exists():
             continue
         holder = run_dir.read_holder()
-        if holder and (holder.get("host") != socket.gethostname() or local.process_alive(holder.get("pid", -1))):
+        if holder and (holder.get("host") != socket.gethostname() or local.process_alive(holder.get("pid", -1), holder.get("process_started"))):
             out[run_id] = holder
     return out
 

@@ -54,7 +54,9 @@ def test_a_real_time_limit_is_said_as_such_and_resumes(tmp_path):
     job = job_ids(sweep_dir.path)[0]
     from jobs.sched import slurm
     wait_for(lambda: slurm.sacct_states([job], "now-1hours").get(job) == "TIMEOUT", 240, "sacct: TIMEOUT")
-    status = cli("status", path, "--root", root).stdout
+    # the job's processes take KillWait to die after the limit: until then the run's lock is held
+    wait_for(lambda: set(sched.states(sweep, sweep_dir).values()) == {RunState.PENDING}, 60, "the run pending")
+    status = cli("status", path, "--root", root, env={**__import__("os").environ, "COLUMNS": "250"}).stdout
     assert "1 runs: 1 pending" in status and "TIMEOUT" in status and "wall-clock limit" in status, status
     assert "elapsed" in status and " 0s " not in status.splitlines()[2]
 
