@@ -7,6 +7,7 @@ that turn backprop into feedback alignment, and the cosine learning-rate schedul
     rms_normalise(t)                 t / rms(t), rms over every element of t
     cosine_lr(step, total, base_lr)  base_lr * (1 + cos(pi * step / total)) / 2
     restore_same_config(ctx, cfg, task)   ctx.restore(), refusing a checkpoint saved under another config
+    overlay(task, config, choices, cfg)   CONFIG overlaid with cfg; unknown keys and values off CHOICES refused
 
 Nothing here keeps state of its own: feedback matrices are plain tensors the caller owns (and
 checkpoints), and the learning rate is a function of the step, so there is no scheduler to save.
@@ -116,3 +117,16 @@ def restore_same_config(ctx, cfg, task):
             raise ValueError(f"{task}: the checkpoint was saved with other values of {changed}; "
                              f"a run's config cannot change once it has checkpoints")
     return state
+
+
+def overlay(task, config, choices, cfg):
+    """`config` (a task's CONFIG) overlaid with `cfg`; an unknown key or a value outside `choices`
+    is a ValueError naming the task, the key and what it accepts."""
+    unknown = sorted(set(cfg) - set(config))
+    if unknown:
+        raise ValueError(f"{task}: unknown config keys {unknown}; known: {sorted(config)}")
+    cfg = {**config, **cfg}
+    for key, allowed in choices.items():
+        if cfg[key] not in allowed:
+            raise ValueError(f"{task}: {key}={cfg[key]!r} is not one of {allowed}")
+    return cfg

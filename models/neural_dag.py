@@ -96,7 +96,7 @@ import torch
 import torch.nn as nn
 
 from models import sem_data
-from models.blocks import restore_same_config
+from models.blocks import overlay, restore_same_config
 
 CONFIG = {
     "seed": 1337,
@@ -272,13 +272,7 @@ def health_warnings(row):
 
 def resolve(cfg):
     """CONFIG overlaid with cfg, checked: an error names the key and what it accepts."""
-    unknown = sorted(set(cfg) - set(CONFIG))
-    if unknown:
-        raise ValueError(f"neural_dag: unknown config keys {unknown}; known: {sorted(CONFIG)}")
-    cfg = {**CONFIG, **cfg}
-    for key, allowed in CHOICES.items():
-        if cfg[key] not in allowed:
-            raise ValueError(f"neural_dag: {key}={cfg[key]!r} is not one of {allowed}")
+    cfg = overlay("neural_dag", CONFIG, CHOICES, cfg)
     for key in ("n_nodes", "n_samples", "n_timesteps", "latent_dim", "hidden_dim", "epochs", "batch_size",
                 "n_power", "lr_patience", "early_stop_patience"):
         if isinstance(cfg[key], bool) or not (isinstance(cfg[key], int) and cfg[key] >= 1):

@@ -71,7 +71,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from models import treebank
-from models.blocks import restore_same_config
+from models.blocks import overlay, restore_same_config
 from models.refine import (act_ds_weights, entropy, expected_loss, halting_distribution, halting_step,
                            loss_weights, ponder_cost)
 
@@ -116,13 +116,7 @@ UPOS_IDS = {u: i + 2 for i, u in enumerate(treebank.UPOS)}       # 0 pad, 1 unkn
 
 def resolve(cfg):
     """CONFIG overlaid with cfg, checked: an error names the key and what it accepts."""
-    unknown = sorted(set(cfg) - set(CONFIG))
-    if unknown:
-        raise ValueError(f"poh: unknown config keys {unknown}; known: {sorted(CONFIG)}")
-    cfg = {**CONFIG, **cfg}
-    for key, allowed in CHOICES.items():
-        if cfg[key] not in allowed:
-            raise ValueError(f"poh: {key}={cfg[key]!r} is not one of {allowed}")
+    cfg = overlay("poh", CONFIG, CHOICES, cfg)
     for key in ("d_model", "n_heads", "d_ff", "max_inner_iters", "min_inner_iters", "epochs", "batch_size",
                 "log_every", "n_train_sents", "n_dev_sents"):
         if isinstance(cfg[key], bool) or not (isinstance(cfg[key], int) and cfg[key] >= 1):

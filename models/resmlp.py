@@ -60,7 +60,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from models import data as datasets
-from models.blocks import Block, cosine_lr, feedback_linear, normalise_grad, restore_same_config, rms_normalise
+from models.blocks import (Block, cosine_lr, feedback_linear, normalise_grad, overlay, restore_same_config,
+                           rms_normalise)
 
 CONFIG = {
     "seed": 0,
@@ -103,13 +104,7 @@ class ResMLP(nn.Module):
 
 def resolve(cfg):
     """CONFIG overlaid with cfg, checked: an error names the key and what it accepts."""
-    unknown = sorted(set(cfg) - set(CONFIG))
-    if unknown:
-        raise ValueError(f"resmlp: unknown config keys {unknown}; known: {sorted(CONFIG)}")
-    cfg = {**CONFIG, **cfg}
-    for key, allowed in CHOICES.items():
-        if cfg[key] not in allowed:
-            raise ValueError(f"resmlp: {key}={cfg[key]!r} is not one of {allowed}")
+    cfg = overlay("resmlp", CONFIG, CHOICES, cfg)
     L, k = cfg["num_blocks"], cfg["k"]
     if not (isinstance(L, int) and L >= 0):
         raise ValueError(f"resmlp: num_blocks must be an integer >= 0, got {L!r}")

@@ -57,7 +57,7 @@ import threadpoolctl
 import torch
 
 from models import sem_data
-from models.blocks import restore_same_config
+from models.blocks import overlay, restore_same_config
 
 CONFIG = {
     "seed": 0,
@@ -131,19 +131,7 @@ def count_accuracy(b_true, b_est):
             "fdr": (len(reverse) + len(false_pos)) / max(len(pred), 1), "nnz": len(pred)}
 
 
-def is_dag(b):
-    """True when the directed graph with adjacency b (nonzero = edge) has no cycle."""
-    b = np.asarray(b) != 0
-    indeg, left = b.sum(axis=0), set(range(len(b)))
-    ready = [j for j in left if indeg[j] == 0]
-    while ready:
-        i = ready.pop()
-        left.discard(i)
-        for j in np.flatnonzero(b[i]):
-            indeg[j] -= 1
-            if indeg[j] == 0:
-                ready.append(j)
-    return not left
+is_dag = sem_data.is_dag          # one copy: True when the graph (nonzero = edge i -> j) has no cycle
 
 
 # ---------------------------------------------------------------- objective
@@ -196,13 +184,7 @@ def solve_inner(w0, cov, cfg, rho, alpha):
 
 def resolve(cfg):
     """CONFIG overlaid with cfg, checked: an error names the key and what it accepts."""
-    unknown = sorted(set(cfg) - set(CONFIG))
-    if unknown:
-        raise ValueError(f"structure: unknown config keys {unknown}; known: {sorted(CONFIG)}")
-    cfg = {**CONFIG, **cfg}
-    for key, allowed in CHOICES.items():
-        if cfg[key] not in allowed:
-            raise ValueError(f"structure: {key}={cfg[key]!r} is not one of {allowed}")
+    cfg = overlay("structure", CONFIG, CHOICES, cfg)
     if cfg["data"] == "file" and not cfg["data_file"]:
         raise ValueError("structure: data: file needs data_file")
     for key in ("n_nodes", "n_samples", "n_timesteps", "max_outer", "inner_steps"):

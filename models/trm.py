@@ -62,7 +62,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from models import corpus
-from models.blocks import cosine_lr, restore_same_config
+from models.blocks import cosine_lr, overlay, restore_same_config
 from models.refine import curriculum_weight, loss_weights
 
 CONFIG = {
@@ -101,13 +101,7 @@ EVAL_SEED = 1234                             # the validation windows: the same 
 
 def resolve(cfg):
     """CONFIG overlaid with cfg, checked: an error names the key and what it accepts."""
-    unknown = sorted(set(cfg) - set(CONFIG))
-    if unknown:
-        raise ValueError(f"trm: unknown config keys {unknown}; known: {sorted(CONFIG)}")
-    cfg = {**CONFIG, **cfg}
-    for key, allowed in CHOICES.items():
-        if cfg[key] not in allowed:
-            raise ValueError(f"trm: {key}={cfg[key]!r} is not one of {allowed}")
+    cfg = overlay("trm", CONFIG, CHOICES, cfg)
     for key in ("hidden_size", "num_heads", "expansion", "L_layers", "H_cycles", "L_cycles", "seq_len",
                 "global_batch_size", "max_steps", "log_every", "eval_every", "eval_batches"):
         if isinstance(cfg[key], bool) or not (isinstance(cfg[key], int) and cfg[key] >= 1):
