@@ -10,7 +10,7 @@
 # configuration unchanged does nothing; a changed configuration restarts the daemons.
 #
 # What it creates is the `local` profile of env/clusters.yaml: partition `debug` (MaxTime 60 min),
-# requeue allowed, MaxArraySize 1001. Settings chosen for fast tests (see /work/shared/SLURM_NOTES.md):
+# requeue allowed, MaxArraySize 1001. Settings chosen for fast tests (measured on this kind of machine):
 # cred_expire=10 and a 5 s scheduling interval (a requeued job runs again after ~10 s, not ~3 min),
 # KillWait=5, DefMemPerCPU (else one job takes the node), more CPUs advertised than exist (small
 # test jobs side by side).
