@@ -243,7 +243,9 @@ class RunContext:
         if self.world_size == 1:
             return due
         due, stop = self._agree(due, self._stop)
-        self._stop = stop               # a signal that reached any rank stops every rank
+        # a signal that reached any rank stops every rank; `or`: a signal handled while the
+        # all-reduce ran (its handler runs as the call returns) must not be overwritten
+        self._stop = self._stop or stop
         return due
 
     def _stop_reason(self) -> str | None:

@@ -64,10 +64,14 @@ def init(ranks: Ranks, device: str) -> None:
                             rank=ranks.rank, world_size=ranks.world_size, timeout=GROUP_TIMEOUT)
 
 
-def leave() -> None:
+def leave(together: bool = False, device: str = "cpu") -> None:
+    """Leave the process group; `together`: every rank gets here (a normal end), so meet first."""
     import torch.distributed as dist
-    if dist.is_initialized():
-        dist.destroy_process_group()
+    if not dist.is_initialized():
+        return
+    if together:
+        barrier(device)
+    dist.destroy_process_group()
 
 
 def broadcast_int(value: int, device: str) -> int:

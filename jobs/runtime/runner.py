@@ -114,19 +114,26 @@ def run_rank(sdir, run_id, ranks, *, deadline=None, margin_s=60.0, gpus=0, cpus=
     attempt = len(run_dir.starts()) + 1          # read by every rank before rank 0 writes the start
     distributed.init(ranks, device)
     lock = RunLock(run_dir) if ranks.rank == 0 else None
+    together = False
     try:
         verdict = EXIT_CODES[DONE] if (ranks.rank == 0 and finished(run_dir)) else 0
         if lock is not None and not verdict and not lock.acquire():
             lock, verdict = None, EXIT_CODES[BUSY]
         verdict = distributed.broadcast_int(verdict, device)
         if verdict:
-            return {v: k for k, v in EXIT_CODES.items()}[verdict]
-        return _attempt(sweep_dir, run_dir, deadline, margin_s, device, checkpoint, on_ctx, False,
-                        ranks=ranks, attempt=attempt, submission=submission)
+            outcome = {v: k for k, v in EXIT_CODES.items()}[verdict]
+        else:
+            outcome = _attempt(sweep_dir, run_dir, deadline, margin_s, device, checkpoint, on_ctx, False,
+                               ranks=ranks, attempt=attempt, submission=submission)
+        # done and interrupted are agreed outcomes: every rank gets here; a failed one may be alone
+        together = outcome in (DONE, INTERRUPTED, BUSY)
+        return outcome
     finally:
         if lock is not None:
             lock.release()
-        distributed.leave()
+        # tear the group down together: a rank that leaves while another still talks to it aborts
+        # in gloo's C++ threads ("terminate called without an active exception")
+        distributed.leave(together, device)
 
 
 def finished(run_dir) -> bool:
@@ -300,7 +307,12 @@ def _close_attempt(run_dir, failed, first, first_code) -> None:
 def _rank_child(ranks, sdir, run_id, kw):
     stop = Stop()
     stop.install()
-    sys.exit(EXIT_CODES[run_rank(sdir, run_id, ranks, on_ctx=stop.attach, **kw)])
+    code = EXIT_CODES[run_rank(sdir, run_id, ranks, on_ctx=stop.attach, **kw)]
+    sys.stdout.flush()
+    sys.stderr.flush()
+    # every file is written (atomically, fsynced); skip the interpreter's teardown, where the C++
+    # threads of the communication library can abort the process after the run ended well
+    os._exit(code)
 
 
 def _plain(obj):
