@@ -229,19 +229,7 @@ def losses(out, x, cfg):
 
 # ---------------------------------------------------------------- validation
 
-def count_accuracy(b_true, b_est):
-    """{shd, tpr, fdr, nnz, f1} of a binary estimate against the true graph (NOTEARS' shd/tpr/fdr)."""
-    b_true, b_est = np.asarray(b_true) != 0, np.asarray(b_est) != 0
-    pred, cond, cond_rev = (set(np.flatnonzero(m)) for m in (b_est, b_true, b_true.T))
-    true_pos = pred & cond
-    extra = pred - cond
-    reverse = extra & cond_rev
-    und = lambda b: set(np.flatnonzero(np.tril(b | b.T)))
-    shd = len(und(b_est) - und(b_true)) + len(und(b_true) - und(b_est)) + len(reverse)
-    tp = len(true_pos)
-    f1 = 2 * tp / (len(pred) + len(cond)) if (pred or cond) else 1.0
-    return {"shd": shd, "tpr": tp / max(len(cond), 1), "fdr": len(extra) / max(len(pred), 1),
-            "nnz": len(pred), "f1": f1}
+count_accuracy = sem_data.count_accuracy      # {shd, tpr, fdr, nnz, f1}: one copy, beside the graphs it scores
 
 
 def threshold_search(a, b_true, thresholds=THRESHOLDS):

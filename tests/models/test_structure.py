@@ -71,8 +71,8 @@ def test_count_accuracy_follows_notears():
     est[2, 1] = 1                                                # reversed
     est[0, 3] = 1                                                # extra; 2 -> 3 missing
     m = structure.count_accuracy(true, est)
-    assert m == {"shd": 3, "tpr": 1 / 3, "fdr": 2 / 3, "nnz": 3}
-    assert structure.count_accuracy(true, true) == {"shd": 0, "tpr": 1.0, "fdr": 0.0, "nnz": 3}
+    assert m == {"shd": 3, "tpr": 1 / 3, "fdr": 2 / 3, "nnz": 3, "f1": pytest.approx(1 / 3)}
+    assert structure.count_accuracy(true, true) == {"shd": 0, "tpr": 1.0, "fdr": 0.0, "nnz": 3, "f1": 1.0}
 
 
 def test_acyclicity_is_zero_exactly_on_dags():
