@@ -121,7 +121,7 @@ def spawn(world_size: int, target, args: tuple, ok_codes, started=None) -> tuple
     failed_at, first = None, None
     while any(p.exitcode is None for p in procs):
         if failed_at is None:
-            first = next((r for r, p in enumerate(procs) if p.exitcode is not None and p.exitcode not in ok_codes), None)
+            first = _culprit([p.exitcode for p in procs], ok_codes)
             failed_at = None if first is None else time.monotonic()
         if failed_at is not None and time.monotonic() - failed_at > KILL_GRACE_S:
             for p in procs:
@@ -131,5 +131,13 @@ def spawn(world_size: int, target, args: tuple, ok_codes, started=None) -> tuple
             p.join(timeout=0.05)
     codes = [p.exitcode for p in procs]
     if first is None:
-        first = next((r for r, c in enumerate(codes) if c not in ok_codes), None)
+        first = _culprit(codes, ok_codes)
     return codes, first
+
+
+def _culprit(codes, ok_codes):
+    """The rank whose failure came first among those seen ended: one killed by a signal before one
+    that raised (a rank whose peer was killed raises in the next collective, after it)."""
+    failed = [r for r, c in enumerate(codes) if c is not None and c not in ok_codes]
+    killed = [r for r in failed if codes[r] < 0]
+    return (killed or failed or [None])[0]
