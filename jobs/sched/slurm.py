@@ -291,6 +291,11 @@ def _job_log_tail(sweep_dir, job_id, lines=15) -> str:
         return ""
 
 
+def latest_jobs(jobs) -> dict:
+    """run_id -> the id of the last job (in journal order) that held the run."""
+    return {run_id: job.job_id for job in jobs for run_id in job.runs}
+
+
 def infrastructure_failures(sweep_dir: SweepDir, jobs, states) -> dict:
     """run_id -> the error text of each run killed by the machine, not by its own code. Reads only.
 
@@ -299,10 +304,7 @@ def infrastructure_failures(sweep_dir: SweepDir, jobs, states) -> dict:
     job ended FAILED before the run started (python missing, an import error, a bad setup line:
     resubmitting as is would fail the same way). `jobs`: from jobs_in, in journal order.
     """
-    latest = {}
-    for job in jobs:
-        for run_id in job.runs:
-            latest[run_id] = job.job_id
+    latest = latest_jobs(jobs)
     found = {}
     for run_id, job_id in latest.items():
         state = states.get(job_id)
@@ -339,10 +341,7 @@ STOPPED_WHY = {
 def interruptions(sweep_dir: SweepDir, jobs, states) -> dict:
     """run_id -> what stopped its latest attempt, for runs whose job ended TIMEOUT / PREEMPTED /
     CANCELLED while the run was in it and never wrote an end: resumable, so said, not failed."""
-    latest = {}
-    for job in jobs:
-        for run_id in job.runs:
-            latest[run_id] = job.job_id
+    latest = latest_jobs(jobs)
     out = {}
     for run_id, job_id in latest.items():
         state = states.get(job_id)
