@@ -45,18 +45,17 @@ def runs(path, root=None):
 
 def curves(path, metrics=None, root=None, cache=True):
     """Every logged line as a long pandas DataFrame: run_id, step, time, one column per metric."""
-    from analysis import curve_store as curves_mod
-    from analysis.load import load
-    sdir = sweep_dir_of(path, root)
-    sweep = load(sdir)
+    from analysis import curve_store
+    from jobs.store import SweepDir
+    sdir = SweepDir(sweep_dir_of(path, root))
     wanted = None if metrics is None else ([metrics] if isinstance(metrics, str) else list(metrics))
-    table, _ = curves_mod.load(sdir, list(sweep.runs["run_id"]), cache=cache)
+    table, _ = curve_store.load(sdir, sdir.run_ids(), cache=cache)
     if wanted is not None:
         from jobs.spec import did_you_mean
-        known = [c for c in table.column_names if c not in ("run_id", "step", "time")]
+        known = [c for c in table.column_names if c not in curve_store.INDEX]
         unknown = [m for m in wanted if m not in table.column_names]
         if unknown:
             raise KeyError(f"{unknown[0]!r} was logged by no run{did_you_mean(unknown[0], known)}; "
                            f"logged: {', '.join(known) or 'nothing'}")
-        table = table.select([c for c in table.column_names if c in ("run_id", "step", "time") or c in wanted])
-    return curves_mod.frame(table)
+        table = table.select([c for c in table.column_names if c in curve_store.INDEX or c in wanted])
+    return curve_store.frame(table)

@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -136,11 +135,7 @@ def load(sweep_dir, analysis=None) -> Sweep:
     elif plan:
         planned = [r for r in plan.get("runs") or [] if isinstance(r, dict) and r.get("run_id")]
 
-    runs_dir = sweep_dir.runs
-    try:
-        on_disk = sorted(e.name for e in os.scandir(runs_dir) if e.is_dir() and not e.name.startswith("."))
-    except FileNotFoundError:
-        on_disk = []
+    on_disk = sweep_dir.run_dirs()
     in_plan = {r["run_id"] for r in planned}
     entries = [(r, True) for r in planned]
     for rid in on_disk:

@@ -191,6 +191,19 @@ class SweepDir:
     def is_sweep_dir(self) -> bool:
         return self.spec.exists() or self.plan.exists() or self.runs.is_dir()
 
+    def run_dirs(self) -> list:
+        """The run ids that have a run dir, sorted."""
+        try:
+            return sorted(e.name for e in os.scandir(self.runs) if e.is_dir() and not e.name.startswith("."))
+        except FileNotFoundError:
+            return []
+
+    def run_ids(self) -> list:
+        """Every run the sweep dir knows: the plan's in plan order, then run dirs no plan lists."""
+        planned = [r["run_id"] for r in self.read_plan().get("runs") or [] if isinstance(r, dict) and r.get("run_id")]
+        known = set(planned)
+        return planned + [rid for rid in self.run_dirs() if rid not in known]
+
     def read_journal(self, bad=None) -> list:
         return atomic.read_jsonl(self.journal, bad)
 
