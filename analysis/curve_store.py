@@ -36,6 +36,7 @@ import uuid
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
@@ -46,7 +47,8 @@ from jobs.store import SweepDir, atomic
 VERSION = 1
 COMPACT_PARTS = 8
 INDEX = ("run_id", "step", "time")      # the columns every curve table has first
-SAMPLE = 16              # logs the fast read takes its columns from (read exactly)
+SAMPLE = 16              # logs DuckDB's type detection reads for the fast read (spread over the list)
+SAMPLE_ROWS = 1 << 20    # lines of them it may read for that
 LOCK_TIMEOUT_S = 600
 COMPRESSION = "lz4"
 BIG = 1 << 40            # steps are below this; runs are told apart by multiples of it (replay rule)
@@ -169,53 +171,53 @@ def convert(files: dict) -> tuple[pa.Table, dict]:
     """{run_id: metrics.jsonl path} -> (Table of their lines: run_id first, in the given order;
     {run_id: unreadable lines other than a torn last one}).
 
-    One typed DuckDB read of every file, with the columns found (exactly) in a sample of SAMPLE
-    files spread over the list, and a census of each file's bytes made alongside it in a thread:
-    its lines and its `"` characters. Every cell the typed read fills stands for a key in the file
-    (2 quotes) and every text cell for 2 more, so a file whose census shows more quotes than that
-    holds a key the sample missed (or a null, an escaped quote, a nested object); fewer rows than
-    lines means lines the typed read could not take. Such files alone are read again by _exact."""
+    One DuckDB read of every file, typed by DuckDB's own detection on SAMPLE files spread over the
+    list (put first, where its detection looks; explicit `columns=` makes the same read 2x
+    slower), and a census of each file's bytes made alongside it in a thread: its lines and its
+    `:` characters. Each key in a JSON object is followed by exactly one colon, whatever the
+    spacing, and every cell the read fills comes from one key, so a file with more colons than
+    filled cells holds a key the sample missed (or a null, a colon in a text, a nested object),
+    and one with fewer rows than lines holds lines the read could not take (a text where the
+    sample saw numbers...). Such files alone are read again, by _exact; for the rest the one read
+    is exactly what _exact gives."""
     files = {rid: str(p) for rid, p in files.items() if p is not None and _size(p) > 0}
     if len(files) <= SAMPLE:
         return _exact(files)
-    paths = list(files.values())
-    rids = list(files)
+    paths, rids = list(files.values()), list(files)
+    n = len(paths)
     census = {}
     counter = threading.Thread(target=lambda: census.update(_census(paths)), daemon=True)
     counter.start()
-    con = _connect()
-    sample = [paths[round(i * (len(paths) - 1) / (SAMPLE - 1))] for i in range(SAMPLE)]
-    keys_of = _keys_of(con, sample)[1]
-    holding = [p for p in sample if p in keys_of]
-    every = list(dict.fromkeys(k for p in holding for k in sorted(keys_of[p])))
-    if not every:
+    sample = sorted({round(i * (n - 1) / (SAMPLE - 1)) for i in range(SAMPLE)})
+    chosen = set(sample)
+    order = sample + [i for i in range(n) if i not in chosen]          # positions in `paths`, as read
+    try:
+        table = _connect().sql(
+            "SELECT file_index, * FROM read_json($f, format='newline_delimited', ignore_errors=true, "
+            "maximum_sample_files=$m, sample_size=$s)",
+            params={"f": [paths[i] for i in order], "m": len(sample), "s": SAMPLE_ROWS}).to_arrow_table()
+    except Exception:           # nothing DuckDB could type (every file unreadable, ...): the slow way
         counter.join()
         return _exact(files)
-    types = _detect(con, holding, keys_of)
-    columns = {k: _column_type(k, types.get(k, "DOUBLE")) for k in every}
-    columns.setdefault("step", "BIGINT")
-    table = con.sql("SELECT file_index, * FROM read_json($f, format='newline_delimited', ignore_errors=true, "
-                    "columns=$c)", params={"f": paths, "c": columns}).to_arrow_table()
     counter.join()
-    index = table.column("file_index").to_numpy().astype(np.int64)
-    table = table.drop_columns(["file_index"])
-    step_ok = pc.is_valid(table.column("step")).to_numpy(zero_copy_only=False)
-    cells = np.zeros(len(index), dtype=np.int64)
+    where = np.asarray(order, dtype=np.int64)[table.column("file_index").to_numpy()]   # row -> position in paths
+    table = _typed(table.drop_columns(["file_index"]))
+    step_ok = pc.is_valid(table.column("step")).to_numpy(zero_copy_only=False) if "step" in table.column_names \
+        else np.zeros(table.num_rows, dtype=bool)
+    cells = np.zeros(table.num_rows, dtype=np.int64)
     for name in table.column_names:
-        col = table.column(name)
-        valid = pc.is_valid(col).to_numpy(zero_copy_only=False).astype(np.int64)
-        cells += valid * (4 if pa.types.is_string(col.type) else 2)
-    n = len(paths)
-    rows = np.bincount(index, weights=step_ok, minlength=n)
-    quotes = np.bincount(index, weights=cells, minlength=n)
+        cells += pc.is_valid(table.column(name)).to_numpy(zero_copy_only=False)
     lines = np.array([census[p][0] for p in paths])
     seen = np.array([census[p][1] for p in paths])
-    doubtful = (rows != lines) | (quotes != seen)
-    keep = step_ok & ~doubtful[index]
+    doubtful = (np.bincount(where, weights=step_ok, minlength=n) != lines) | \
+        (np.bincount(where, weights=cells, minlength=n) != seen)
+    keep = step_ok & ~doubtful[where]
     if not keep.all():
-        table, index = table.filter(pa.array(keep)), index[keep]
-    rid_col = pa.DictionaryArray.from_arrays(pa.array(index.astype(np.int32)), pa.array(rids, pa.string()))
-    table = table.add_column(0, "run_id", rid_col)
+        table, where = table.filter(pa.array(keep)), where[keep]
+        table = table.select([c for c in table.column_names if c == "step" or table.column(c).null_count < table.num_rows])
+    table = _in_order(table, where, n)
+    table = table.add_column(0, "run_id", pa.DictionaryArray.from_arrays(
+        pa.array(np.sort(where).astype(np.int32)), pa.array(rids, pa.string())))
     bad = {rid: 0 for rid in rids}
     parts = [table]
     redo = {rids[i]: paths[i] for i in np.flatnonzero(doubtful)}
@@ -223,8 +225,50 @@ def convert(files: dict) -> tuple[pa.Table, dict]:
         again, again_bad = _exact(redo)
         parts.append(again)
         bad.update(again_bad)
-    table = _concat(parts)
-    return _replays(table, {rid: i for i, rid in enumerate(rids)}), bad
+    return _replays(_concat(parts), {rid: i for i, rid in enumerate(rids)}), bad
+
+
+def _typed(table: pa.Table) -> pa.Table:
+    """DuckDB's detected types made ours: step int64; whole-number metrics float64 (a metric
+    that logs 0 and then 0.5 must not change type between runs); lists of numbers of float64."""
+    for i, field in enumerate(table.schema):
+        t = field.type
+        want = None
+        if field.name == "step":
+            want = None if t == pa.int64() else pa.int64()
+        elif pa.types.is_integer(t) or pa.types.is_floating(t) and t != pa.float64():
+            want = pa.float64()
+        elif is_list_type(t) and (pa.types.is_integer(t.value_type) or pa.types.is_floating(t.value_type)) \
+                and t != pa.list_(pa.float64()):
+            want = pa.list_(pa.float64())
+        if want is not None:
+            try:
+                table = table.set_column(i, field.name, pc.cast(table.column(i), want))
+            except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
+                pass
+    return table
+
+
+def _in_order(table: pa.Table, where, n) -> pa.Table:
+    """Rows regrouped so the files come in `paths` order (they were read sample first): as a few
+    zero-copy slices, one per stretch of files read consecutively."""
+    if table.num_rows == 0 or np.all(where[1:] >= where[:-1]):
+        return table
+    starts = np.flatnonzero(np.concatenate([[True], where[1:] != where[:-1]]))   # a file's first row
+    files = where[starts]
+    ends = np.concatenate([starts[1:], [len(where)]])
+    by_file = np.argsort(files, kind="stable")
+    pieces, run_start, prev_end = [], None, None
+    for k in by_file:
+        s, e = int(starts[k]), int(ends[k])
+        if run_start is not None and s == prev_end:
+            prev_end = e
+            continue
+        if run_start is not None:
+            pieces.append(table.slice(run_start, prev_end - run_start))
+        run_start, prev_end = s, e
+    pieces.append(table.slice(run_start, prev_end - run_start))
+    return pa.concat_tables(pieces)
 
 
 def _size(path) -> int:
@@ -235,7 +279,7 @@ def _size(path) -> int:
 
 
 def _census(paths) -> dict:
-    """{path: (lines a reader can take, `"` characters in them)}: a torn last line (no newline,
+    """{path: (lines a reader can take, `:` characters in them)}: a torn last line (no newline,
     not a whole JSON object) is not counted, as the readers cut it. Read into one buffer and
     counted by numpy (5x faster than bytes.count on these sizes)."""
     out = {}
@@ -259,7 +303,7 @@ def _census(paths) -> dict:
             if _whole(bytes(buf[cut:n])):
                 cut, lines = n, 1        # a whole last line without its newline: readers take it
         a = np.frombuffer(buf, np.uint8, count=cut)
-        out[p] = (lines + int(np.count_nonzero(a == 10)), int(np.count_nonzero(a == 34)))
+        out[p] = (lines + int(np.count_nonzero(a == 10)), int(np.count_nonzero(a == 58)))     # \n, :
     return out
 
 
@@ -437,8 +481,10 @@ def _read_manifest(cdir: Path) -> dict:
 def _write_part(cdir: Path, table: pa.Table) -> str:
     name = f"part-{uuid.uuid4().hex[:16]}.parquet"
     sink = pa.BufferOutputStream()
-    # no statistics (nothing filters on them); row groups of 1M rows, read in parallel
-    pq.write_table(table, sink, compression=COMPRESSION, write_statistics=False, row_group_size=1 << 20)
+    # dictionaries for run_id and step only (logged floats rarely repeat: trying costs a quarter of
+    # the write), no statistics (nothing filters on them), row groups of 1M rows (read in parallel)
+    pq.write_table(table, sink, compression=COMPRESSION, use_dictionary=[c for c in ("run_id", "step") if c in
+                   table.column_names], write_statistics=False, row_group_size=1 << 20)
     atomic.write_bytes(cdir / name, sink.getvalue().to_pybytes())
     return name
 
@@ -565,13 +611,16 @@ def _select(table, columns):
 
 
 def frame(table: pa.Table):
-    """The Table as a pandas DataFrame: run_id, step, time, then the metrics; list metrics as
-    numpy arrays; NaN / inf kept as floats. run_id is pandas' string dtype, made by Arrow from the
-    dictionary (astype(str) on the categorical builds one Python string per row: 10x slower)."""
+    """The Table as a pandas DataFrame: run_id, step, time, then the metrics; NaN / inf kept as
+    floats; list-valued metrics as pandas' Arrow lists (pd.ArrowDtype: `df[m].iloc[i]` is a list,
+    `df[m].list.flatten()` every value; an object column of numpy arrays costs 3x the whole
+    conversion). run_id is pandas' string dtype, made by Arrow from the dictionary (astype(str)
+    on the categorical builds one Python string per row: 10x slower)."""
     if "run_id" in table.column_names and pa.types.is_dictionary(table.schema.field("run_id").type):
         i = table.column_names.index("run_id")
         table = table.set_column(i, "run_id", pc.cast(table.column("run_id"), pa.string()))
-    df = table.to_pandas(split_blocks=True, self_destruct=False)
+    df = table.to_pandas(split_blocks=True, self_destruct=False,
+                         types_mapper=lambda t: pd.ArrowDtype(t) if is_list_type(t) else None)
     first = [c for c in INDEX if c in df.columns]
     return df[first + [c for c in df.columns if c not in first]].reset_index(drop=True)
 

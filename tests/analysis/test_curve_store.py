@@ -42,6 +42,8 @@ ODD = {  # what a log can hold that sampled columns miss, at positions no sample
     41: log(range(2)) + '{"time": 1.0, "loss": 0.5}\n',                                      # a line without a step
     43: log(range(3), flag=True),                                                          # a bool only here
     47: log(range(3)).replace(", ", ","),                                                   # compact JSON, still fine
+    21: log(range(3), at="12:30"),                                                         # a colon inside a text
+    25: log(range(3)).replace('": ', '" : '),                                               # odd spacing, still fine
     53: log(range(3)) + '{"step": 3, "time": 1.0, "loss": NaN, "acc": Infinity}\n',          # bare NaN / Infinity
 }
 
@@ -90,3 +92,17 @@ def test_a_metric_logged_once_as_text_loses_no_line(tmp_path):
     files = files_of(tmp_path, [odd if i == 37 else log(range(3)) for i in range(40)])
     for table, bad in (curve_store.convert(files), curve_store._exact(files)):
         assert table.num_rows == 3 * 40 and not any(bad.values())
+
+
+def test_a_number_where_the_sample_saw_text_cannot_hide_a_missed_key(tmp_path):
+    """DuckDB casts a number into a text column without a word; the census counts colons, one per
+    key whatever the value, so the missed key of that same file still shows."""
+    n = 40
+    sampled = round(1 * (n - 1) / (curve_store.SAMPLE - 1))            # the second file DuckDB samples
+    texts = [log(range(3)) for _ in range(n)]
+    texts[sampled] = log(range(3), tag="a")                               # tag: text, in the sample
+    texts[17] = log(range(3), tag=5) + json.dumps({"step": 3, "time": 1.0, "late": 2.5}) + "\n"
+    files = files_of(tmp_path, texts)
+    df = curve_store.frame(curve_store.convert(files)[0])
+    assert df.loc[df.run_id == "r017", "late"].dropna().tolist() == [2.5]
+    assert len(df) == 3 * n + 1
