@@ -20,12 +20,17 @@ restores the same checkpoint and its own RNG states.
 Random generators a task owns (a numpy Generator for augmentation, a torch.Generator for sampling)
 come from ctx.numpy_rng / ctx.torch_generator / ctx.python_rng: their states are saved with each
 checkpoint (per rank) and put back on resume, so the task need not carry them in its state.
+
+A spec's `logging:` block sends every metrics.jsonl line on to TensorBoard and/or W&B as well
+(jobs/runtime/loggers.py; rank 0, started at the first ctx.log, flushed at ctx.save, closed by
+ctx.close() when the attempt ends). Without the block neither is imported.
 """
 from __future__ import annotations
 
 import json
 import math
 import random
+import sys
 import time
 import warnings
 from numbers import Number
@@ -35,9 +40,9 @@ import numpy as np
 import torch
 from pydantic import ValidationError
 
-from jobs.runtime import checkpoint
-from jobs.spec.settings import Checkpoint, settings_error
-from jobs.store import RunDir, atomic
+from jobs.runtime import checkpoint, loggers
+from jobs.spec.settings import Checkpoint, Logging, settings_error
+from jobs.store import RunDir, SweepDir, atomic
 
 FORMAT = 1
 RESERVED_METRICS = ("step", "time")
@@ -99,7 +104,7 @@ class RunContext:
 
     def __init__(self, run_dir, cfg, *, run_id="", device="cpu", checkpoint=None, deadline=None,
                  margin_s=60.0, manifest=None, attempt=0, clock=time.time, rank=0, local_rank=0, world_size=1,
-                 upstream=None):
+                 upstream=None, logging=None):
         self.run_dir = Path(run_dir)
         self.rank, self.local_rank, self.world_size = int(rank), int(local_rank), int(world_size)
         self.upstream = dict(upstream or {})     # stage -> UpstreamRun, every ancestor stage of a pipeline run
@@ -126,6 +131,11 @@ class RunContext:
         self._generators = []            # (kind, generator) made by ctx.*_rng / torch_generator, in order
         self.rank_state = None           # this rank's `rank_state` of the restored checkpoint
         self._generator_states = None    # restored states not yet applied (generators made after restore)
+        self._restored = False           # restore() found a checkpoint
+        # the spec's `logging:` block (None: the one frozen in the sweep dir's spec.yaml); the backends
+        # (jobs/runtime/loggers.py) start at the first ctx.log and end at close()
+        self._logging, self._project = (self._logging_settings(logging) if self.is_main else (None, ""))
+        self._loggers = None
 
     # --- distributed runs -----------------------------------------------------------------------
 
@@ -288,6 +298,7 @@ class RunContext:
         if self.is_main:
             self._cut_metrics(payload.get("metrics_lines"), step)
         self.barrier()                   # rank 0 has cut metrics.jsonl before anyone logs again
+        self._restored = True
         self.start_step = self._last_save_step = step
         self._last_save_time = self._clock()
         return payload["state"]
@@ -317,6 +328,8 @@ class RunContext:
             path = checkpoint.save(self.ckpt_dir, step, payload, manifest=self.manifest, run_id=self.run_id,
                                    keep_last=settings["keep_last"], keep_every=settings["keep_every"],
                                    verify=not self._saved)
+            if self._loggers is not None:
+                self._loggers.flush()    # a preempted job's TensorBoard events are on disk with its checkpoint
         self.barrier()                   # the checkpoint is durable before any rank goes on (or stops)
         self._saved = True
         self._last_save_step, self._last_save_time = int(step), self._clock()
@@ -332,7 +345,8 @@ class RunContext:
     # --- metrics ------------------------------------------------------------------------------
 
     def log(self, step: int, **metrics) -> None:
-        """Append {"step", "time", **metrics} as one line to metrics.jsonl (one write, unbuffered).
+        """Append {"step", "time", **metrics} as one line to metrics.jsonl (one write, unbuffered), then
+        hand the line to the TensorBoard / W&B backends the spec's `logging:` block turns on.
 
         Rank 0 writes; on the other ranks of a distributed run this does nothing."""
         if not self.is_main:
@@ -355,6 +369,53 @@ class RunContext:
                 written += f.write(line[written:])
         if self._metrics_lines is not None:
             self._metrics_lines += 1
+        if self._logging is not None:
+            if self._loggers is None:
+                self._start_loggers()
+            self._loggers.log(row)
+
+    # --- logging to TensorBoard / W&B (jobs/runtime/loggers.py) ----------------------------------
+
+    def close(self) -> None:
+        """Flush and close the logging backends of this attempt (the runner calls it when the attempt
+        ends; W&B's service process ends with it). Idempotent; ctx.log after it writes metrics.jsonl only."""
+        backends, self._loggers, self._logging = self._loggers, None, None
+        if backends is not None:
+            backends.close()
+
+    def _logging_settings(self, block):
+        """(Logging, the sweep's name) for this run: `block`, else the frozen spec's; (None, "") when off.
+
+        A block that does not validate (a hand-edited spec.yaml: submit checks it) turns logging off
+        with a line on stderr: logging never fails a run."""
+        sweep_dir, name = SweepDir(self.run_dir.parent.parent), ""
+        if sweep_dir.runs == self.run_dir.parent and sweep_dir.spec.exists():
+            spec = sweep_dir.read_spec()
+            name = str(spec.get("name") or sweep_dir.path.name)
+            block = spec.get("logging") if block is None else block
+        if not block:
+            return None, name
+        try:
+            settings = logging_settings(block)
+        except ValueError as e:
+            print(f"hpcsweep: run {self.run_id or self.run_dir.name}: TensorBoard / W&B logging is off: {e}",
+                  file=sys.stderr, flush=True)
+            return None, name
+        return (settings if settings.enabled else None), name
+
+    def _start_loggers(self) -> None:
+        label = ""
+        if self._logging.wandb is not None:
+            try:
+                label = RunDir(self.run_dir).read_config().get("label") or ""
+            except (OSError, ValueError):
+                pass
+        # the first step this attempt logs again: after the restored checkpoint, or all of them on a
+        # fresh start (ctx.restore emptied metrics.jsonl then)
+        first_step = self.start_step + 1 if self._restored else 0
+        self._loggers = loggers.Loggers(self._logging, run_dir=self.run_dir, run_id=self.run_id or self.run_dir.name,
+                                        label=label, config=self.cfg, project=self._project or "hpcsweep",
+                                        first_step=first_step)
 
     def _count_metrics(self) -> int:
         if self._metrics_lines is None:      # the task never called restore(): count what is there once
@@ -392,6 +453,17 @@ class RunContext:
         if new != data:
             atomic.write_bytes(self.metrics_path, new)
         self._metrics_lines = len(kept)
+
+
+def logging_settings(spec) -> Logging:
+    """The spec's `logging:` mapping (jobs.spec.settings.Logging) checked; everything off for None."""
+    if spec is not None and not isinstance(spec, dict):
+        raise ValueError(f"logging: expected a mapping, got {spec!r}")
+    try:
+        return Logging.model_validate(dict(spec or {}))
+    except ValidationError as e:
+        loc, message = settings_error(e)
+        raise ValueError(f"logging.{'.'.join(map(str, loc))}: {message}") from None
 
 
 def checkpoint_settings(spec) -> dict:

@@ -237,6 +237,8 @@ def _attempt(sweep_dir, run_dir, deadline, margin_s, device, checkpoint, on_ctx,
         outcome = Outcome.CANCELLED
         raise
     finally:
+        if "ctx" in locals():        # made: flush and close its TensorBoard / W&B backends (never raises)
+            ctx.close()
         if main:
             atomic.append_jsonl(run_dir.attempts, {
                 "event": "end", "attempt": attempt, "job_id": job_id(), "started": started, "submission": submission,

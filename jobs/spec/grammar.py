@@ -27,20 +27,21 @@ from pydantic import ValidationError
 import jobs.spec.figures as figures
 import jobs.spec.tasks as tasks
 from jobs.spec.errors import SpecError, did_you_mean
-from jobs.spec.settings import Checkpoint, Resources, Sbatch, known_keys, settings_error
+from jobs.spec.settings import Checkpoint, Logging, Resources, known_keys, model_at, settings_error
 
 REPO = Path(__file__).resolve().parent.parent.parent
 MODELS_DIR = tasks.MODELS_DIR
 DEFAULT_MAX_RUNS = 10_000
 
 TOP_KEYS = ("name", "task", "extends", "description", "base", "grid", "zip", "seeds", "random",
-            "include", "exclude", "resources", "checkpoint", "analysis", "max_runs")
+            "include", "exclude", "resources", "checkpoint", "analysis", "logging", "max_runs")
 # a pipeline: `stages:` instead of the single sweep's keys; resources / checkpoint are every stage's defaults
-PIPELINE_KEYS = ("name", "extends", "description", "stages", "resources", "checkpoint", "analysis", "max_runs")
+PIPELINE_KEYS = ("name", "extends", "description", "stages", "resources", "checkpoint", "analysis", "logging",
+                 "max_runs")
 STAGE_KEYS = ("name", "task", "after", "from_manifest", "description", "base", "grid", "zip", "seeds", "random",
               "include", "exclude", "resources", "checkpoint")
 # Sections a child spec merges key by key into its parent's; the rest replace wholesale.
-MERGED_SECTIONS = ("base", "grid", "resources", "checkpoint", "analysis")
+MERGED_SECTIONS = ("base", "grid", "resources", "checkpoint", "analysis", "logging")
 FORMS = ("range", "linspace", "logspace", "geomspace")
 RANDOM_FORMS = ("uniform", "loguniform", "choice", "randint")
 
@@ -622,7 +623,7 @@ def load_sweep(path, *, models_dir=MODELS_DIR, max_runs=None, registry=None, ove
     stages_raw = spec["stages"]
     if not isinstance(stages_raw, list) or not stages_raw:
         raise where.error(("stages",), "expected a list of stages, each a mapping with at least `name` and `task`")
-    _check_sections({k: spec[k] for k in ("resources", "checkpoint", "analysis") if k in spec}, where)
+    _check_sections({k: spec[k] for k in ("resources", "checkpoint", "analysis", "logging") if k in spec}, where)
     stages, runs = [], []
     for i, raw in enumerate(stages_raw):
         at = where.scoped(("stages", i))
@@ -839,9 +840,10 @@ def _check_axis_values(axes, defaults, choices, where):
                     point[k] = float(v)
 
 
-# ---------------------------------------------------------------- resources / checkpoint / analysis
+# ---------------------------------------------------------------- resources / checkpoint / logging / analysis
 
-SECTIONS = {"resources": Resources, "checkpoint": Checkpoint}
+# `logging:` is not config: it never enters a run's config, so it never changes a run id
+SECTIONS = {"resources": Resources, "checkpoint": Checkpoint, "logging": Logging}
 
 
 def _check_sections(spec, where):
@@ -856,7 +858,7 @@ def _check_sections(spec, where):
         except ValidationError as e:
             loc, message = settings_error(e)
             if message == "unknown key":
-                message += did_you_mean(loc[-1], known_keys(model) if len(loc) == 1 else known_keys(Sbatch))
+                message += did_you_mean(loc[-1], known_keys(model_at(model, loc[:-1])))
             raise where.error((section,) + loc, message)
     if spec.get("analysis") is not None:
         problems = figures.check(spec["analysis"])

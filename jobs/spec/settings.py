@@ -1,7 +1,8 @@
-"""Typed settings of a sweep: `resources:`, `checkpoint:` and a cluster profile; one copy of each default.
+"""Typed settings of a sweep: `resources:`, `checkpoint:`, `logging:` and a cluster profile; one copy of each default.
 
     res = Resources.model_validate(spec.get("resources") or {})     # errors: settings_error(...)
     res.time_min, res.world_size, Checkpoint().margin_s_for(res.time_min)
+    Logging.model_validate(spec.get("logging") or {}).tensorboard
 
 pydantic models with `extra="forbid"` and strict types: an unknown key or a "4" where 4 belongs is
 an error that names the key. Nothing else in the repository spells these defaults.
@@ -10,14 +11,20 @@ from __future__ import annotations
 
 import os
 import re
+import typing
 from typing import Annotated, Literal, Optional
 
-from pydantic import BaseModel, ConfigDict, Field, StringConstraints, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints, ValidationError, field_validator, model_validator
+
+from jobs.spec.errors import did_you_mean
 
 # a value that may reach an #SBATCH line: no blanks, no shell syntax
 SLURM_WORD_PATTERN = r"^[A-Za-z0-9_.:,+\-]{1,128}$"
 CONSTRAINT_PATTERN = r"^[A-Za-z0-9_.&|\[\]*,:\-]{1,128}$"
+# a W&B project or entity name
+WANDB_NAME_PATTERN = r"^[A-Za-z0-9_.+\-]{1,128}$"
 SlurmWord = Annotated[str, StringConstraints(pattern=SLURM_WORD_PATTERN)]
+WandbName = Annotated[str, StringConstraints(pattern=WANDB_NAME_PATTERN)]
 Constraint = Annotated[str, StringConstraints(pattern=CONSTRAINT_PATTERN)]
 MailType = Literal["NONE", "BEGIN", "END", "FAIL", "REQUEUE", "ALL", "INVALID_DEPEND", "STAGE_OUT",
                    "TIME_LIMIT", "TIME_LIMIT_90", "TIME_LIMIT_80", "TIME_LIMIT_50", "ARRAY_TASKS"]
@@ -127,6 +134,39 @@ class Checkpoint(Settings):
         return self.model_dump(include={"every_min", "every_steps", "keep_last", "keep_every"})
 
 
+class WandB(Settings):
+    """One Weights & Biases run per run: id = the run_id (a requeued run goes on in the same W&B run),
+    name = the run's label, config = the run's config; files in <run dir>/wandb/."""
+    project: Optional[WandbName] = Field(None, description="W&B project (null: the sweep's name)")
+    entity: Optional[WandbName] = Field(None, description="W&B user or team (null: the account's default)")
+    mode: Literal["offline", "online", "disabled"] = Field(
+        "offline", description="offline: no network, `wandb sync` the offline-run dirs later from a machine that "
+                               "has it; $WANDB_MODE, where set, wins")
+
+
+class Logging(Settings):
+    """Where ctx.log's metrics go besides metrics.jsonl (jobs/runtime/loggers.py); everything off by default."""
+    tensorboard: bool = Field(False, description="TensorBoard event files in <run dir>/tensorboard/")
+    wandb: Optional[WandB] = Field(None, description="a W&B run per run: a mapping, or true for the defaults "
+                                                     "(false / null: off)")
+
+    @field_validator("wandb", mode="before")
+    @classmethod
+    def _switch(cls, value):
+        if value is True:
+            return {}
+        if value is False:
+            return None
+        if value is None or isinstance(value, (dict, WandB)):
+            return value
+        raise ValueError(f"expected true, false or a mapping {{project, entity, mode}}, got {value!r}")
+
+    @property
+    def enabled(self) -> bool:
+        """Is any backend on?"""
+        return self.tensorboard or self.wandb is not None
+
+
 class Partition(Settings):
     max_time_min: Optional[float] = Field(None, gt=0)
     requeue: Optional[bool] = None
@@ -166,7 +206,8 @@ class ClusterProfile(Settings):
 
 
 PATTERN_WORDS = {SLURM_WORD_PATTERN: "a plain SLURM name (letters, digits, _.:,+-)",
-                 CONSTRAINT_PATTERN: "a constraint expression (letters, digits, _.&|[]*,:-)"}
+                 CONSTRAINT_PATTERN: "a constraint expression (letters, digits, _.&|[]*,:-)",
+                 WANDB_NAME_PATTERN: "a W&B name (letters, digits, _.+-; 128 at most)"}
 
 
 def settings_error(e: ValidationError) -> tuple[tuple, str]:
@@ -180,6 +221,9 @@ def settings_error(e: ValidationError) -> tuple[tuple, str]:
         return loc, "missing key"
     if kind == "value_error":
         return loc, err["msg"].removeprefix("Value error, ")
+    if kind == "literal_error":
+        options = re.findall(r"'([^']*)'", ctx.get("expected", ""))
+        return loc, f"expected one of {ctx.get('expected')}, got {got!r}{did_you_mean(got, options)}"
     expected = {
         "int_type": "an integer", "float_type": "a number", "bool_type": "true or false",
         "string_type": "a string", "list_type": "a list", "dict_type": "a mapping",
@@ -197,3 +241,17 @@ def settings_error(e: ValidationError) -> tuple[tuple, str]:
 
 def known_keys(model) -> list[str]:
     return list(model.model_fields)
+
+
+def model_at(model, path):
+    """The settings model that holds the keys at `path` inside `model` (("sbatch",) in Resources: Sbatch)."""
+    for key in path:
+        field = model.model_fields.get(key) if isinstance(key, str) else None
+        if field is None:
+            return model
+        inner = [a for a in (typing.get_args(field.annotation) or (field.annotation,))
+                 if isinstance(a, type) and issubclass(a, BaseModel)]
+        if not inner:
+            return model
+        model = inner[0]
+    return model
