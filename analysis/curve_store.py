@@ -215,7 +215,7 @@ def convert(files: dict) -> tuple[pa.Table, dict]:
     if not keep.all():
         table, where = table.filter(pa.array(keep)), where[keep]
         table = table.select([c for c in table.column_names if c == "step" or table.column(c).null_count < table.num_rows])
-    table = _in_order(table, where, n)
+    table = _in_order(table, where)
     table = table.add_column(0, "run_id", pa.DictionaryArray.from_arrays(
         pa.array(np.sort(where).astype(np.int32)), pa.array(rids, pa.string())))
     bad = {rid: 0 for rid in rids}
@@ -249,9 +249,9 @@ def _typed(table: pa.Table) -> pa.Table:
     return table
 
 
-def _in_order(table: pa.Table, where, n) -> pa.Table:
-    """Rows regrouped so the files come in `paths` order (they were read sample first): as a few
-    zero-copy slices, one per stretch of files read consecutively."""
+def _in_order(table: pa.Table, where) -> pa.Table:
+    """Rows regrouped by `where` (each row's file or run; each one's rows together, in line
+    order), ascending: a few zero-copy slices, one per stretch already in order, not a take."""
     if table.num_rows == 0 or np.all(where[1:] >= where[:-1]):
         return table
     starts = np.flatnonzero(np.concatenate([[True], where[1:] != where[:-1]]))   # a file's first row
@@ -446,10 +446,9 @@ def _replays(table: pa.Table, order: dict) -> pa.Table:
     names = rid.dictionary.to_pylist()
     rank = np.array([order.get(n, len(order)) for n in names], dtype=np.int64)
     run = rank[rid.indices.to_numpy(zero_copy_only=False)]
-    if np.any(np.diff(run) < 0):
-        idx = np.argsort(run, kind="stable")
-        table, run = table.take(pa.array(idx)), run[idx]
-    step = table.column("step").to_numpy().astype(np.int64)
+    if np.any(run[1:] < run[:-1]):             # each run's rows are together: regroup by slices
+        table, run = _in_order(table, run), np.sort(run, kind="stable")
+    step = table.column("step").to_numpy()
     same = np.concatenate([[False], run[1:] == run[:-1]])
     restart = same & np.concatenate([[False], step[1:] < step[:-1]])
     if not restart.any():
