@@ -346,7 +346,7 @@ def _matches(run, only) -> bool:
 # ---------------------------------------------------------------- aggregate
 
 def cmd_aggregate(args) -> int:
-    from analysis.aggregate import aggregate
+    from analysis.aggregate import FigureErrors, aggregate
     target = Path(args.target)
     analysis = None
     if not target.exists():
@@ -363,7 +363,12 @@ def cmd_aggregate(args) -> int:
         print(f"error: {sweep_dir} is not a sweep dir{hint}", file=sys.stderr)
         return 2
     try:
-        paths = aggregate(sweep_dir.path, out=args.out, formats=args.format, analysis=analysis)
+        paths = aggregate(sweep_dir.path, out=args.out, formats=args.format, analysis=analysis,
+                          spec_file=target if target.is_file() else None)
+    except FigureErrors as e:            # a figure's spec is wrong; the tables and other figures are written
+        for line in str(e).splitlines():           # one per figure
+            print(f"error: {line}", file=sys.stderr)
+        return 1
     except ValueError as e:              # --format names something unknown
         print(f"error: {e}", file=sys.stderr)
         return 2

@@ -6,6 +6,11 @@ such as the Pareto front). Error bars and bands are the std over seeds unless th
 block says `error: sem | ci95 | none`. Points whose group has fewer finished runs than planned
 are drawn hollow, with a note under the axes, so a partial sweep never passes for a whole one.
 
+Nothing is left to guess: the caption under the axes says what the bars or bands are, over what
+(seeds, and any varied key the grouping pools), n, and the `where:` filter. A key or metric that
+does not exist is a FigureError with a did-you-mean and the figure key at fault (`e.key`), as is
+an axis the grouping would average away; a figure with nothing to draw raises Skip saying why.
+
 Rendering goes through matplotlib's object API (no pyplot, no global backend switch): PNG via
 Agg and PDF with fixed metadata, so the same data gives the same bytes.
 """
@@ -14,16 +19,18 @@ from __future__ import annotations
 import io
 import math
 import re
+import textwrap
 
 import numpy as np
 import pandas as pd
 from matplotlib import rc_context
 from matplotlib.figure import Figure
+from matplotlib.layout_engine import ConstrainedLayoutEngine
 from matplotlib.lines import Line2D
 from matplotlib.ticker import FixedLocator, Formatter, MaxNLocator, NullLocator
 
 from jobs.spec import figures as schema
-from analysis.load import DONE
+from analysis.load import DONE, SEED
 from analysis.pareto import front
 from analysis.summary import PARTIAL, counts, error_of, stats, t975, value_text
 
@@ -54,7 +61,11 @@ class Skip(Exception):
 
 class FigureError(ValueError):
     """A mistake in the figure's spec: a key or metric that does not exist (with a did-you-mean),
-    or an axis that the grouping averages away."""
+    or an axis that the grouping averages away. `key` is the figure's key at fault (`x`, `where.lam`)."""
+
+    def __init__(self, message, key=None):
+        super().__init__(f"{key}: {message}" if key else message)
+        self.message, self.key = message, key
 
 
 # ---------------------------------------------------------------- naming and text
@@ -127,29 +138,53 @@ def _order(values) -> list:
 # ---------------------------------------------------------------- data
 
 def _need(sweep, fig, keys, numeric=()):
+    """The figure keys (`x`, `hue`...) in `keys` name config keys or final metrics of the sweep:
+    else a FigureError with a did-you-mean (a Skip while no run has finished, as a metric may
+    still come); those in `numeric` name numeric columns."""
     cols = sweep.runs.columns
     options = [c for c in cols if c not in ("run_id", "label", "state", "error", "in_plan", "finished")]
-    for k in keys:
+    for key in keys:
+        k = fig.get(key)
         if k and k not in cols:
-            if not (sweep.runs["state"] == DONE).any():
-                raise Skip(f"no run has finished yet, so there is no final metric {k!r}")
-            raise FigureError(f"{k!r} is neither a config key nor a final metric{schema.did_you_mean(k, options)}")
-    for k in numeric:
+            if not (sweep.runs["state"] == DONE).any():     # a metric may still come: a hint, not an error
+                raise Skip(f"no run has finished yet, so there is no final metric {k!r}"
+                           f"{schema.did_you_mean(k, options)}")
+            raise FigureError(f"{k!r} is neither a config key nor a final metric{schema.did_you_mean(k, options)}",
+                              key)
+    for key in numeric:
+        k = fig[key]
         if not pd.api.types.is_numeric_dtype(sweep.runs[k]) or pd.api.types.is_bool_dtype(sweep.runs[k]):
-            raise Skip(f"{k!r} is not numeric")
+            raise Skip(f"{key} {k!r} is not numeric")
+
+
+def _not_logged(logged, data, fig, key):
+    """The FigureError for a figure key naming something no run logged: with a did-you-mean over
+    every logged key when the reader can list them (`logged.columns()`), else over those it returned."""
+    k = fig.get(key, "step") if key == "x" else fig[key]
+    names = getattr(logged, "columns", None)
+    every = [c for c in names() if c not in ("run", "run_id")] if callable(names) else None
+    known = every if every is not None else [c for c in data.columns if c != "run"]
+    return FigureError(f"{k!r} was logged by no run{schema.did_you_mean(k, known)}"
+                       + (f"; logged: {', '.join(every)}" if every is not None else ""), key)
 
 
 def _runs(sweep, fig):
     """The planned runs this figure covers (its `where` applied)."""
     runs = sweep.runs[sweep.runs["in_plan"]]
+    if runs.empty:
+        raise Skip("the sweep has no planned runs")
     for k, v in (fig.get("where") or {}).items():
         if k not in runs.columns:
-            raise FigureError(f"where: {k!r} is no config key{schema.did_you_mean(k, runs.columns)}")
-        runs = runs[runs[k].isin(v if isinstance(v, list) else [v])]
-    if runs.empty:
-        if fig.get("where"):
-            raise Skip(f"no planned run matches where: {_where_text(fig)}")
-        raise Skip("the sweep has no planned runs")
+            options = [c for c in runs.columns if c not in ("run_id", "label", "error", "in_plan", "finished")]
+            raise FigureError(f"{k!r} is neither a config key nor a final metric{schema.did_you_mean(k, options)}",
+                              f"where.{k}")
+        kept = runs[runs[k].isin(v if isinstance(v, list) else [v])]
+        if kept.empty:
+            values = _order(runs[k].tolist())
+            more = f" and {len(values) - 12} more" if len(values) > 12 else ""
+            raise Skip(f"no planned run matches where: {_where_text(fig)} (the runs have {k} = "
+                       f"{' or '.join(map(value_text, values[:12]))}{more})")
+        runs = kept
     return runs
 
 
@@ -159,13 +194,27 @@ def _where_text(fig) -> str:
 
 
 def _averaged_away(sweep, runs, fig, axes, keys):
-    """An axis that is a config key varying among the figure's runs but not kept apart by its
-    groups would be averaged over: the points would mix configurations. That is an error."""
-    for a in axes:
+    """An axis (a figure key: `x`, `y`) that is a config key varying among the figure's runs but
+    not kept apart by its groups would be averaged over: the points would mix configurations.
+    That is an error."""
+    for axis in axes:
+        a = fig[axis]
         if a in sweep.config_keys and a not in keys and runs[a].nunique(dropna=False) > 1:
-            raise FigureError(f"axis {a!r} is a config key that varies here, and the grouping "
+            raise FigureError(f"{a!r} is a config key that varies here, and the grouping "
                               f"({', '.join(keys) or 'none'}) averages it away; plot it as x of a line "
-                              f"figure, or fix it with where: {{{a}: ...}}")
+                              f"figure, or fix it with where: {{{a}: ...}}", axis)
+
+
+def _pooled(sweep, runs, keys) -> list:
+    """Config keys (not the seed) that vary among the figure's runs but that no group keeps apart:
+    every point pools runs over them (analysis.group_by leaves them out), and the caption says so."""
+    return [k for k in sweep.varied if k != SEED and k not in keys and k in runs.columns
+            and runs[k].nunique(dropna=False) > 1]
+
+
+def _over(sweep, pooled) -> str:
+    """What a mean is over: `seeds`, or `seeds and lam, d` when other keys are pooled too."""
+    return "seeds" + (" and " + ", ".join(label(sweep, k, unit=False) for k in pooled) if pooled else "")
 
 
 def _point_stats(runs, keys, values):
@@ -229,9 +278,25 @@ def _style_of(i):
     return PALETTE[i % len(PALETTE)], MARKERS[i % len(MARKERS)]
 
 
-def _note(f, text):
-    f.text(0.5, 0.0, text, ha="center", va="top", fontsize=6.5, color="0.3",
-           transform=f.transFigure)
+CAPTION_SIZE = 6.5          # points
+
+
+def _note(f, parts):
+    """The caption: `parts` joined by `; `, wrapped to the figure's width (between parts where it
+    can; never inside `n = 3` or `mean ± std`), under the figure's bottom edge (the saved image
+    grows to hold it, so it never covers a tick label)."""
+    width = max(30, int(f.get_size_inches()[0] * 72 / (CAPTION_SIZE * 0.56)))
+    lines = []
+    for part in (piece for part in parts for piece in part.split("; ")):
+        if lines and len(lines[-1]) + 2 + len(part) <= width:
+            lines[-1] += "; " + part
+        else:
+            if lines:
+                lines[-1] += ";"
+            keep = part.replace(" = ", "\0=\0").replace(" ± ", "\0±\0")
+            lines += [line.replace("\0", " ") for line in textwrap.wrap(keep, width, break_on_hyphens=False)]
+    f.text(0.5, 0.0, "\n".join(lines), ha="center", va="top", fontsize=CAPTION_SIZE, color="0.3",
+           transform=f.transFigure, linespacing=1.3)
 
 
 def _log(ax, axis, values):
@@ -312,7 +377,9 @@ def _legend(f, handles, title=None):
             width = max(width, len(title) * STYLE["legend.title_fontsize"] * 0.55 / 72 + 0.2)
         w, h = f.get_size_inches()
         f.set_size_inches(w + width, max(h, height))
-    f.legend(list(handles.values()), list(handles), title=title, handlelength=1.8, borderaxespad=0.2,
+    styled = any(getattr(h, "get_linestyle", lambda: "-")() not in ("-", "None", "none", "") for h in handles.values())
+    f.legend(list(handles.values()), list(handles), title=title, handlelength=2.8 if styled else 1.8,
+             borderaxespad=0.2,
              loc="outside upper center" if few else "outside right upper", ncols=ncols,
              columnspacing=1.2)
 
@@ -322,12 +389,15 @@ def _legend(f, handles, title=None):
 def ladder(sweep, fig, **_):
     """A metric against an ordered axis, one line per hue group (and per other group key)."""
     x, y, hue, facet = fig["x"], fig["y"], fig.get("hue"), fig.get("facet")
-    _need(sweep, fig, [x, y, hue, facet], numeric=[y])
+    _need(sweep, fig, ["x", "y", "hue", "facet"], numeric=["y"])
     runs = _runs(sweep, fig)
     lines = ([hue] if hue else []) + _leftover(sweep, runs, {x, y, hue, facet, "seed"})
     keys = ([facet] if facet else []) + lines + [x]
-    _averaged_away(sweep, runs, fig, [y], keys)
+    _averaged_away(sweep, runs, fig, ["y"], keys)
     st = _point_stats(runs, keys, [y])
+    if not (st[f"{y}_n"] > 0).any():
+        raise Skip(f"no finished run{' matching where: ' + _where_text(fig) if fig.get('where') else ''} "
+                   f"has a finite {y!r}")
     st["err"] = error_of(st, y, fig.get("error", sweep.analysis["error"])).values
     numeric_x = pd.api.types.is_numeric_dtype(runs[x]) and not pd.api.types.is_bool_dtype(runs[x])
     xs_all = _order(st[x].dropna().tolist() if numeric_x else st[x].tolist())
@@ -337,7 +407,7 @@ def ladder(sweep, fig, **_):
     rests = _rests(combos, hue)
     panels = _facets(st, facet)
     f, axs = _axes(len(panels))
-    handles, partial = {}, False
+    handles, partial, baseline = {}, False, False
     for ax, (fv, part) in zip(axs, panels):
         for combo in combos:
             sel = _match(part, lines, combo)
@@ -360,6 +430,7 @@ def ladder(sweep, fig, **_):
             for _, b in base.iterrows():       # a group without this axis (a baseline): a flat line
                 ax.axhline(b[f"{y}_mean"], color=color, ls="--", lw=1.0)
                 if np.isfinite(b["err"]):
+                    baseline = True
                     ax.axhspan(b[f"{y}_mean"] - b["err"], b[f"{y}_mean"] + b["err"], color=color, alpha=0.12, lw=0)
                 handles.setdefault(text, Line2D([], [], color=color, ls="--"))
                 partial |= bool(b["partial"])
@@ -381,7 +452,8 @@ def ladder(sweep, fig, **_):
     axs[0].set_ylabel(label(sweep, y))
     if len(handles) > 1 or hue:
         _legend(f, handles, _legend_title(sweep, lines))
-    _finish(f, fig, partial, fig.get("error", sweep.analysis["error"]), n=st[f"{y}_n"])
+    _finish(f, fig, partial, fig.get("error", sweep.analysis["error"]), n=st[f"{y}_n"],
+            over=_over(sweep, _pooled(sweep, runs, keys)), bars="error bars and bands" if baseline else "error bars")
     return f, {}
 
 
@@ -391,12 +463,12 @@ line = ladder
 def pareto(sweep, fig, **_):
     """Each group as a point (error bars on both axes) and the non-dominated front through them."""
     x, y, hue, facet = fig["x"], fig["y"], fig.get("hue"), fig.get("facet")
-    _need(sweep, fig, [x, y, hue, facet], numeric=[x, y])
+    _need(sweep, fig, ["x", "y", "hue", "facet"], numeric=["x", "y"])
     x_dir, y_dir = fig.get("x_dir", "min"), fig.get("y_dir", "max")
     runs = _runs(sweep, fig)
     keys = list(dict.fromkeys(([facet] if facet else []) + ([hue] if hue else []) +
                               [k for k in sweep.analysis["group_by"] if k not in (x, y)]))
-    _averaged_away(sweep, runs, fig, [x, y], keys)
+    _averaged_away(sweep, runs, fig, ["x", "y"], keys)
     st = _point_stats(runs, keys, [x, y])
     kind = fig.get("error", sweep.analysis["error"])
     st["x_err"], st["y_err"] = error_of(st, x, kind).values, error_of(st, y, kind).values
@@ -441,7 +513,8 @@ def pareto(sweep, fig, **_):
     handles["Pareto front"] = Line2D([], [], color="0.25", ls="--", lw=0.9, marker="o", ms=7, mfc="none",
                                      mec="0.25", mew=0.8)
     _legend(f, handles, label(sweep, hue, unit=False) if hue else None)
-    _finish(f, fig, partial, kind, n=st[f"{y}_n"])
+    _finish(f, fig, partial, kind, n=pd.concat([st[f"{x}_n"], st[f"{y}_n"]]),
+            over=_over(sweep, _pooled(sweep, runs, keys)))
     cols = keys + [f"{x}_mean", "x_err", f"{y}_mean", "y_err", f"{x}_n", f"{y}_n", "planned", "partial"]
     table = st[st["on_front"]].sort_values(([facet] if facet else []) + [f"{x}_mean"])[cols]
     table = table.rename(columns={"x_err": f"{x}_{kind}", "y_err": f"{y}_{kind}"})
@@ -451,16 +524,14 @@ def pareto(sweep, fig, **_):
 def curves(sweep, fig, logged=None, **_):
     """A logged metric against step (or another logged key): mean line and error band per group."""
     x, y, hue, facet = fig.get("x", "step"), fig["y"], fig.get("hue"), fig.get("facet")
-    _need(sweep, fig, [hue, facet])
+    _need(sweep, fig, ["hue", "facet"])
     runs = _runs(sweep, fig)
     data = logged(list(sweep.runs.index[sweep.runs["in_plan"]]), [x, y])[0] if logged else None
     if data is None or data.empty:
         raise Skip("no run has logged anything yet")
-    known = [c for c in data.columns if c not in ("run",)]
-    for k in (x, y):
+    for key, k in (("x", x), ("y", y)):
         if k not in data.columns:
-            raise FigureError(f"{k!r} was logged by no run{schema.did_you_mean(k, known)}; "
-                              f"logged: {', '.join(known)}")
+            raise _not_logged(logged, data, fig, key)
     lines = list(dict.fromkeys(([hue] if hue else []) + _leftover(sweep, runs, {x, y, hue, facet, "seed"})))
     keys = ([facet] if facet else []) + lines
     data = data[data["run"].isin(runs.index)].dropna(subset=[x, y])
@@ -513,14 +584,16 @@ def curves(sweep, fig, logged=None, **_):
         ax.set_xlabel(label(sweep, x))
         if fig.get("logx"):
             _log(ax, "x", agg[x].tolist())
+        elif pd.api.types.is_numeric_dtype(agg[x]) and np.all(np.mod(agg[x].to_numpy(dtype=float), 1) == 0):
+            ax.xaxis.set_major_locator(MaxNLocator(integer=True, steps=[1, 2, 5, 10]))   # 0, 5, 10: never 2.5
         if fig.get("logy"):
             _log(ax, "y", agg["mean"].tolist())
     axs[0].set_ylabel(label(sweep, y))
     if len(handles) > 1 or hue:
         _legend(f, handles, _legend_title(sweep, lines))
-    n = agg["n"]
-    word = (f"line: mean over runs; band: {ERROR_WORDS[kind].split(' ± ')[-1]} ({_n_text(n)})"
-            if kind != "none" else f"line: mean over runs ({_n_text(n)})")
+    n, over = agg["n"], _over(sweep, _pooled(sweep, runs, keys))
+    word = (f"line: mean over {over}; band: ± {ERROR_WORDS[kind].split(' ± ')[-1]} ({_n_text(n)})"
+            if kind != "none" else f"line: mean over {over} ({_n_text(n)})")
     if partial:
         word += f"; {PARTIAL}: fewer runs have logged than planned"
     _finish(f, fig, False, kind, note=False, extra=word)
@@ -530,7 +603,7 @@ def curves(sweep, fig, logged=None, **_):
 def heatmap(sweep, fig, **_):
     """A metric over two axes: one cell per (x, y) with its mean (± std when there is room)."""
     x, y, z, facet = fig["x"], fig["y"], fig["z"], fig.get("facet")
-    _need(sweep, fig, [x, y, z, facet], numeric=[z])
+    _need(sweep, fig, ["x", "y", "z", "facet"], numeric=["z"])
     runs = _runs(sweep, fig)
     extra = _leftover(sweep, runs, {x, y, z, facet, "seed"})
     keys = ([facet] if facet else []) + extra + [y, x]
@@ -545,6 +618,7 @@ def heatmap(sweep, fig, **_):
         raise Skip(f"no finished run has {z!r}")
     vmin, vmax = float(finite.min()), float(finite.max())
     annotate = fig.get("annotate", len(xs) * len(ys) <= 100)
+    with_std = annotate and len(xs) <= 6 and bool(np.isfinite(st[f"{z}_std"].to_numpy(dtype=float)).any())
     image = None
     for ax, pv in zip(axs, panels):
         part = _match(st, panel_keys, pv)
@@ -554,7 +628,7 @@ def heatmap(sweep, fig, **_):
             grid[i, j] = r[f"{z}_mean"]
             if annotate and np.isfinite(r[f"{z}_mean"]):
                 text = f"{r[f'{z}_mean']:.3g}"
-                if np.isfinite(r[f"{z}_std"]) and len(xs) <= 6:
+                if with_std and np.isfinite(r[f"{z}_std"]):
                     text += f"\n±{r[f'{z}_std']:.2g}"
                 if r["partial"]:
                     text += PARTIAL
@@ -576,7 +650,8 @@ def heatmap(sweep, fig, **_):
     bar = f.colorbar(image, ax=list(axs), shrink=0.9, pad=0.02)
     bar.set_label(label(sweep, z))
     bar.outline.set_visible(False)
-    text = f"cells: mean over seeds ({_n_text(st[f'{z}_n'])})"
+    over = _over(sweep, _pooled(sweep, runs, keys))
+    text = f"cells: mean{' ± std' if with_std else ''} over {over} ({_n_text(st[f'{z}_n'])})"
     if st["partial"].any():
         text += f"; {PARTIAL}: fewer finished runs than planned"
     _finish(f, fig, False, "none", note=False, extra=text)
@@ -587,7 +662,7 @@ def hist(sweep, fig, logged=None, **_):
     """Distributions: a list-valued metric pooled over each hue group's runs (or a scalar metric's
     values across runs)."""
     y, hue, facet = fig["y"], fig.get("hue"), fig.get("facet")
-    _need(sweep, fig, [hue, facet])
+    _need(sweep, fig, ["hue", "facet"])
     runs = _runs(sweep, fig)
     done = runs[runs["state"] == DONE]
 
@@ -602,21 +677,24 @@ def hist(sweep, fig, logged=None, **_):
         return from_logs.get(rid, {}).get(y) if v is None else v
 
     if not scalar and not any(values_of(r) is not None for r in runs["run_id"]):
-        raise Skip(f"no run has a list {y!r} in result.json or metrics.jsonl")
+        _no_such_list(sweep, y, logged)
+        raise Skip(f"no run{' matching where: ' + _where_text(fig) if fig.get('where') else ''} "
+                   f"has a list {y!r} in result.json or metrics.jsonl")
     pool = runs if not scalar else done
     groups = ([facet] if facet else []) + ([hue] if hue else [])
     combos = _distinct(_tuples(pool, groups)) if groups else [()]
-    data = {}
+    data, n_runs = {}, {}
     for combo in combos:
         sel = _match(pool, groups, combo)
         if scalar:
-            vals = sel[y].dropna().to_numpy(dtype=float)
+            per_run = [np.asarray([v], dtype=float) for v in sel[y]]
         else:
-            vals = [values_of(r) for r in sel["run_id"]]
-            vals = np.asarray([float(t) for v in vals if v is not None for t in _flat(v)], dtype=float)
-        vals = vals[np.isfinite(vals)]
-        if len(vals):
-            data[combo] = vals
+            per_run = [np.asarray([float(t) for t in _flat(values_of(r))], dtype=float) for r in sel["run_id"]
+                       if values_of(r) is not None]
+        per_run = [v[np.isfinite(v)] for v in per_run]
+        per_run = [v for v in per_run if len(v)]
+        if per_run:
+            data[combo], n_runs[combo] = np.concatenate(per_run), len(per_run)
     if not data:
         raise Skip(f"no finite values of {y!r}")
     every = np.concatenate(list(data.values()))
@@ -644,9 +722,28 @@ def hist(sweep, fig, logged=None, **_):
     axs[0].set_ylabel("Density" if density else "Count")
     if hue:
         _legend(f, handles, label(sweep, hue, unit=False))
+    n = list(n_runs.values())
+    what = "one value per finished run" if scalar else "values pooled over the runs"
+    per = f"{min(n)}" if min(n) == max(n) else f"{min(n)}–{max(n)}"
     _finish(f, fig, False, "none", note=False,
-            extra=f"values pooled over {len(pool)} runs" + (" (finished ones)" if scalar else ""))
+            extra=f"{'each histogram' if len(n) > 1 else 'histogram'}: {what} (n = {sum(n)} runs"
+                  + (f", {per} per histogram)" if len(n) > 1 else ")"))
     return f, {}
+
+
+def _no_such_list(sweep, y, logged):
+    """A FigureError when `y` names nothing of the sweep (no final metric, list or logged list)
+    though runs have finished: a misspelling; nothing while no run has, as the list may still come."""
+    if not (sweep.runs["state"] == DONE).any():
+        return
+    known = {m for lists in sweep.lists.values() for m in lists}
+    if logged:
+        known |= {m for lists in logged(list(sweep.runs.index), [])[1].values() for m in lists}
+    if y in known:
+        return
+    options = sorted(known) + [m for m in sweep.metrics if m not in known]
+    raise FigureError(f"{y!r} is no list metric of any run{schema.did_you_mean(y, options)}; lists: "
+                      f"{', '.join(sorted(known)) or 'none'}", "y")
 
 
 def _flat(v):
@@ -664,23 +761,23 @@ def _n_text(n) -> str:
     return f"n = {min(n)}" if min(n) == max(n) else f"n = {min(n)}–{max(n)} per point"
 
 
-def _finish(f, fig, partial, kind, note=True, n=None, extra=None):
-    """Title, and the caption under the axes: what the error bars are (std, s.e.m. or CI, and n),
-    the `where:` filter, and what hollow markers mean."""
-    if fig.get("title"):
-        f.suptitle(fig["title"], fontsize=9)
+def _finish(f, fig, partial, kind, note=True, n=None, extra=None, over="seeds", bars="error bars"):
+    """Title, and the caption under the axes: what the error bars are (std, s.e.m. or CI, over
+    what, and n), the `where:` filter, and what hollow markers mean."""
+    if fig.get("title"):         # above the figure's top edge: over a legend there, never on it
+        f.suptitle(fig["title"], fontsize=9, y=1.0, va="bottom")
     parts = []
     if extra:
         parts.append(extra)
     if note:
-        parts.append(f"error bars: {ERROR_WORDS[kind]} over seeds ({_n_text(n)})" if kind != "none"
-                     else f"points: mean over seeds ({_n_text(n)})")
+        parts.append(f"{bars}: {ERROR_WORDS[kind]} over {over} ({_n_text(n)})" if kind != "none"
+                     else f"points: mean over {over} ({_n_text(n)})")
         if partial:
             parts.append("hollow: fewer finished runs than planned")
     if fig.get("where"):
         parts.append(f"where: {_where_text(fig)}")
     if parts:
-        _note(f, "; ".join(parts))
+        _note(f, parts)
 
 
 def logged_hist(sweep, fig, logged=None, **_):
@@ -694,10 +791,9 @@ def logged_hist(sweep, fig, logged=None, **_):
     data = logged(list(runs.index), wanted)[0] if logged else None
     if data is None or data.empty:
         raise Skip("no run has logged anything yet")
-    known = [c for c in data.columns if c != "run"]
-    for k in wanted:
-        if k not in data.columns:
-            raise FigureError(f"{k!r} was logged by no run{schema.did_you_mean(k, known)}; logged: {', '.join(known)}")
+    for key in ("counts", "edges", "facet", "hue"):
+        if fig.get(key) and fig[key] not in data.columns:
+            raise _not_logged(logged, data, fig, key)
     data = data[data["run"].isin(runs.index)]
     data = data[data[ck].notna() & data[ek].notna()]
     if data.empty:
@@ -721,7 +817,8 @@ def logged_hist(sweep, fig, logged=None, **_):
             for c, e in zip(sel[ck], sel[ek]):
                 c, e = np.asarray(c, dtype=float), np.asarray(e, dtype=float)
                 if len(e) != len(c) + 1:
-                    raise FigureError(f"{ek!r} must have one more value than {ck!r} (got {len(e)} and {len(c)})")
+                    raise FigureError(f"{ek!r} must have one more value than {ck!r} (got {len(e)} and {len(c)})",
+                                      "edges")
                 if density:
                     total = np.nansum(c) * np.diff(e)
                     c = np.divide(c, np.nansum(c) * np.diff(e), out=np.zeros_like(c), where=total > 0)
@@ -758,10 +855,25 @@ def draw(sweep, fig, **data):
         return KINDS[fig["kind"]](sweep, fig, **data)
 
 
+def _pin(f):
+    """Fix the layout where constrained layout puts it, legends included. Saving with
+    bbox_inches="tight" re-anchors a figure legend to the cropped area's edge: a legend above the
+    axes would move up onto the title, which lies above the figure's top edge (see _finish)."""
+    if not isinstance(f.get_layout_engine(), ConstrainedLayoutEngine):
+        return                           # pinned already (or not ours)
+    f.draw_without_rendering()
+    to_fig = f.transFigure.inverted()
+    for leg in f.legends:
+        leg.set_bbox_to_anchor(leg.get_window_extent().transformed(to_fig), transform=f.transFigure)
+        leg.set_loc("center")            # centred in its own box: where it was
+    f.set_layout_engine("none")
+
+
 def to_bytes(f, fmt) -> bytes:
     """The figure as PNG or PDF bytes with nothing in them that changes from run to run."""
     buf = io.BytesIO()
     meta = {"Software": None} if fmt == "png" else {"Creator": None, "Producer": None, "CreationDate": None}
     with rc_context(STYLE):
+        _pin(f)
         f.savefig(buf, format=fmt, metadata=meta, bbox_inches="tight", pad_inches=0.03)
     return buf.getvalue()

@@ -1,6 +1,10 @@
 """Runs -> groups: mean, std (ddof=1), n and a 95% confidence interval per metric, as CSV,
 Markdown and LaTeX tables whose cells read `0.617 ± 0.002`.
 
+The statistics are a pandas groupby; the text tables are one DataFrame of cells (`frame`)
+rendered by pandas: `DataFrame.to_markdown` (tabulate) for summary.md, `Styler.to_latex`
+(booktabs rules, LaTeX escaping) for summary.tex.
+
 Non-finite values a run reported (NaN / inf: a diverged run) are never dropped silently: the mean
 and std are over the finite values, and each cell says how many were not (`0.61 ± 0.02 (1 NaN/inf)`,
 column <m>_nonfinite in summary.csv). The 95% CI is mean ± t(0.975, n-1)·std/√n, t from scipy.
@@ -125,14 +129,14 @@ def value_text(v) -> str:
     return str(v)
 
 
-def cell(mean, std, decimals, pm=" ± ") -> str:
+def cell(mean, std, decimals) -> str:
     """`0.617 ± 0.002`; only the mean when std is undefined (n = 1); `–` when there is no value."""
     if mean is None or not np.isfinite(mean):
         return "–" if mean is None or math.isnan(mean) else str(mean)
     scale = max(abs(mean), abs(std) if std == std else 0.0)
     sci = scale >= 1e5 or (0 < scale < 10 ** -decimals)
     f = (lambda x: f"{x:.3g}") if sci else (lambda x: f"{x:.{decimals}f}")
-    return f(mean) if not std == std else f"{f(mean)}{pm}{f(std)}"
+    return f(mean) if not std == std else f"{f(mean)} ± {f(std)}"
 
 
 def _decimals(sweep, metric) -> int:
@@ -140,29 +144,35 @@ def _decimals(sweep, metric) -> int:
     return d.get(metric, 3) if isinstance(d, dict) else d
 
 
-def _rows(sweep, table, pm, mark):
-    """The text cells of each row: group values, n, metric cells."""
-    keys = sweep.analysis["group_by"]
-    rows = []
-    for _, r in table.iterrows():
-        row = [value_text(r[k]) for k in keys] if keys else ["all runs"]
-        n = f"{r[DONE]}/{r['planned']}"
-        row.append(f"{n} {mark}" if r["partial"] else n)
-        for m in sweep.analysis["metrics"]:
-            text = cell(r[f"{m}_mean"], r[f"{m}_std"], _decimals(sweep, m), pm)
-            if r.get(f"{m}_nonfinite", 0):
-                text += f" ({r[f'{m}_nonfinite']} NaN/inf)"
-            elif 0 < r[f"{m}_n"] < r[DONE]:
-                text += f" (n={r[f'{m}_n']})"
-            row.append(text)
-        rows.append(row)
-    return rows
+def _metric_text(sweep, table, m) -> pd.Series:
+    """The cells of metric `m`: `0.617 ± 0.002`, then `(k NaN/inf)` or `(n=…)` where that applies."""
+    d = _decimals(sweep, m)
+    text = pd.Series([cell(mu, sd, d) for mu, sd in zip(table[f"{m}_mean"], table[f"{m}_std"])],
+                     index=table.index, dtype=object)
+    bad = table.get(f"{m}_nonfinite", pd.Series(0, index=table.index)).fillna(0).astype(int)
+    n = table[f"{m}_n"]
+    short = (n > 0) & (n < table[DONE])
+    text = text.mask(bad > 0, text + " (" + bad.astype(str) + " NaN/inf)")
+    return text.mask((bad == 0) & short, text + " (n=" + n.astype(str) + ")")
 
 
-def _headers(sweep):
+def frame(sweep, table) -> pd.DataFrame:
+    """The summary as text cells under their headers (labels and units): the group values, `n`
+    (`done/planned`, `†` when partial), and a `mean ± std` cell per metric; what summary.md and
+    summary.tex print."""
     keys = sweep.analysis["group_by"]
-    return ([header_of(sweep, k) for k in keys] if keys else ["Group"]) + ["n"] + \
-        [header_of(sweep, m) for m in sweep.analysis["metrics"]]
+    cols = {}
+    if keys:
+        for k in keys:
+            cols[header_of(sweep, k)] = table[k].map(value_text)
+    else:
+        cols["Group"] = pd.Series("all runs", index=table.index, dtype=object)
+    n = table[DONE].astype(str) + "/" + table["planned"].astype(str)
+    cols["n"] = n.mask(table["partial"].astype(bool), n + f" {PARTIAL}")
+    for m in sweep.analysis["metrics"]:
+        head = header_of(sweep, m)
+        cols[head if head not in cols else f"{head} [{m}]"] = _metric_text(sweep, table, m)
+    return pd.DataFrame(cols, index=table.index).reset_index(drop=True)
 
 
 def _notes(sweep, table):
@@ -178,40 +188,48 @@ def _notes(sweep, table):
     return notes
 
 
-def markdown(sweep, table) -> str:
+def _align(sweep, ncols):
     nkeys = max(len(sweep.analysis["group_by"]), 1)
-    esc = lambda s: s.replace("|", "\\|")
-    head = _headers(sweep)
-    lines = ["| " + " | ".join(map(esc, head)) + " |",
-             "|" + "|".join([" --- "] * nkeys + [" ---: "] * (len(head) - nkeys)) + "|"]
-    for row in _rows(sweep, table, " ± ", PARTIAL):
-        lines.append("| " + " | ".join(map(esc, row)) + " |")
-    notes = _notes(sweep, table)
-    if notes:
-        lines += [""] + notes
+    return ["left"] * nkeys + ["right"] * (ncols - nkeys)
+
+
+def markdown(sweep, table) -> str:
+    """summary.md: a GitHub (pipe) table from DataFrame.to_markdown (tabulate), notes under it."""
+    text = frame(sweep, table)
+    pipe = lambda s: str(s).replace("|", "\\|")          # a `|` in a label or value is no column break
+    text = text.rename(columns=pipe).map(pipe)
+    lines = [text.to_markdown(index=False, tablefmt="pipe", disable_numparse=True,
+                              colalign=_align(sweep, text.shape[1]))]
+    for note in _notes(sweep, table):           # a paragraph each
+        lines += ["", note]
     return "\n".join(lines) + "\n"
 
 
-_TEX = {"\\": r"\textbackslash{}", "&": r"\&", "%": r"\%", "$": r"\$", "#": r"\#", "_": r"\_",
-        "{": r"\{", "}": r"\}", "~": r"\textasciitilde{}", "^": r"\textasciicircum{}",
-        "±": r"$\pm$", PARTIAL: r"$^\dagger$", "–": "--", "…": r"\dots{}"}
+# after pandas' LaTeX escaping (`_` -> `\_`, `&` -> `\&`...): what else a tabular needs written as LaTeX
+# (< > | print as other glyphs in the default OT1 font encoding)
+_TEX_SYMBOLS = {"<": r"\textless{}", ">": r"\textgreater{}", "|": r"\textbar{}", "±": r"$\pm$",
+                PARTIAL: r"$^\dagger$", "–": "--", "…": r"\dots{}"}
 
 
-def tex_escape(text: str) -> str:
-    return "".join(_TEX.get(c, c) for c in str(text))
+def _tex_symbols(text) -> str:
+    text = str(text)
+    for c, tex in _TEX_SYMBOLS.items():
+        text = text.replace(c, tex)
+    return text
 
 
 def latex(sweep, table) -> str:
-    """A booktabs tabular (\\usepackage{booktabs}) to \\input into a paper's table."""
-    nkeys = max(len(sweep.analysis["group_by"]), 1)
-    head = _headers(sweep)
-    lines = ["% written by `python main.py aggregate`; needs \\usepackage{booktabs}",
-             "\\begin{tabular}{" + "l" * nkeys + "r" * (len(head) - nkeys) + "}", "\\toprule",
-             " & ".join(map(tex_escape, head)) + " \\\\", "\\midrule"]
-    for row in _rows(sweep, table, " ± ", PARTIAL):
-        lines.append(" & ".join(map(tex_escape, row)) + " \\\\")
-    lines.append("\\bottomrule")
-    for note in _notes(sweep, table):
-        lines.append(f"\\multicolumn{{{len(head)}}}{{l}}{{\\footnotesize {tex_escape(note)}}} \\\\")
-    lines.append("\\end{tabular}")
+    """summary.tex: a booktabs tabular (Styler.to_latex, hrules) to \\input into a paper's table;
+    the notes follow it as a footnote-size paragraph."""
+    text = frame(sweep, table)
+    styler = (text.style.hide(axis="index")
+              .format(_tex_symbols, escape="latex")
+              .format_index(_tex_symbols, escape="latex", axis="columns"))
+    tabular = styler.to_latex(hrules=True, column_format="".join(a[0] for a in _align(sweep, text.shape[1])))
+    lines = ["% written by `python main.py aggregate`; needs \\usepackage{booktabs}", tabular.rstrip("\n")]
+    notes = _notes(sweep, table)
+    if notes:                  # under the table, in a tabular of their own: they never widen its columns
+        small = lambda note: "\\footnotesize " + _tex_symbols(note)
+        lines += ["", "\\smallskip", pd.DataFrame({"note": notes}).style.hide(axis="index").hide(axis="columns")
+                  .format(small, escape="latex").to_latex(column_format="@{}l@{}").rstrip("\n")]
     return "\n".join(lines) + "\n"

@@ -186,6 +186,8 @@ def normalize(block) -> dict:
     """The block with defaults filled in and its bad parts dropped (`check` says what they were).
 
     Data-dependent defaults (group_by, metrics) stay None here: only the sweep dir knows them.
+    `figure_index[j]` is the position in the block's own list of `figures[j]` (a figure dropped
+    for a mistake shifts the ones after it), so that errors name the figure the user wrote.
     """
     block = block if isinstance(block, dict) else {}
     bad = {path for path, _ in check(block)}
@@ -200,6 +202,7 @@ def normalize(block) -> dict:
         "labels": {str(k): v for k, v in (block.get("labels") or {}).items() if isinstance(v, str)}
         if isinstance(block.get("labels"), dict) else {},
         "figures": [],
+        "figure_index": [],
     }
     if block.get("group_by") == []:
         out["group_by"] = []
@@ -212,4 +215,5 @@ def normalize(block) -> dict:
         if any(k not in fig for k in FIGURE_KEYS[fig["kind"]][0]):
             continue
         out["figures"].append(fig)
+        out["figure_index"].append(i)
     return out

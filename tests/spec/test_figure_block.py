@@ -86,6 +86,11 @@ def test_normalize_fills_defaults_and_drops_what_check_rejects():
         {"kind": "ladder", "x": "k", "y": "a", "logx": "yes"}, {"kind": "ladr"}, {"kind": "hist"}]})
     assert block["group_by"] == ["method"] and block["metrics"] is None and block["error"] == "std"
     assert block["figures"] == [{"kind": "ladder", "x": "k", "y": "a"}]
+    assert block["figure_index"] == [0]
+    block = normalize({"figures": [{"kind": "ladr"}, {"kind": "hist"}, {"kind": "hist", "y": "w"},
+                                   {"kind": "pareto", "x": "c", "y": "a", "x_dir": "down"}]})
+    assert block["figures"] == [{"kind": "hist", "y": "w"}, {"kind": "pareto", "x": "c", "y": "a"}]
+    assert block["figure_index"] == [2, 3]          # where each is in the list as written
     assert normalize(None)["figures"] == [] and normalize(None)["group_by"] is None
 
 
