@@ -16,10 +16,12 @@ converted once, on the first read after it changed); `analysis.curves(path)` rea
 A file is rewritten only when its bytes change, so a second call with no new results touches
 nothing (PNG and PDF carry no timestamp); a hidden index (.figures.index.json) holds a hash of what
 the figures are drawn from, so they are not even drawn again while it matches.
-Problems (a corrupt result.json, a figure with nothing to draw) are listed at the end as warnings.
-A figure that names a key or metric that does not exist, or whose axis is a config key its
-grouping averages away, is an error: the rest is written, then aggregate raises ValueError
-(`main.py aggregate` prints it and exits 2).
+Problems (a corrupt result.json, a figure with nothing to draw: it says why) are listed at the end
+as warnings. A figure that names a key or metric that does not exist (with a did-you-mean), or
+whose axis is a config key its grouping averages away, is an error naming the spec file, the
+figure (analysis.figures[i]) and its key: the tables and the other figures are written, then
+aggregate raises FigureErrors, a ValueError (`main.py aggregate` prints it and exits 1; a bad
+--format or a path that is no sweep dir exits 2).
 """
 from __future__ import annotations
 
@@ -41,6 +43,10 @@ FORMATS = ("csv", "md", "tex", "png", "pdf")
 ON_REQUEST = ("curves.csv",)            # written only when named in --format
 BLOCK = 16 << 20
 WARNINGS_SHOWN = 8
+
+
+class FigureErrors(ValueError):
+    """Mistakes in figures of the `analysis:` block (one line each); everything else was written."""
 
 
 def same_bytes(path: Path, data: bytes) -> bool:
@@ -105,12 +111,13 @@ def is_sweep_dir(path) -> bool:
     return SweepDir(path).is_sweep_dir()
 
 
-def aggregate(sweep_dir, out=None, formats=None, log=print, timings=None, analysis=None) -> list:
+def aggregate(sweep_dir, out=None, formats=None, log=print, timings=None, analysis=None, spec_file=None) -> list:
     """Write the tables and figures of a sweep dir; the paths written or left as they were.
 
     `formats`: any of csv, md, tex, png, pdf (a list or a comma string; default all).
     `analysis`: an `analysis:` block to use instead of the one frozen in the sweep dir's spec.yaml
     (`main.py aggregate sweeps/x.yaml` passes the spec file's, so edits to it count).
+    `spec_file`: where that block comes from, for the errors (default: the sweep dir's spec.yaml).
     `timings`, when a dict, receives the wall and CPU seconds per phase (bench/aggregate.py prints them).
     """
     formats = _formats(formats)
@@ -188,7 +195,9 @@ def aggregate(sweep_dir, out=None, formats=None, log=print, timings=None, analys
         global _FIGURE_JOB
         names = figures_mod.names(figs)
         try:
-            _FIGURE_JOB = (sweep, figs, names, formats, logged)
+            source = spec_file or (SweepDir(sweep.dir).spec if analysis is None else None)
+            _FIGURE_JOB = (sweep, figs, names, formats, logged, source,
+                           sweep.analysis.get("figure_index") or list(range(len(figs))))
             rendered = [_render(i) for i in range(len(figs))]
         finally:
             _FIGURE_JOB = None
@@ -210,7 +219,7 @@ def aggregate(sweep_dir, out=None, formats=None, log=print, timings=None, analys
 
     report(results, sweep.warnings, log)
     if errors:
-        raise ValueError("\n".join(errors))
+        raise FigureErrors("\n".join(errors))
     return [p for p, _ in results]
 
 
@@ -235,8 +244,7 @@ def logged_reader(sweep, curve_table=None):
             pos_of = {runs.at[p, "run_id"]: p for p in positions}
             lists_cols = [c for c in table.column_names if curves_mod.is_list_type(table.schema.field(c).type)]
             keep = [c for c in table.column_names if c == "run_id" or c in columns or c in lists_cols]
-            df = curves_mod.frame(table.select(keep))
-            df = df[df["run_id"].isin(pos_of)]
+            df = curves_mod.frame(curves_mod.select_runs(table.select(keep), set(pos_of)))
             df.insert(0, "run", df["run_id"].map(pos_of))
             lists = {}
             for c in lists_cols:
@@ -247,6 +255,8 @@ def logged_reader(sweep, curve_table=None):
             cols += [c for c in df.columns if c not in cols and c != "run_id"]
             cache[key] = (df[list(dict.fromkeys(cols))].reset_index(drop=True), lists)
         return cache[key]
+    # every key any run logged: a figure's misspelt one gets a did-you-mean from all of them
+    logged.columns = lambda: [c for c in curve_table().column_names if c != "run_id"]
     return logged
 
 
@@ -288,7 +298,7 @@ _FIGURE_JOB = None          # what _render needs, set before worker processes ar
 def _render(i):
     """Figure i of the job as ([(file name, bytes)], warning or None, error or None): a figure
     with nothing to draw is a warning; a mistake in the figure's spec is an error."""
-    sweep, figs, names, formats, logged = _FIGURE_JOB
+    sweep, figs, names, formats, logged, source, at = _FIGURE_JOB
     fig, name = figs[i], names[i]
     try:
         f, tables = figures_mod.draw(sweep, fig, logged=logged)
@@ -299,7 +309,9 @@ def _render(i):
     except figures_mod.Skip as e:
         return [], f"figure {name!r} ({fig['kind']}): not drawn: {e}", None
     except figures_mod.FigureError as e:
-        return [], None, f"figure {name!r} ({fig['kind']}): {e}"
+        key = f"analysis.figures[{at[i]}]" + (f".{e.key}" if e.key else "")
+        return [], None, (f"{str(source) + ': ' if source else ''}{key}: {e.message} "
+                          f"(figure {name!r}, {fig['kind']}; not drawn)")
     except Exception as e:            # a bug or an odd sweep: say so, write the rest
         return [], f"figure {name!r} ({fig['kind']}): failed: {type(e).__name__}: {e}", None
 
@@ -335,6 +347,10 @@ def main(argv=None) -> int:
         return 2
     try:
         aggregate(sdir, out=args.out, formats=args.format)
+    except FigureErrors as e:
+        for line in str(e).splitlines():           # one per figure
+            print(f"error: {line}", file=sys.stderr)
+        return 1
     except ValueError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
