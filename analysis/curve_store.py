@@ -490,11 +490,12 @@ def _write_part(cdir: Path, table: pa.Table) -> str:
 def _read_part(cdir: Path, name: str, run_ids, columns=None) -> pa.Table:
     schema = pq.read_schema(cdir / name)
     cols = None if columns is None else [c for c in schema.names if c in columns]
-    return _only(pq.read_table(cdir / name, columns=cols, read_dictionary=["run_id"]), run_ids)
+    return select_runs(pq.read_table(cdir / name, columns=cols, read_dictionary=["run_id"]), run_ids)
 
 
-def _only(t: pa.Table, run_ids) -> pa.Table:
-    """The rows of `run_ids` (a part can hold runs converted again since, or not asked for)."""
+def select_runs(t: pa.Table, run_ids) -> pa.Table:
+    """The rows of `run_ids` (a set), found through the run_id dictionary: a part can hold runs
+    converted again since, or not asked for; a figure's `where:` wants a few runs of many."""
     if run_ids is not None and t.num_rows:
         col = t.column("run_id").combine_chunks()
         in_dict = pc.is_in(col.dictionary, pa.array(sorted(run_ids), pa.string()))
@@ -578,7 +579,7 @@ def load(sweep_dir, run_ids, columns=None, cache=True, stats=None) -> tuple[pa.T
             atomic.write_bytes(cdir / "manifest.json", json.dumps(manifest).encode())
         _cleanup(cdir, manifest)           # a scandir of a few files: orphans of killed writers go
         want = None if columns is None else {"run_id", *columns}
-        tables = [_select(_only(held[name], set(rids)), want) if name in held else _read_part(cdir, name, set(rids), want)
+        tables = [_select(select_runs(held[name], set(rids)), want) if name in held else _read_part(cdir, name, set(rids), want)
                   for name, rids in parts.items()]
         stats.update(converted=len(stale), cached=len(run_ids) - len(stale))
         table = _concat(tables)

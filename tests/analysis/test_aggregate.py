@@ -3,6 +3,7 @@ a second call with nothing new rewrites nothing; `python main.py aggregate` exit
 import csv
 import io
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -43,6 +44,11 @@ def make_sweep(root, states=None, analysis=ANALYSIS):
     return write_sweep(Path(root) / "my sweep", runs, analysis=analysis), runs
 
 
+def squeezed(path):
+    """A text file with runs of spaces made one (to_markdown pads the columns of summary.md)."""
+    return re.sub(r" {2,}", " ", Path(path).read_text())
+
+
 def read_csv(path):
     return list(csv.DictReader(io.StringIO(Path(path).read_text(), newline="")))
 
@@ -74,7 +80,7 @@ def test_every_output_is_written_under_the_sweep_dir(tmp_path):
     assert curves[11]["run_id"] == runs[1]["run_id"] and float(curves[11]["loss"]) == 1.0 / 3
     summary = read_csv(out / "summary.csv")
     assert len(summary) == 6 and float(summary[0]["test_acc_mean"]) == pytest.approx(0.62)
-    assert "| bp | 0 | 3/3 | 0.620 ± 0.010 |" in (out / "summary.md").read_text()
+    assert "| bp | 0 | 3/3 | 0.620 ± 0.010 |" in squeezed(out / "summary.md")
 
 
 def test_a_second_call_with_no_new_results_rewrites_nothing(tmp_path):
@@ -125,23 +131,33 @@ def test_partial_sweeps_corrupt_results_and_missing_metrics_are_reported_not_fat
     assert "metric 'cost' is missing from 1 of 15 finished runs" in text
     assert f"runs/{runs[4]['run_id']}/metrics.jsonl: 1 unreadable line(s) skipped" in text
     assert "18 runs planned: 15 done, 1 failed, 2 not finished" in text
-    md = (sdir / "analysis" / "summary.md").read_text()
+    md = squeezed(sdir / "analysis" / "summary.md")
     assert "| bp | 0 | 0/3 † |" in md and "† partial" in md
 
 
 def test_a_misspelt_figure_key_is_an_error_after_the_rest_is_written(tmp_path):
-    analysis = {**ANALYSIS, "figures": [{"kind": "ladder", "x": "kk", "y": "test_acc"},
+    analysis = {**ANALYSIS, "figures": [{"kind": "ladr", "x": "k", "y": "test_acc"},     # dropped: a warning
+                                        {"kind": "ladder", "x": "kk", "y": "test_acc"},
                                         {"kind": "ladder", "x": "k", "y": "test_acc"},
+                                        {"kind": "pareto", "x": "cost", "y": "test_accc"},
                                         {"kind": "ladder", "x": "k", "y": "test_acc", "where": {"k": 9}}]}
     sdir, _ = make_sweep(tmp_path, analysis=analysis)
     lines = []
-    with pytest.raises(ValueError, match="did you mean 'k'"):
-        aggregate(sdir, formats="png", log=lines.append)
-    assert (sdir / "analysis" / "ladder_test_acc_vs_k.png").exists()
+    with pytest.raises(ValueError, match="did you mean 'k'") as e:
+        aggregate(sdir, formats="md,png", log=lines.append)
+    errors = str(e.value).splitlines()              # one line per figure: spec file, figure index, key
+    assert errors[0].startswith(f"{sdir / 'spec.yaml'}: analysis.figures[1].x: 'kk' is neither")
+    assert errors[1].startswith(f"{sdir / 'spec.yaml'}: analysis.figures[3].y: 'test_accc' is neither")
+    assert "did you mean 'test_acc'" in errors[1] and len(errors) == 2
+    assert (sdir / "analysis" / "ladder_test_acc_vs_k.png").exists()           # the other figures
+    assert (sdir / "analysis" / "summary.md").exists()                          # and the tables
     assert any("not drawn: no planned run matches where: k = 9" in line for line in lines), lines
+    with pytest.raises(ValueError, match=re.escape("sweeps/mine.yaml: analysis.figures[1].x:")):
+        aggregate(sdir, formats="png", log=lines.append, analysis=analysis, spec_file="sweeps/mine.yaml")
     res = subprocess.run([sys.executable, "main.py", "aggregate", str(sdir), "--format", "png"], cwd=REPO,
                          capture_output=True, text=True, timeout=120)
-    assert res.returncode == 2 and "did you mean 'k'" in res.stderr
+    assert res.returncode == 1 and "analysis.figures[1].x: 'kk'" in res.stderr and "did you mean 'k'" in res.stderr
+    assert "not drawn: no planned run matches where: k = 9" in res.stdout
 
 
 def test_format_and_out_choose_what_and_where(tmp_path):
