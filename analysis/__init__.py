@@ -49,13 +49,15 @@ def curves(path, metrics=None, root=None, cache=True):
     from jobs.store import SweepDir
     sdir = SweepDir(sweep_dir_of(path, root))
     wanted = None if metrics is None else ([metrics] if isinstance(metrics, str) else list(metrics))
-    table, _ = curve_store.load(sdir, sdir.run_ids(), cache=cache)
-    if wanted is not None:
-        from jobs.spec import did_you_mean
-        known = [c for c in table.column_names if c not in curve_store.INDEX]
-        unknown = [m for m in wanted if m not in table.column_names]
-        if unknown:
-            raise KeyError(f"{unknown[0]!r} was logged by no run{did_you_mean(unknown[0], known)}; "
-                           f"logged: {', '.join(known) or 'nothing'}")
-        table = table.select([c for c in table.column_names if c in curve_store.INDEX or c in wanted])
-    return curve_store.frame(table)
+
+    def pick(table):                   # run while the cache's new parts are written
+        if wanted is not None:
+            from jobs.spec import did_you_mean
+            known = [c for c in table.column_names if c not in curve_store.INDEX]
+            unknown = [m for m in wanted if m not in table.column_names]
+            if unknown:
+                raise KeyError(f"{unknown[0]!r} was logged by no run{did_you_mean(unknown[0], known)}; "
+                               f"logged: {', '.join(known) or 'nothing'}")
+            table = table.select([c for c in table.column_names if c in curve_store.INDEX or c in wanted])
+        return curve_store.frame(table)
+    return curve_store.load(sdir, sdir.run_ids(), cache=cache, finish=pick)[0]

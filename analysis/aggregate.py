@@ -268,7 +268,7 @@ def _figures_key(sweep, figs, formats, run_ids) -> str:
     h.update(json.dumps([figs, sorted(formats), sweep.analysis, sweep.lists], sort_keys=True, default=str).encode())
     if any(f["kind"] in ("curves", "hist", "logged_hist") for f in figs):
         sdir = SweepDir(sweep.dir)
-        h.update(json.dumps([curves_mod._stat(sdir.run(r).metrics) for r in run_ids]).encode())
+        h.update(json.dumps([curves_mod.stat_of(p) for p in sdir.metrics_files(run_ids).values()]).encode())
     import matplotlib
     h.update(matplotlib.__version__.encode())
     for module in (figures_mod, summary_mod, curves_mod):

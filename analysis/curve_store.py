@@ -48,6 +48,7 @@ COMPACT_PARTS = 8
 INDEX = ("run_id", "step", "time")      # the columns every curve table has first
 SAMPLE = 16              # logs DuckDB's type detection reads for the fast read (spread over the list)
 SAMPLE_ROWS = 1 << 20    # lines of them it may read for that
+FILE, CELLS, STEP_OK = "__hpcsweep_file", "__hpcsweep_cells", "__hpcsweep_step_ok"   # the read's own columns
 LOCK_TIMEOUT_S = 600
 COMPRESSION = "lz4"
 BIG = 1 << 40            # steps are below this; runs are told apart by multiples of it (replay rule)
@@ -190,33 +191,39 @@ def convert(files: dict) -> tuple[pa.Table, dict]:
     sample = sorted({round(i * (n - 1) / (SAMPLE - 1)) for i in range(SAMPLE)})
     chosen = set(sample)
     order = sample + [i for i in range(n) if i not in chosen]          # positions in `paths`, as read
+    con = _connect()
+    source = ("read_json($f, format='newline_delimited', ignore_errors=true, maximum_sample_files=$m, "
+              "sample_size=$s)")
+    params = {"f": [paths[i] for i in order], "m": len(sample), "s": SAMPLE_ROWS}
     try:
-        table = _connect().sql(
-            "SELECT file_index, * FROM read_json($f, format='newline_delimited', ignore_errors=true, "
-            "maximum_sample_files=$m, sample_size=$s)",
-            params={"f": [paths[i] for i in order], "m": len(sample), "s": SAMPLE_ROWS}).to_arrow_table()
+        names = [row[0] for row in con.sql(f"DESCRIBE SELECT * FROM {source}", params=params).fetchall()]
+        # the per-row bookkeeping computed by DuckDB inside the read, in parallel (the result has
+        # one Arrow chunk per file: per-row work in Python on it costs a second per 10M rows)
+        quoted = {c: '"' + c.replace('"', '""') + '"' for c in names}
+        filled = " + ".join(f"({quoted[c]} IS NOT NULL)::INTEGER" for c in names)
+        step = f"({quoted['step']} IS NOT NULL)" if "step" in names else "false"
+        table = con.sql(f"SELECT file_index::INTEGER AS {FILE}, ({filled})::INTEGER AS {CELLS}, "
+                        f"{step} AS {STEP_OK}, * FROM {source}", params=params).to_arrow_table()
     except Exception:           # nothing DuckDB could type (every file unreadable, ...): the slow way
         counter.join()
         return _exact(files)
     counter.join()
-    where = np.asarray(order, dtype=np.int64)[table.column("file_index").to_numpy()]   # row -> position in paths
-    table = _typed(table.drop_columns(["file_index"]))
-    step_ok = pc.is_valid(table.column("step")).to_numpy(zero_copy_only=False) if "step" in table.column_names \
-        else np.zeros(table.num_rows, dtype=bool)
-    cells = np.zeros(table.num_rows, dtype=np.int64)
-    for name in table.column_names:
-        cells += pc.is_valid(table.column(name)).to_numpy(zero_copy_only=False)
+    where = np.asarray(order, dtype=np.int64)[table.column(FILE).to_numpy()]     # row -> position in paths
+    step_ok = table.column(STEP_OK).to_numpy()
+    cells = table.column(CELLS).to_numpy()
+    table = _typed(table.drop_columns([FILE, CELLS, STEP_OK]))
     lines = np.array([census[p][0] for p in paths])
     seen = np.array([census[p][1] for p in paths])
-    doubtful = (np.bincount(where, weights=step_ok, minlength=n) != lines) | \
+    doubtful = (np.bincount(where[step_ok], minlength=n) != lines) | \
         (np.bincount(where, weights=cells, minlength=n) != seen)
-    keep = step_ok & ~doubtful[where]
-    if not keep.all():
+    if doubtful.any():
+        keep = step_ok & ~doubtful[where]
         table, where = table.filter(pa.array(keep)), where[keep]
         table = table.select([c for c in table.column_names if c == "step" or table.column(c).null_count < table.num_rows])
     table = _in_order(table, where)
-    table = table.add_column(0, "run_id", pa.DictionaryArray.from_arrays(
-        pa.array(np.sort(where).astype(np.int32)), pa.array(rids, pa.string())))
+    per_file = np.bincount(where, minlength=n)
+    table = table.add_column(0, "run_id", pa.DictionaryArray.from_arrays(           # files in order now
+        pa.array(np.repeat(np.arange(n, dtype=np.int32), per_file)), pa.array(rids, pa.string())))
     bad = {rid: 0 for rid in rids}
     parts = [table]
     redo = {rids[i]: paths[i] for i in np.flatnonzero(doubtful)}
@@ -414,6 +421,8 @@ def _concat(tables):
         return _empty()
     if len(tables) == 1:
         return tables[0]
+    if all(t.schema.equals(tables[0].schema) for t in tables):      # pieces of one conversion: no casts
+        return pa.concat_tables(tables)
     tables = [t.cast(pa.schema([f.with_type(pa.dictionary(pa.int32(), pa.string())) if f.name == "run_id" else f
                                 for f in t.schema])) for t in tables]
     try:
@@ -461,7 +470,8 @@ def _replays(table: pa.Table, order: dict) -> pa.Table:
 
 # ---------------------------------------------------------------- the cache
 
-def _stat(path):
+def stat_of(path):
+    """[size, mtime_ns] of a file, or None: what says a log changed since it was converted."""
     try:
         st = os.stat(path)
     except OSError:
@@ -476,15 +486,17 @@ def _read_manifest(cdir: Path) -> dict:
     return m
 
 
-def _write_part(cdir: Path, table: pa.Table) -> str:
-    name = f"part-{uuid.uuid4().hex[:16]}.parquet"
+def _part_name() -> str:
+    return f"part-{uuid.uuid4().hex[:16]}.parquet"
+
+
+def _write_part(cdir: Path, table: pa.Table, name: str) -> None:
     sink = pa.BufferOutputStream()
     # dictionaries for run_id and step only (logged floats rarely repeat: trying costs a quarter of
     # the write), no statistics (nothing filters on them), row groups of 1M rows (read in parallel)
     pq.write_table(table, sink, compression=COMPRESSION, use_dictionary=[c for c in ("run_id", "step") if c in
                    table.column_names], write_statistics=False, row_group_size=1 << 20)
     atomic.write_bytes(cdir / name, sink.getvalue().to_pybytes())
-    return name
 
 
 def _read_part(cdir: Path, name: str, run_ids, columns=None) -> pa.Table:
@@ -496,12 +508,14 @@ def _read_part(cdir: Path, name: str, run_ids, columns=None) -> pa.Table:
 def select_runs(t: pa.Table, run_ids) -> pa.Table:
     """The rows of `run_ids` (a set), found through the run_id dictionary: a part can hold runs
     converted again since, or not asked for; a figure's `where:` wants a few runs of many."""
-    if run_ids is not None and t.num_rows:
-        col = t.column("run_id").combine_chunks()
-        in_dict = pc.is_in(col.dictionary, pa.array(sorted(run_ids), pa.string()))
-        if not pc.all(in_dict).as_py():
-            t = t.filter(in_dict.take(col.indices))
-    return t
+    if run_ids is None or not t.num_rows:
+        return t
+    wanted = set(run_ids)
+    if all(set(c.dictionary.to_pylist()) <= wanted for c in t.column("run_id").chunks) or set(_runs_in(t)) <= wanted:
+        return t
+    col = t.column("run_id").combine_chunks()
+    in_dict = pc.is_in(col.dictionary, pa.array(sorted(wanted), pa.string()))
+    return t.filter(in_dict.take(col.indices))
 
 
 def _cleanup(cdir: Path, manifest: dict):
@@ -518,14 +532,17 @@ def _cleanup(cdir: Path, manifest: dict):
                 pass
 
 
-def load(sweep_dir, run_ids, columns=None, cache=True, stats=None) -> tuple[pa.Table, dict]:
+def load(sweep_dir, run_ids, columns=None, cache=True, stats=None, finish=None):
     """(every logged line of `run_ids` as a Table, {run_id: unreadable lines}); converts only the
     logs that changed since the cache last saw them. `columns`: keep only these (plus run_id).
-    `stats`, when a dict, receives converted / cached run counts."""
+    `stats`, when a dict, receives converted / cached run counts. `finish`: a function of the
+    Table (frame, say) whose result is returned in the Table's place, run while the new parts are
+    written (on another core: pyarrow writes without the GIL)."""
+    finish = finish or (lambda table: table)
     sdir = _sd(sweep_dir)
     run_ids = list(dict.fromkeys(run_ids))
-    paths = {rid: sdir.run(rid).metrics for rid in run_ids}
-    now = {rid: _stat(p) for rid, p in paths.items()}
+    paths = sdir.metrics_files(run_ids)
+    now = {rid: stat_of(p) for rid, p in paths.items()}
     stats = {} if stats is None else stats
     cdir = cache_dir(sdir)
     lock = None
@@ -539,7 +556,7 @@ def load(sweep_dir, run_ids, columns=None, cache=True, stats=None) -> tuple[pa.T
     if lock is None:                   # no cache: convert everything in memory
         table, bad = convert({rid: paths[rid] for rid in run_ids if now[rid]})
         stats.update(converted=sum(1 for r in run_ids if now[r]), cached=0)
-        return _select(table, columns), bad
+        return finish(_select(table, columns)), bad
     try:
         manifest = _read_manifest(cdir)
         entries = manifest["runs"]
@@ -550,12 +567,17 @@ def load(sweep_dir, run_ids, columns=None, cache=True, stats=None) -> tuple[pa.T
                 del entries[rid]
                 changed = True
         held = {}                      # part name -> its Table, for parts written now (not read back)
+        writers = []
         if stale:
             table, bad = convert({rid: paths[rid] for rid in stale})
-            part = _write_part(cdir, table) if table.num_rows else None
-            held[part] = table
-            for rid in stale:
-                entries[rid] = [part, *now[rid], int(bad.get(rid, 0))]
+            part_of = {}
+            for piece in _pieces(table, WRITERS):
+                name = _part_name()
+                held[name] = piece
+                writers.append(_start(_write_part, cdir, piece, name))
+                part_of.update(dict.fromkeys(_runs_in(piece), name))
+            for rid in stale:          # a run with no readable line has no part
+                entries[rid] = [part_of.get(rid), *now[rid], int(bad.get(rid, 0))]
         parts = {}
         for rid in run_ids:
             e = entries.get(rid)
@@ -563,43 +585,97 @@ def load(sweep_dir, run_ids, columns=None, cache=True, stats=None) -> tuple[pa.T
                 parts.setdefault(e[0], []).append(rid)
         live_parts = {v[0] for v in entries.values() if v[0]}
         if len(live_parts) > COMPACT_PARTS:
+            _join(writers)
             everything = {}
             for rid, e in entries.items():
                 if e[0]:
                     everything.setdefault(e[0], []).append(rid)
-            merged = _concat([_read_part(cdir, name, set(rids)) for name, rids in everything.items()])
-            name = _write_part(cdir, merged)
+            merged = _concat([held[n] if n in held else _read_part(cdir, n, set(rids)) for n, rids in everything.items()])
+            name = _part_name()
+            writers = [_start(_write_part, cdir, merged, name)]
             held = {name: merged}
             for rid, e in entries.items():
                 if e[0]:
                     e[0] = name
             changed = True
             parts = {name: [rid for rid in run_ids if entries.get(rid) and entries[rid][0]]}
-        if changed or stale:
-            atomic.write_bytes(cdir / "manifest.json", json.dumps(manifest).encode())
-        _cleanup(cdir, manifest)           # a scandir of a few files: orphans of killed writers go
         want = None if columns is None else {"run_id", *columns}
         tables = [_select(select_runs(held[name], set(rids)), want) if name in held else _read_part(cdir, name, set(rids), want)
                   for name, rids in parts.items()]
         stats.update(converted=len(stale), cached=len(run_ids) - len(stale))
-        table = _concat(tables)
-        table = _replays_order(table, run_ids)
+        try:
+            result, failed = finish(_replays_order(_concat(tables), run_ids)), None
+        except Exception as e:         # (a metric no run logged, say): the conversion is kept all the same
+            result, failed = None, e
+        _join(writers)                 # the parts are on disk before the manifest names them
+        if changed or stale:
+            atomic.write_bytes(cdir / "manifest.json", json.dumps(manifest).encode())
+        _cleanup(cdir, manifest)           # a scandir of a few files: orphans of killed writers go
+        if failed is not None:
+            raise failed
         bad = {rid: entries[rid][3] for rid in run_ids if rid in entries and entries[rid][3]}
-        return table, bad
+        return result, bad
     finally:
         lock.release()
+
+
+WRITERS = 2                  # parts a big conversion is written as, at once (pyarrow writes one file on one core)
+
+
+def _pieces(table: pa.Table, n: int) -> list:
+    """`table` cut into up to n tables at run boundaries (a run's rows are together), for parallel writes."""
+    if table.num_rows < (1 << 20) or n < 2:
+        return [table] if table.num_rows else []
+    idx = table.column("run_id").combine_chunks().indices.to_numpy(zero_copy_only=False)
+    bounds = np.flatnonzero(idx[1:] != idx[:-1]) + 1               # where one run's rows end
+    if len(bounds) == 0:
+        return [table]
+    cuts = sorted({0, table.num_rows, *(int(bounds[np.abs(bounds - table.num_rows * k // n).argmin()])
+                                        for k in range(1, n))})
+    return [table.slice(a, b - a) for a, b in zip(cuts, cuts[1:])]
+
+
+def _runs_in(table: pa.Table) -> list:
+    """The run ids that have rows in `table`."""
+    out = []
+    for chunk in table.column("run_id").chunks:
+        used = np.bincount(chunk.indices.to_numpy(zero_copy_only=False), minlength=len(chunk.dictionary)) > 0
+        out += chunk.dictionary.filter(pa.array(used)).to_pylist()
+    return list(dict.fromkeys(out))
+
+
+def _start(fn, *args):
+    box = {}
+
+    def run():
+        try:
+            fn(*args)
+        except BaseException as e:     # re-raised by _join in the caller's thread
+            box["error"] = e
+    t = threading.Thread(target=run, daemon=False)
+    t.start()
+    return t, box
+
+
+def _join(writers):
+    for t, box in writers:
+        t.join()
+    for _, box in writers:
+        if "error" in box:
+            raise box["error"]
 
 
 def _replays_order(table, run_ids):
     """Rows ordered by run as `run_ids` lists them (each part is already cut of replays)."""
     if table.num_rows == 0:
         return table
-    rid = table.column("run_id").combine_chunks()
-    order = {r: i for i, r in enumerate(run_ids)}
-    rank = np.array([order.get(n, len(order)) for n in rid.dictionary.to_pylist()], dtype=np.int64)
-    run = rank[rid.indices.to_numpy(zero_copy_only=False)]
-    if np.any(np.diff(run) < 0):
-        table = table.take(pa.array(np.argsort(run, kind="stable")))
+    table = table.unify_dictionaries()             # one dictionary for every chunk: ranks looked up once
+    chunks = table.column("run_id").chunks
+    rank = pc.index_in(chunks[0].dictionary, value_set=pa.array(run_ids, pa.string())).to_numpy(zero_copy_only=False)
+    rank = np.where(np.isnan(rank), len(run_ids), rank).astype(np.int64) if rank.dtype.kind == "f" else rank.astype(np.int64)
+    run = np.concatenate([rank[c.indices.to_numpy(zero_copy_only=False)] for c in chunks])
+    if np.any(run[1:] < run[:-1]):
+        table = _in_order(table, run)
     return table
 
 

@@ -72,8 +72,9 @@ class RunDir:
     def __repr__(self):
         return f"RunDir({str(self.path)!r})"
 
+    METRICS = "metrics.jsonl"
     config = property(lambda self: self.path / "config.yaml")
-    metrics = property(lambda self: self.path / "metrics.jsonl")
+    metrics = property(lambda self: self.path / RunDir.METRICS)
     checkpoints = property(lambda self: self.path / "checkpoints")
     attempts = property(lambda self: self.path / "attempts.jsonl")
     result = property(lambda self: self.path / "result.json")
@@ -158,6 +159,12 @@ class SweepDir:
 
     def run(self, run_id) -> RunDir:
         return RunDir(self.runs / run_id)
+
+    def metrics_files(self, run_ids) -> dict:
+        """{run_id: its metrics.jsonl as a str}: RunDir.metrics for many runs at once (10,000 Path
+        objects cost a third of a second; a cached curve load needs nothing else)."""
+        runs = os.fspath(self.runs)
+        return {rid: os.path.join(runs, rid, RunDir.METRICS) for rid in run_ids}
 
     def code_version(self, submission) -> Path:
         return self.code / f"{submission}.json"
