@@ -10,8 +10,10 @@
 corrupt result, new), stage, attempts, wall_time_s, finished, the config keys (from each run's
 frozen config.yaml), the final metrics (NaN / inf kept as floats), diverged (any final metric
 non-finite), error (a failed run's last traceback line), in_plan (False: a run dir of an earlier plan).
-`curves(path, metrics=None)`: every logged line, long form: run_id, step, time, one column per
-logged metric (`metrics` picks some; a name no run logged is an error with a did-you-mean).
+`curves(path, metrics=None, dtype_backend="numpy")`: every logged line, long form: run_id, step,
+time, one column per logged metric (`metrics` picks some; a name no run logged is an error with a
+did-you-mean); `dtype_backend="pyarrow"` gives Arrow-backed columns without a copy (a metric a line
+did not log is <NA> there, NaN in the numpy backend).
 
 `path` is a sweep dir or a spec file; a spec file's sweep dir is <root>/<sweep name> with root =
 `root=` if given, else $HPCSWEEP_ROOT, else ./results, relative to the current directory.
@@ -43,8 +45,9 @@ def runs(path, root=None):
     return load(sweep_dir_of(path, root)).all_runs.reset_index(drop=True)
 
 
-def curves(path, metrics=None, root=None, cache=True):
-    """Every logged line as a long pandas DataFrame: run_id, step, time, one column per metric."""
+def curves(path, metrics=None, root=None, cache=True, dtype_backend="numpy"):
+    """Every logged line as a long pandas DataFrame: run_id, step, time, one column per metric
+    (`dtype_backend="pyarrow"`: Arrow columns, no copy; see analysis.curve_store.frame)."""
     from analysis import curve_store
     from jobs.store import SweepDir
     sdir = SweepDir(sweep_dir_of(path, root))
@@ -59,5 +62,6 @@ def curves(path, metrics=None, root=None, cache=True):
                 raise KeyError(f"{unknown[0]!r} was logged by no run{did_you_mean(unknown[0], known)}; "
                                f"logged: {', '.join(known) or 'nothing'}")
             table = table.select([c for c in table.column_names if c in curve_store.INDEX or c in wanted])
-        return curve_store.frame(table)
+        return curve_store.frame(table, dtype_backend)
+    curve_store.check_backend(dtype_backend)           # before the work, not after it
     return curve_store.load(sdir, sdir.run_ids(), cache=cache, finish=pick)[0]

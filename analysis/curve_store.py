@@ -685,17 +685,35 @@ def _select(table, columns):
     return table.select([c for c in table.column_names if c == "run_id" or c in columns])
 
 
-def frame(table: pa.Table):
-    """The Table as a pandas DataFrame: run_id, step, time, then the metrics; NaN / inf kept as
-    floats; list-valued metrics as pandas' Arrow lists (pd.ArrowDtype: `df[m].iloc[i]` is a list,
-    `df[m].list.flatten()` every value; an object column of numpy arrays costs 3x the whole
-    conversion). run_id is pandas' string dtype, made by Arrow from the dictionary (astype(str)
-    on the categorical builds one Python string per row: 10x slower)."""
-    if "run_id" in table.column_names and pa.types.is_dictionary(table.schema.field("run_id").type):
-        i = table.column_names.index("run_id")
-        table = table.set_column(i, "run_id", pc.cast(table.column("run_id"), pa.string()))
-    df = table.to_pandas(split_blocks=True, self_destruct=False,
-                         types_mapper=lambda t: pd.ArrowDtype(t) if is_list_type(t) else None)
+BACKENDS = ("numpy", "pyarrow")
+
+
+def check_backend(dtype_backend) -> None:
+    if dtype_backend not in BACKENDS:
+        raise ValueError(f"dtype_backend: expected one of {', '.join(BACKENDS)}, got {dtype_backend!r}")
+
+
+def frame(table: pa.Table, dtype_backend="numpy"):
+    """The Table as a pandas DataFrame: run_id, step, time, then the metrics, in run order.
+
+    dtype_backend="numpy" (pandas' default): metrics float64, a line that did not log a metric
+    NaN, NaN / inf as logged; run_id pandas' string dtype (made by Arrow from the dictionary:
+    astype(str) on a categorical builds one Python string per row, 10x slower).
+    dtype_backend="pyarrow" (as pandas' read_parquet(dtype_backend=...)): every column an Arrow
+    column with no copy (4x faster on 10M rows): a metric not logged is <NA>, a logged NaN stays
+    NaN; run_id categorical. List-valued metrics are pandas' Arrow lists either way
+    (`df[m].iloc[i]` is a list, `df[m].list.flatten()` every value; an object column of numpy
+    arrays would cost 3x the whole conversion)."""
+    check_backend(dtype_backend)
+    if dtype_backend == "pyarrow":
+        df = table.to_pandas(split_blocks=True, self_destruct=False,
+                             types_mapper=lambda t: None if pa.types.is_dictionary(t) else pd.ArrowDtype(t))
+    else:
+        if "run_id" in table.column_names and pa.types.is_dictionary(table.schema.field("run_id").type):
+            i = table.column_names.index("run_id")
+            table = table.set_column(i, "run_id", pc.cast(table.column("run_id"), pa.string()))
+        df = table.to_pandas(split_blocks=True, self_destruct=False,
+                             types_mapper=lambda t: pd.ArrowDtype(t) if is_list_type(t) else None)
     first = [c for c in INDEX if c in df.columns]
     return df[first + [c for c in df.columns if c not in first]].reset_index(drop=True)
 

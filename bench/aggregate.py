@@ -7,8 +7,9 @@
 Builds the sweep dir first (not timed): spec.yaml with an analysis block of six figures, plan.json,
 and per run config.yaml, result.json and a metrics.jsonl written the way ctx.log writes it
 ({"step", "time", loss, lr} every step, {"step", "time", val_acc} every 50 steps, a router-weight
-list every 250). First the curves: analysis.curves with an empty cache against DuckDB's read_json of
-the same files into a DataFrame (ratio), then again after one more run finished. Then one full aggregate, timed by phase: "tables" is runs.csv and the summary
+list every 250). First the curves, for each DataFrame backend (numpy, pyarrow): analysis.curves with an empty cache
+against DuckDB's read_json of the same files into a DataFrame (ratio), then again after one more
+run finished. Then one full aggregate, timed by phase: "tables" is runs.csv and the summary
 (CSV, Markdown, LaTeX); "figures" is
 the six figures as PNG and PDF. A second call (nothing new) shows the cost of finding that nothing
 changed (the figures are not drawn again: a hash of their inputs says so). Wall and CPU
@@ -133,50 +134,56 @@ def timed(sdir, out):
     return time.perf_counter() - t0, cpu() - c0, timings, lines
 
 
+def add_run(sdir, rid, lines):
+    """One more finished run, as a job leaves it: config.yaml, metrics.jsonl, result.json, its plan entry."""
+    plan = json.loads((sdir / "plan.json").read_text())
+    cfg = dict(plan["runs"][0]["config"], seed=1000 + len(plan["runs"]))
+    plan["runs"].append({"run_id": rid, "label": rid, "config": cfg, "varied": cfg})
+    rdir = sdir / "runs" / rid
+    rdir.mkdir()
+    (rdir / "config.yaml").write_text(json.dumps({"run_id": rid, "label": rid, "task": "bench",
+                                                  "varied": cfg, "config": cfg}) + "\n")
+    (rdir / "metrics.jsonl").write_bytes(log_text(random.Random(rid), lines, 0.7))
+    (rdir / "result.json").write_text(json.dumps({"run_id": rid, "label": rid, "metrics": {"test_acc": 0.7}}))
+    (sdir / "plan.json").write_text(json.dumps(plan))
+
+
 def curves_side_by_side(sdir, lines, repeats=2):
     """First load of every curve (nothing cached) vs DuckDB read_json of the same files into a
     DataFrame, alternated `repeats` times (best of each: the machine is shared); then the load
-    after one more run finished (its log alone is converted)."""
+    after one more run finished (its log alone is converted). For both DataFrame backends."""
     import duckdb
     from analysis import curve_store
     import analysis
-    files = sorted(str(p) for p in (sdir / "runs").glob("*/metrics.jsonl"))
-    duck, ours = [], []
-    for _ in range(repeats):
+    for n, backend in enumerate(curve_store.BACKENDS):
+        files = sorted(str(p) for p in (sdir / "runs").glob("*/metrics.jsonl"))
+        duck, ours = [], []
+        for _ in range(repeats):
+            t0 = time.perf_counter()
+            ref = duckdb.connect().sql("SELECT * FROM read_json($f, format='newline_delimited', ignore_errors=true)",
+                                       params={"f": files}).df()
+            duck.append(time.perf_counter() - t0)
+            del ref
+            shutil.rmtree(curve_store.cache_dir(sdir), ignore_errors=True)
+            t0 = time.perf_counter()
+            first = analysis.curves(sdir, dtype_backend=backend)
+            ours.append(time.perf_counter() - t0)
+        ours_s, duck_s = min(ours), min(duck)
+        print(f"\ncurves (dtype_backend={backend!r}), first load of {len(files):,} logs ({len(first):,} rows x "
+              f"{first.shape[1]} columns), best of {repeats}:\n  analysis.curves {ours_s:6.2f} s   "
+              f"DuckDB read_json -> DataFrame {duck_s:6.2f} s   ratio {ours_s / duck_s:5.2f} (target <= 1.0)   "
+              f"[each try: {' '.join(f'{x:.2f}' for x in ours)} vs {' '.join(f'{x:.2f}' for x in duck)}]")
+        del first
+        add_run(sdir, f"{'fe'[n]}" * 12, lines)
         t0 = time.perf_counter()
-        ref = duckdb.connect().sql("SELECT * FROM read_json($f, format='newline_delimited', ignore_errors=true)",
-                                   params={"f": files}).df()
-        duck.append(time.perf_counter() - t0)
-        del ref
-        shutil.rmtree(curve_store.cache_dir(sdir), ignore_errors=True)
+        again = analysis.curves(sdir, dtype_backend=backend)
+        more = time.perf_counter() - t0
+        print(f"  after one more run finished ({len(again):,} rows; its log alone converted): {more:6.2f} s = "
+              f"{100 * more / ours_s:4.1f}% of the first load (target < 10%)")
+        del again
         t0 = time.perf_counter()
-        first = analysis.curves(sdir)
-        ours.append(time.perf_counter() - t0)
-    ours_s, duck_s = min(ours), min(duck)
-    print(f"\ncurves, first load of {len(files):,} logs ({len(first):,} rows x {first.shape[1]} columns), "
-          f"best of {repeats}:\n  analysis.curves {ours_s:6.2f} s   DuckDB read_json -> DataFrame {duck_s:6.2f} s   "
-          f"ratio {ours_s / duck_s:5.2f} (target <= 1.0)   [each try: {' '.join(f'{x:.2f}' for x in ours)} vs "
-          f"{' '.join(f'{x:.2f}' for x in duck)}]")
-    del first
-    plan = json.loads((sdir / "plan.json").read_text())
-    rid = "f" * 12
-    cfg = dict(plan["runs"][0]["config"], seed=999)
-    plan["runs"].append({"run_id": rid, "label": "extra", "config": cfg, "varied": cfg})
-    rdir = sdir / "runs" / rid
-    rdir.mkdir()
-    (rdir / "config.yaml").write_text(json.dumps({"run_id": rid, "label": "extra", "task": "bench",
-                                                  "varied": cfg, "config": cfg}) + "\n")
-    (rdir / "metrics.jsonl").write_bytes(log_text(random.Random(1), lines, 0.7))
-    (rdir / "result.json").write_text(json.dumps({"run_id": rid, "label": "extra", "metrics": {"test_acc": 0.7}}))
-    (sdir / "plan.json").write_text(json.dumps(plan))
-    t0 = time.perf_counter()
-    again = analysis.curves(sdir)
-    more = time.perf_counter() - t0
-    print(f"  after one more run finished ({len(again):,} rows; its log alone converted): {more:6.2f} s = "
-          f"{100 * more / ours_s:4.1f}% of the first load (target < 10%)")
-    t0 = time.perf_counter()
-    analysis.curves(sdir)
-    print(f"  and again, nothing new: {time.perf_counter() - t0:6.2f} s")
+        analysis.curves(sdir, dtype_backend=backend)
+        print(f"  and again, nothing new: {time.perf_counter() - t0:6.2f} s")
 
 
 def main():

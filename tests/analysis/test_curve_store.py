@@ -106,3 +106,19 @@ def test_a_number_where_the_sample_saw_text_cannot_hide_a_missed_key(tmp_path):
     df = curve_store.frame(curve_store.convert(files)[0])
     assert df.loc[df.run_id == "r017", "late"].dropna().tolist() == [2.5]
     assert len(df) == 3 * n + 1
+
+
+def test_the_pyarrow_backend_holds_the_same_values_without_a_copy(tmp_path):
+    import math
+    text = log(range(3)) + '{"step": 3, "time": 1.0, "loss": NaN, "acc": 0.5, "w": [1, 2]}\n'
+    table, _ = curve_store.convert(files_of(tmp_path, [text] * 20))
+    numpy_df = curve_store.frame(table)
+    arrow_df = curve_store.frame(table, dtype_backend="pyarrow")
+    assert list(arrow_df.columns) == list(numpy_df.columns)
+    assert str(arrow_df["loss"].dtype) == "double[pyarrow]" and str(arrow_df["run_id"].dtype) == "category"
+    assert arrow_df["acc"].isna().sum() == numpy_df["acc"].isna().sum() == 20 * 3   # not logged: <NA> / NaN
+    assert math.isnan(arrow_df["loss"].iloc[3]) and arrow_df["loss"].iloc[3] is not None   # a logged NaN stays NaN
+    assert arrow_df["w"].iloc[3] == numpy_df["w"].iloc[3] == [1.0, 2.0]
+    assert arrow_df["step"].astype("int64").tolist() == numpy_df["step"].tolist()
+    with pytest.raises(ValueError, match="dtype_backend: expected one of numpy, pyarrow"):
+        curve_store.frame(table, dtype_backend="polars")
