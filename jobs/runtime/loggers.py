@@ -37,7 +37,8 @@ import math
 import os
 import sys
 
-TENSORBOARD_DIR = "tensorboard"         # under the run dir (W&B makes its own `wandb/` there)
+from jobs.store import RunDir
+
 # buckets of a TensorBoard histogram: SummaryWriter's default ("tensorflow", ~1,500 edges) costs ~1.6 ms a
 # list, 64 ~0.3 ms; TensorBoard's own view re-bins to 30 anyway
 HISTOGRAM_BINS = 64
@@ -54,7 +55,7 @@ class TensorBoard:
         # restart marker at `first_step` (purge_step): TensorBoard drops what the earlier attempts
         # wrote at that step and later, as ctx.restore drops those lines from metrics.jsonl, so the
         # steps logged again after a resume are shown once, with their new values.
-        self.writer = SummaryWriter(log_dir=str(run_dir / TENSORBOARD_DIR), purge_step=first_step)
+        self.writer = SummaryWriter(log_dir=str(RunDir(run_dir).tensorboard), purge_step=first_step)
 
     def log(self, step, walltime, scalars, histograms):
         for key, value in scalars.items():

@@ -79,6 +79,8 @@ class RunDir:
     attempts = property(lambda self: self.path / "attempts.jsonl")
     result = property(lambda self: self.path / "result.json")
     error = property(lambda self: self.path / "error.txt")
+    tensorboard = property(lambda self: self.path / "tensorboard")   # with `logging: {tensorboard: true}`
+    wandb = property(lambda self: self.path / "wandb")               # W&B's own folder, with `logging: {wandb: ...}`
     lock = property(lambda self: self.path / "run.lock")
     holder = property(lambda self: self.path / "run.lock.holder")     # who holds the lock (pid, host, command)
 
