@@ -64,4 +64,7 @@ def curves(path, metrics=None, root=None, cache=True, dtype_backend="numpy"):
             table = table.select([c for c in table.column_names if c in curve_store.INDEX or c in wanted])
         return curve_store.frame(table, dtype_backend)
     curve_store.check_backend(dtype_backend)           # before the work, not after it
-    return curve_store.load(sdir, sdir.run_ids(), cache=cache, finish=pick)[0]
+    df = curve_store.load(sdir, curve_store.run_ids(sdir) if cache else sdir.run_ids(), cache=cache, finish=pick)[0]
+    if cache:
+        curve_store.keep_run_ids(sdir)
+    return df

@@ -165,8 +165,8 @@ class SweepDir:
     def metrics_files(self, run_ids) -> dict:
         """{run_id: its metrics.jsonl as a str}: RunDir.metrics for many runs at once (10,000 Path
         objects cost a third of a second; a cached curve load needs nothing else)."""
-        runs = os.fspath(self.runs)
-        return {rid: os.path.join(runs, rid, RunDir.METRICS) for rid in run_ids}
+        head, tail = os.fspath(self.runs) + os.sep, os.sep + RunDir.METRICS
+        return {rid: head + rid + tail for rid in run_ids}
 
     def code_version(self, submission) -> Path:
         return self.code / f"{submission}.json"
@@ -207,9 +207,14 @@ class SweepDir:
         except FileNotFoundError:
             return []
 
-    def run_ids(self) -> list:
-        """Every run the sweep dir knows: the plan's in plan order, then run dirs no plan lists."""
-        planned = [r["run_id"] for r in self.read_plan().get("runs") or [] if isinstance(r, dict) and r.get("run_id")]
+    def planned_run_ids(self) -> list:
+        """The run ids plan.json lists, in plan order."""
+        return [r["run_id"] for r in self.read_plan().get("runs") or [] if isinstance(r, dict) and r.get("run_id")]
+
+    def run_ids(self, planned=None) -> list:
+        """Every run the sweep dir knows: the plan's in plan order (`planned`, when the caller
+        already has them), then run dirs no plan lists."""
+        planned = self.planned_run_ids() if planned is None else list(planned)
         known = set(planned)
         return planned + [rid for rid in self.run_dirs() if rid not in known]
 
