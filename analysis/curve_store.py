@@ -30,7 +30,7 @@ from __future__ import annotations
 
 import json
 import os
-import threading
+from concurrent.futures import ThreadPoolExecutor
 import uuid
 from pathlib import Path
 
@@ -50,6 +50,10 @@ SAMPLE = 16              # logs DuckDB's type detection reads for the fast read 
 SAMPLE_ROWS = 1 << 20    # lines of them it may read for that
 FILE, CELLS, STEP_OK = "__hpcsweep_file", "__hpcsweep_cells", "__hpcsweep_step_ok"   # the read's own columns
 LOCK_TIMEOUT_S = 600
+WRITERS = 2              # parts a big conversion is written as, at once (pyarrow writes one file on one core)
+# the census beside DuckDB's read, and the parts' writers beside the DataFrame's making: threads,
+# as numpy, DuckDB and pyarrow all work without the GIL
+_POOL = ThreadPoolExecutor(max_workers=WRITERS, thread_name_prefix="curves")
 COMPRESSION = "lz4"
 BIG = 1 << 40            # steps are below this; runs are told apart by multiples of it (replay rule)
 _NUM = {"TINYINT", "SMALLINT", "INTEGER", "BIGINT", "HUGEINT", "UTINYINT", "USMALLINT", "UINTEGER",
@@ -180,14 +184,12 @@ def convert(files: dict) -> tuple[pa.Table, dict]:
     and one with fewer rows than lines holds lines the read could not take (a text where the
     sample saw numbers...). Such files alone are read again, by _exact; for the rest the one read
     is exactly what _exact gives."""
-    files = {rid: str(p) for rid, p in files.items() if p is not None and _size(p) > 0}
+    files = {rid: str(p) for rid, p in files.items() if p is not None and (stat_of(p) or [0])[0] > 0}
     if len(files) <= SAMPLE:
         return _exact(files)
     paths, rids = list(files.values()), list(files)
     n = len(paths)
-    census = {}
-    counter = threading.Thread(target=lambda: census.update(_census(paths)), daemon=True)
-    counter.start()
+    counting = _POOL.submit(_census, paths)
     sample = sorted({round(i * (n - 1) / (SAMPLE - 1)) for i in range(SAMPLE)})
     chosen = set(sample)
     order = sample + [i for i in range(n) if i not in chosen]          # positions in `paths`, as read
@@ -205,9 +207,9 @@ def convert(files: dict) -> tuple[pa.Table, dict]:
         table = con.sql(f"SELECT file_index::INTEGER AS {FILE}, ({filled})::INTEGER AS {CELLS}, "
                         f"{step} AS {STEP_OK}, * FROM {source}", params=params).to_arrow_table()
     except Exception:           # nothing DuckDB could type (every file unreadable, ...): the slow way
-        counter.join()
+        counting.result()
         return _exact(files)
-    counter.join()
+    census = counting.result()
     where = np.asarray(order, dtype=np.int64)[table.column(FILE).to_numpy()]     # row -> position in paths
     step_ok = table.column(STEP_OK).to_numpy()
     cells = table.column(CELLS).to_numpy()
@@ -275,13 +277,6 @@ def _in_order(table: pa.Table, where) -> pa.Table:
         run_start, prev_end = s, e
     pieces.append(table.slice(run_start, prev_end - run_start))
     return pa.concat_tables(pieces)
-
-
-def _size(path) -> int:
-    try:
-        return os.stat(path).st_size
-    except OSError:
-        return 0
 
 
 def _census(paths) -> dict:
@@ -450,10 +445,8 @@ def _replays(table: pa.Table, order: dict) -> pa.Table:
     run's step goes back to s, its earlier lines at steps >= s go."""
     if table.num_rows == 0:
         return table
-    rid = table.column("run_id").combine_chunks()
-    names = rid.dictionary.to_pylist()
-    rank = np.array([order.get(n, len(order)) for n in names], dtype=np.int64)
-    run = rank[rid.indices.to_numpy(zero_copy_only=False)]
+    table, rank, indices = _ranks(table, list(order))
+    run = np.concatenate([rank[i] for i in indices])
     if np.any(run[1:] < run[:-1]):             # each run's rows are together: regroup by slices
         table, run = _in_order(table, run), np.sort(run, kind="stable")
     step = table.column("step").to_numpy()
@@ -600,7 +593,7 @@ def load(sweep_dir, run_ids, columns=None, cache=True, stats=None, finish=None):
             for piece in _pieces(table, WRITERS):
                 name = _part_name()
                 held[name] = piece
-                writers.append(_start(_write_part, cdir, piece, name))
+                writers.append(_POOL.submit(_write_part, cdir, piece, name))
                 part_of.update(dict.fromkeys(_runs_in(piece), name))
             for rid in stale:          # a run with no readable line has no part
                 entries[rid] = [part_of.get(rid), *now[rid], int(bad.get(rid, 0))]
@@ -611,14 +604,14 @@ def load(sweep_dir, run_ids, columns=None, cache=True, stats=None, finish=None):
                 parts.setdefault(e[0], []).append(rid)
         live_parts = {v[0] for v in entries.values() if v[0]}
         if len(live_parts) > COMPACT_PARTS:
-            _join(writers)
+            _wait(writers)
             everything = {}
             for rid, e in entries.items():
                 if e[0]:
                     everything.setdefault(e[0], []).append(rid)
             merged = _concat([held[n] if n in held else _read_part(cdir, n, set(rids)) for n, rids in everything.items()])
             name = _part_name()
-            writers = [_start(_write_part, cdir, merged, name)]
+            writers = [_POOL.submit(_write_part, cdir, merged, name)]
             held = {name: merged}
             for rid, e in entries.items():
                 if e[0]:
@@ -633,7 +626,7 @@ def load(sweep_dir, run_ids, columns=None, cache=True, stats=None, finish=None):
             result, failed = finish(_replays_order(_concat(tables), run_ids)), None
         except Exception as e:         # (a metric no run logged, say): the conversion is kept all the same
             result, failed = None, e
-        _join(writers)                 # the parts are on disk before the manifest names them
+        _wait(writers)                 # the parts are on disk before the manifest names them
         if changed or stale:
             atomic.write_bytes(cdir / "manifest.json", json.dumps(manifest).encode())
         _cleanup(cdir, manifest)           # a scandir of a few files: orphans of killed writers go
@@ -643,9 +636,6 @@ def load(sweep_dir, run_ids, columns=None, cache=True, stats=None, finish=None):
         return result, bad
     finally:
         lock.release()
-
-
-WRITERS = 2                  # parts a big conversion is written as, at once (pyarrow writes one file on one core)
 
 
 def _pieces(table: pa.Table, n: int) -> list:
@@ -670,36 +660,29 @@ def _runs_in(table: pa.Table) -> list:
     return list(dict.fromkeys(out))
 
 
-def _start(fn, *args):
-    box = {}
-
-    def run():
-        try:
-            fn(*args)
-        except BaseException as e:     # re-raised by _join in the caller's thread
-            box["error"] = e
-    t = threading.Thread(target=run, daemon=False)
-    t.start()
-    return t, box
+def _wait(futures):
+    """Every one done; the first error (a full disk...) raised here, in the caller's thread."""
+    for f in futures:
+        f.result()
 
 
-def _join(writers):
-    for t, box in writers:
-        t.join()
-    for _, box in writers:
-        if "error" in box:
-            raise box["error"]
+def _ranks(table, run_ids):
+    """(table with one run_id dictionary for every chunk, each dictionary entry's position in
+    `run_ids` (len(run_ids) for one not there), each chunk's indices): a run's rank looked up once."""
+    table = table.unify_dictionaries()
+    chunks = table.column("run_id").chunks
+    if not chunks:
+        return table, np.zeros(0, dtype=np.int64), []
+    rank = pc.index_in(chunks[0].dictionary, value_set=pa.array(run_ids, pa.string()))
+    rank = pc.fill_null(rank, len(run_ids)).to_numpy(zero_copy_only=False).astype(np.int64)
+    return table, rank, [c.indices.to_numpy(zero_copy_only=False) for c in chunks]
 
 
 def _replays_order(table, run_ids):
     """Rows ordered by run as `run_ids` lists them (each part is already cut of replays)."""
     if table.num_rows == 0:
         return table
-    table = table.unify_dictionaries()             # one dictionary for every chunk: ranks looked up once
-    chunks = table.column("run_id").chunks
-    rank = pc.index_in(chunks[0].dictionary, value_set=pa.array(run_ids, pa.string())).to_numpy(zero_copy_only=False)
-    rank = np.where(np.isnan(rank), len(run_ids), rank).astype(np.int64) if rank.dtype.kind == "f" else rank.astype(np.int64)
-    indices = [c.indices.to_numpy(zero_copy_only=False) for c in chunks]
+    table, rank, indices = _ranks(table, run_ids)
     # in order already (the common case: the dictionary in run order, indices not going back)? then
     # no row needs its rank looked up
     if np.all(rank[1:] >= rank[:-1]) and all(np.all(i[1:] >= i[:-1]) for i in indices if len(i)) and \
