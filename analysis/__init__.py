@@ -4,13 +4,14 @@
     runs = analysis.runs("sweeps/ponder.yaml")            # or a sweep dir: analysis.runs("results/ponder")
     runs.groupby("ponder_coef")["test_acc"].agg(["mean", "std", "count"])
     curves = analysis.curves("results/ponder", metrics=["loss"])
-    curves.merge(runs[["run_id", "method"]]).groupby(["method", "step"])["loss"].mean()
+    curves["method"] = curves.run_id.map(runs.set_index("run_id")["method"])   # run_id: categorical
+    curves.groupby(["method", "step"])["loss"].mean()
 
 `runs(path)`: one row per run: run_id, label, state (jobs.store.RunState: done, failed, pending,
 corrupt result, new), stage, attempts, wall_time_s, finished, the config keys (from each run's
 frozen config.yaml), the final metrics (NaN / inf kept as floats), diverged (any final metric
 non-finite), error (a failed run's last traceback line), in_plan (False: a run dir of an earlier plan).
-`curves(path, metrics=None, dtype_backend="numpy")`: every logged line, long form: run_id, step,
+`curves(path, metrics=None, dtype_backend="numpy")`: every logged line, long form: run_id (categorical), step,
 time, one column per logged metric (`metrics` picks some; a name no run logged is an error with a
 did-you-mean); `dtype_backend="pyarrow"` gives Arrow-backed columns without a copy (a metric a line
 did not log is <NA> there, NaN in the numpy backend).

@@ -48,6 +48,7 @@ COMPACT_PARTS = 8
 INDEX = ("run_id", "step", "time")      # the columns every curve table has first
 SAMPLE = 16              # logs DuckDB's type detection reads for the fast read (spread over the list)
 SAMPLE_ROWS = 1 << 20    # lines of them it may read for that
+SMALL_BYTES = 1 << 21    # up to SAMPLE logs of this many bytes in all are read by Python's json (_small)
 FILE, CELLS, STEP_OK = "__hpcsweep_file", "__hpcsweep_cells", "__hpcsweep_step_ok"   # the read's own columns
 LOCK_TIMEOUT_S = 600
 WRITERS = 2              # parts a big conversion is written as, at once (pyarrow writes one file on one core)
@@ -56,6 +57,9 @@ WRITERS = 2              # parts a big conversion is written as, at once (pyarro
 _POOL = ThreadPoolExecutor(max_workers=WRITERS, thread_name_prefix="curves")
 COMPRESSION = "lz4"
 BIG = 1 << 40            # steps are below this; runs are told apart by multiples of it (replay rule)
+# what DuckDB may take a text for (a date, a time, a UUID): read as the text it is
+_TEXT = {"VARCHAR", "DATE", "TIME", "TIMESTAMP", "TIMESTAMP_S", "TIMESTAMP_MS", "TIMESTAMP_NS", "TIMESTAMPTZ",
+         "TIMESTAMP WITH TIME ZONE", "TIME WITH TIME ZONE", "TIMETZ", "UUID", "INTERVAL"}
 _NUM = {"TINYINT", "SMALLINT", "INTEGER", "BIGINT", "HUGEINT", "UTINYINT", "USMALLINT", "UINTEGER",
         "UBIGINT", "UHUGEINT", "FLOAT", "DOUBLE", "DECIMAL"}
 
@@ -105,7 +109,9 @@ def _column_type(key, t):
     b = _base(t)
     if b in _NUM:
         return "DOUBLE"
-    if b in ("VARCHAR", "BOOLEAN"):
+    if b in _TEXT:
+        return "VARCHAR"
+    if b == "BOOLEAN":
         return b
     return "JSON" if b not in ("NULL",) else "DOUBLE"
 
@@ -186,7 +192,8 @@ def convert(files: dict) -> tuple[pa.Table, dict]:
     is exactly what _exact gives."""
     files = {rid: str(p) for rid, p in files.items() if p is not None and (stat_of(p) or [0])[0] > 0}
     if len(files) <= SAMPLE:
-        return _exact(files)
+        small = sum((stat_of(p) or [0])[0] for p in files.values()) <= SMALL_BYTES
+        return _small(files) if small else _exact(files)
     paths, rids = list(files.values()), list(files)
     n = len(paths)
     counting = _POOL.submit(_census, paths)
@@ -198,7 +205,13 @@ def convert(files: dict) -> tuple[pa.Table, dict]:
               "sample_size=$s)")
     params = {"f": [paths[i] for i in order], "m": len(sample), "s": SAMPLE_ROWS}
     try:
-        names = [row[0] for row in con.sql(f"DESCRIBE SELECT * FROM {source}", params=params).fetchall()]
+        described = [tuple(row[:2]) for row in con.sql(f"DESCRIBE SELECT * FROM {source}", params=params).fetchall()]
+        names = [name for name, _ in described]
+        if any(_base(t).removesuffix("[]") in _TEXT - {"VARCHAR"} for _, t in described):
+            # a text DuckDB took for a date, a time or a UUID (the sample's): every column typed by
+            # hand, that one as text (slower, so only then)
+            source = source[:-1] + ", columns=$c)"
+            params["c"] = {name: _column_type(name, t) for name, t in described}
         # the per-row bookkeeping computed by DuckDB inside the read, in parallel (the result has
         # one Arrow chunk per file: per-row work in Python on it costs a second per 10M rows)
         quoted = {c: '"' + c.replace('"', '""') + '"' for c in names}
@@ -384,13 +397,19 @@ def _line_count(path) -> int:
     return data.count(b"\n") + (1 if data and not data.endswith(b"\n") else 0) - data.count(b"\n\n")
 
 
-def _from_rows(rid, rows):
+def _from_rows(rid, rows, strict=False):
+    """A Table of one run's parsed lines, typed as the typed read types them: step int64, numbers
+    float64, bools, texts, lists of numbers list<float64>. A key of any other kind (a nested
+    object, numbers here and text there): JSON text, or with `strict` None, as this cannot be
+    sure to give what DuckDB gives for it."""
     cols = list(dict.fromkeys(k for r in rows for k in r))
     arrays = {"run_id": pa.array([rid] * len(rows), pa.string()).dictionary_encode()}
     for k in cols:
         vals = [r.get(k) for r in rows]
         kinds = {type(v) for v in vals if v is not None}
         if k == "step":
+            if strict and kinds != {int}:
+                return None
             arrays[k] = pa.array([int(v) if isinstance(v, (int, float)) and not isinstance(v, bool) else None
                                   for v in vals], pa.int64())
         elif kinds <= {int, float}:
@@ -399,10 +418,37 @@ def _from_rows(rid, rows):
             arrays[k] = pa.array(vals, pa.bool_())
         elif kinds == {str}:
             arrays[k] = pa.array(vals, pa.string())
+        elif kinds == {list} and all(type(x) in (int, float) or x is None for v in vals if v is not None for x in v):
+            arrays[k] = pa.array([None if v is None else [None if x is None else float(x) for x in v] for v in vals],
+                                 pa.list_(pa.float64()))
+        elif strict:
+            return None
         else:             # mixed: as JSON text
             arrays[k] = pa.array([None if v is None else (v if isinstance(v, str) else json.dumps(v))
                                   for v in vals], pa.string())
     return pa.table(arrays)
+
+
+def _small(files: dict) -> tuple[pa.Table, dict]:
+    """convert() of a few small logs by Python's json (a finished run's 1,000 lines: a few ms;
+    one DuckDB query costs more than that). A log holding what _from_rows cannot type for sure
+    (a nested object, a key with two kinds of value) is left to _exact."""
+    parts, bad, hard = [], {}, {}
+    for rid, p in files.items():
+        rows, bad[rid] = _python_read(p)
+        try:
+            table = _from_rows(rid, rows, strict=True) if rows else None
+        except (pa.ArrowInvalid, OverflowError, TypeError):       # a step past int64...
+            table = None
+        if table is None and rows:
+            hard[rid] = p
+        else:
+            parts.append(table)
+    if hard:
+        table, hard_bad = _exact(hard)
+        parts.append(table)
+        bad.update(hard_bad)
+    return _replays(_concat(parts), {rid: i for i, rid in enumerate(files)}), bad
 
 
 def _empty() -> pa.Table:
@@ -521,7 +567,8 @@ def _write_part(cdir: Path, table: pa.Table, name: str) -> None:
 def _read_part(cdir: Path, name: str, run_ids, columns=None) -> pa.Table:
     schema = pq.read_schema(cdir / name)
     cols = None if columns is None else [c for c in schema.names if c in columns]
-    return select_runs(pq.read_table(cdir / name, columns=cols, read_dictionary=["run_id"]), run_ids)
+    return select_runs(pq.read_table(cdir / name, columns=cols, read_dictionary=["run_id"], memory_map=True,
+                                     pre_buffer=False), run_ids)      # mapped: buffering it again costs a third
 
 
 def select_runs(t: pa.Table, run_ids) -> pa.Table:
@@ -586,6 +633,7 @@ def load(sweep_dir, run_ids, columns=None, cache=True, stats=None, finish=None):
                 del entries[rid]
                 changed = True
         held = {}                      # part name -> its Table, for parts written now (not read back)
+        written = manifest.setdefault("parts", {})      # part name -> the runs it was written with, in row order
         writers = []
         if stale:
             table, bad = convert({rid: paths[rid] for rid in stale})
@@ -594,7 +642,8 @@ def load(sweep_dir, run_ids, columns=None, cache=True, stats=None, finish=None):
                 name = _part_name()
                 held[name] = piece
                 writers.append(_POOL.submit(_write_part, cdir, piece, name))
-                part_of.update(dict.fromkeys(_runs_in(piece), name))
+                written[name] = _runs_in(piece)
+                part_of.update(dict.fromkeys(written[name], name))
             for rid in stale:          # a run with no readable line has no part
                 entries[rid] = [part_of.get(rid), *now[rid], int(bad.get(rid, 0))]
         parts = {}
@@ -616,17 +665,28 @@ def load(sweep_dir, run_ids, columns=None, cache=True, stats=None, finish=None):
             for rid, e in entries.items():
                 if e[0]:
                     e[0] = name
+            written[name] = _runs_in(merged)
             changed = True
             parts = {name: [rid for rid in run_ids if entries.get(rid) and entries[rid][0]]}
+        # a part holding just the runs asked of it (none converted again since, none left out) needs
+        # no filter; when such parts, one after the other, list the runs in the order asked, the
+        # rows are in that order already: no per-row work but the read
+        whole = {name for name, rids in parts.items() if len(written.get(name) or ()) == len(rids)}
         want = None if columns is None else {"run_id", *columns}
-        tables = [_select(select_runs(held[name], set(rids)), want) if name in held else _read_part(cdir, name, set(rids), want)
-                  for name, rids in parts.items()]
+        tables = [_select(held[name] if name in whole else select_runs(held[name], set(rids)), want) if name in held
+                  else _read_part(cdir, name, None if name in whole else set(rids), want) for name, rids in parts.items()]
+        ordered = all(written.get(name) == rids for name, rids in parts.items()) and _one_after_another(parts, run_ids)
         stats.update(converted=len(stale), cached=len(run_ids) - len(stale))
         try:
-            result, failed = finish(_replays_order(_concat(tables), run_ids)), None
+            table = _concat(tables)
+            result, failed = finish(table if ordered else _replays_order(table, run_ids)), None
         except Exception as e:         # (a metric no run logged, say): the conversion is kept all the same
             result, failed = None, e
         _wait(writers)                 # the parts are on disk before the manifest names them
+        live = {e[0] for e in entries.values() if e[0]}
+        if set(written) - live:        # parts no run points at any more: forgotten (the files go below)
+            manifest["parts"] = {name: w for name, w in written.items() if name in live}
+            changed = True
         if changed or stale:
             atomic.write_bytes(cdir / "manifest.json", json.dumps(manifest).encode())
         _cleanup(cdir, manifest)           # a scandir of a few files: orphans of killed writers go
@@ -636,6 +696,14 @@ def load(sweep_dir, run_ids, columns=None, cache=True, stats=None, finish=None):
         return result, bad
     finally:
         lock.release()
+
+
+def _one_after_another(parts: dict, run_ids) -> bool:
+    """True when the parts' run lists (each in the order of `run_ids`) follow one another in it:
+    the last run of one comes before the first of the next."""
+    rank = {rid: i for i, rid in enumerate(run_ids)}
+    bounds = [(rank[rids[0]], rank[rids[-1]]) for rids in parts.values() if rids]
+    return all(a[1] < b[0] for a, b in zip(bounds, bounds[1:]))
 
 
 def _pieces(table: pa.Table, n: int) -> list:
@@ -711,26 +779,24 @@ def check_backend(dtype_backend) -> None:
 def frame(table: pa.Table, dtype_backend="numpy"):
     """The Table as a pandas DataFrame: run_id, step, time, then the metrics, in run order.
 
+    run_id is categorical (as pandas' read_parquet gives a dictionary column: a few thousand
+    runs' names once, not one string per line; 10M rows of strings cost a third of a cached
+    load): `df.run_id.map(runs.set_index("run_id")[key])` puts a run's config key on its lines
+    touching each run once (a merge copies every row: 30x slower).
     dtype_backend="numpy" (pandas' default): metrics float64, a line that did not log a metric
-    NaN, NaN / inf as logged; run_id pandas' string dtype (made by Arrow from the dictionary:
-    astype(str) on a categorical builds one Python string per row, 10x slower).
-    dtype_backend="pyarrow" (as pandas' read_parquet(dtype_backend=...)): every column an Arrow
-    column with no copy (4x faster on 10M rows): a metric not logged is <NA>, a logged NaN stays
-    NaN; run_id categorical. List-valued metrics are pandas' Arrow lists either way
+    NaN, NaN / inf as logged. dtype_backend="pyarrow" (as pandas' read_parquet(dtype_backend=...)):
+    every other column an Arrow column with no copy (4x faster on 10M rows): a metric not logged
+    is <NA>, a logged NaN stays NaN. List-valued metrics are pandas' Arrow lists either way
     (`df[m].iloc[i]` is a list, `df[m].list.flatten()` every value; an object column of numpy
     arrays would cost 3x the whole conversion)."""
     check_backend(dtype_backend)
     if dtype_backend == "pyarrow":
-        df = table.to_pandas(split_blocks=True, self_destruct=False,
-                             types_mapper=lambda t: None if pa.types.is_dictionary(t) else pd.ArrowDtype(t))
+        mapper = lambda t: None if pa.types.is_dictionary(t) else pd.ArrowDtype(t)        # noqa: E731
     else:
-        if "run_id" in table.column_names and pa.types.is_dictionary(table.schema.field("run_id").type):
-            i = table.column_names.index("run_id")
-            table = table.set_column(i, "run_id", pc.cast(table.column("run_id"), pa.string()))
-        df = table.to_pandas(split_blocks=True, self_destruct=False,
-                             types_mapper=lambda t: pd.ArrowDtype(t) if is_list_type(t) else None)
-    first = [c for c in INDEX if c in df.columns]
-    return df[first + [c for c in df.columns if c not in first]].reset_index(drop=True)
+        mapper = lambda t: pd.ArrowDtype(t) if is_list_type(t) else None                 # noqa: E731
+    first = [c for c in INDEX if c in table.column_names]
+    table = table.select(first + [c for c in table.column_names if c not in first])
+    return table.to_pandas(split_blocks=True, self_destruct=False, types_mapper=mapper)
 
 
 def is_list_type(t) -> bool:

@@ -32,6 +32,7 @@ def frames_equal(a: pa.Table, b: pa.Table):
 
 
 ODD = {  # what a log can hold that sampled columns miss, at positions no sample reaches
+    0: log(range(3), day="2026-01-01", uid="5f0e8c1e-2c4a-4c8e-9d9a-1a2b3c4d5e6f"),         # texts DuckDB takes for a date, a UUID
     7: log(range(5)) + json.dumps({"step": 5, "time": 1.0, "late_key": 3.5}) + "\n",      # a key no sampled file has
     11: log(range(3), note='he said "hi": twice'),                                         # escaped quotes in a string
     13: log(range(4)) + '{"step": 4, "time": 1.0, "loss": null}\n',                          # a null value
@@ -60,6 +61,8 @@ def test_the_fast_read_equals_the_exact_read_on_logs_the_sample_misses(tmp_path)
     frames_equal(fast, exact)
     assert {k: v for k, v in fast_bad.items() if v} == {k: v for k, v in exact_bad.items() if v}
     df = curve_store.frame(fast)
+    assert df.loc[df.run_id == "r000", "day"].tolist() == ["2026-01-01"] * 3              # the text logged
+    assert df.loc[df.run_id == "r021", "at"].tolist() == ["12:30"] * 3
     assert df.loc[df.run_id == "r007", "late_key"].tolist()[-1] == 3.5     # not dropped
     assert fast_bad["r019"] == 1 and not fast_bad.get("r029")              # unreadable counted, torn cut
     replayed = df[df.run_id == "r023"]
@@ -122,3 +125,23 @@ def test_the_pyarrow_backend_holds_the_same_values_without_a_copy(tmp_path):
     assert arrow_df["step"].astype("int64").tolist() == numpy_df["step"].tolist()
     with pytest.raises(ValueError, match="dtype_backend: expected one of numpy, pyarrow"):
         curve_store.frame(table, dtype_backend="polars")
+
+
+@pytest.mark.parametrize("i", sorted(ODD) + [1])
+def test_a_few_small_logs_read_by_python_equal_the_exact_read(tmp_path, i):
+    """convert() of a few small logs (a run that just finished) takes Python's json, not DuckDB;
+    what it gives is what the exact read gives, whatever the log holds."""
+    files = files_of(tmp_path, [ODD.get(i, log(range(8), lr=0.1)), log(range(3), w=[1, 2.5, None])])
+    assert sum(p.stat().st_size for p in files.values()) <= curve_store.SMALL_BYTES
+    small, small_bad = curve_store.convert(files)
+    exact, exact_bad = curve_store._exact(files)
+    frames_equal(small, exact)
+    assert small_bad == exact_bad
+    assert small.schema.field("w").type == pa.list_(pa.float64())
+
+
+def test_a_few_small_logs_need_no_duckdb(tmp_path, monkeypatch):
+    files = files_of(tmp_path, [log(range(1000), lr=0.1, w=[0.5, 1])])
+    monkeypatch.setattr(curve_store, "_connect", lambda: pytest.fail("DuckDB was asked"))
+    table, bad = curve_store.convert(files)
+    assert table.num_rows == 1000 and bad == {"r000": 0}
