@@ -581,7 +581,13 @@ def select_runs(t: pa.Table, run_ids) -> pa.Table:
         return t
     col = t.column("run_id").combine_chunks()
     in_dict = pc.is_in(col.dictionary, pa.array(sorted(wanted), pa.string()))
-    return t.filter(in_dict.take(col.indices))
+    t = t.filter(in_dict.take(col.indices))
+    # the runs left out leave the dictionary too (else they stay categories of the DataFrame's run_id)
+    col = t.column("run_id").combine_chunks()
+    used = np.bincount(col.indices.to_numpy(zero_copy_only=False), minlength=len(col.dictionary)) > 0
+    position = (np.cumsum(used) - 1).astype(np.int32)
+    return t.set_column(t.column_names.index("run_id"), "run_id", pa.DictionaryArray.from_arrays(
+        pa.array(position[col.indices.to_numpy(zero_copy_only=False)]), col.dictionary.filter(pa.array(used))))
 
 
 def _cleanup(cdir: Path, manifest: dict):
