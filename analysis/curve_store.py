@@ -23,13 +23,18 @@ A run's lines are converted once, on the first read after it changed (a finished
 the rest come from the parts. Every write is atomic (temp file, fsync, os.replace): the part
 first, then the manifest, so a writer killed at any instant leaves either the old manifest (the
 new part is an orphan, deleted later) or the new one. Updates hold a file lock (filelock), so
-concurrent aggregates wait for each other instead of converting twice. When the parts grow past
+concurrent aggregates wait for each other instead of converting twice. The DataFrame is handed
+over while the new parts are still being written: a background thread writes the manifest after
+them and then releases the lock (settle() waits for it; so does a next load, through the lock,
+and the process before it exits). When the parts grow past
 COMPACT_PARTS they are merged into one. A sweep dir that cannot be written is read without a cache.
 """
 from __future__ import annotations
 
+import functools
 import json
 import os
+import sys
 from concurrent.futures import ThreadPoolExecutor
 import uuid
 from pathlib import Path
@@ -55,6 +60,9 @@ WRITERS = 2              # parts a big conversion is written as, at once (pyarro
 # the census beside DuckDB's read, and the parts' writers beside the DataFrame's making: threads,
 # as numpy, DuckDB and pyarrow all work without the GIL
 _POOL = ThreadPoolExecutor(max_workers=WRITERS, thread_name_prefix="curves")
+# the manifest written after the parts, in the background, one cache update after another
+_COMMITTER = ThreadPoolExecutor(max_workers=1, thread_name_prefix="curves-commit")
+_COMMITS = []            # their futures, for settle()
 COMPRESSION = "lz4"
 BIG = 1 << 40            # steps are below this; runs are told apart by multiples of it (replay rule)
 # what DuckDB may take a text for (a date, a time, a UUID): read as the text it is
@@ -621,7 +629,8 @@ def load(sweep_dir, run_ids, columns=None, cache=True, stats=None, finish=None):
     if cache:
         try:
             cdir.mkdir(parents=True, exist_ok=True)
-            lock = FileLock(str(cdir / "lock"), timeout=LOCK_TIMEOUT_S)
+            # released by the thread that finishes the write (_commit), not always this one
+            lock = FileLock(str(cdir / "lock"), timeout=LOCK_TIMEOUT_S, thread_local=False)
             lock.acquire()
         except (OSError, Timeout):
             lock = None
@@ -629,6 +638,7 @@ def load(sweep_dir, run_ids, columns=None, cache=True, stats=None, finish=None):
         table, bad = convert({rid: paths[rid] for rid in run_ids if now[rid]})
         stats.update(converted=sum(1 for r in run_ids if now[r]), cached=0)
         return finish(_select(table, columns)), bad
+    handed = False                     # the lock handed to _commit, which releases it
     try:
         manifest = _read_manifest(cdir)
         entries = manifest["runs"]
@@ -688,20 +698,48 @@ def load(sweep_dir, run_ids, columns=None, cache=True, stats=None, finish=None):
             result, failed = finish(table if ordered else _replays_order(table, run_ids)), None
         except Exception as e:         # (a metric no run logged, say): the conversion is kept all the same
             result, failed = None, e
+        bad = {rid: entries[rid][3] for rid in run_ids if rid in entries and entries[rid][3]}
+        commit = functools.partial(_commit, cdir, manifest, writers, changed or bool(stale), lock)
+        if writers:                    # new parts still being written: the DataFrame is handed over now
+            _COMMITS.append(_COMMITTER.submit(commit))
+        else:
+            commit()
+        handed = True
+        if failed is not None:
+            raise failed
+        return result, bad
+    finally:
+        if not handed:
+            lock.release()
+
+
+def _commit(cdir: Path, manifest: dict, writers, changed: bool, lock) -> None:
+    """After the new parts are on disk, the manifest that names them; then the lock goes. Never
+    raises (it may run in the background): a write that failed (a full disk) is said on stderr,
+    and the next read converts those logs again."""
+    try:
         _wait(writers)                 # the parts are on disk before the manifest names them
+        entries, written = manifest["runs"], manifest.setdefault("parts", {})
         live = {e[0] for e in entries.values() if e[0]}
         if set(written) - live:        # parts no run points at any more: forgotten (the files go below)
             manifest["parts"] = {name: w for name, w in written.items() if name in live}
             changed = True
-        if changed or stale:
+        if changed:
             atomic.write_bytes(cdir / "manifest.json", json.dumps(manifest).encode())
         _cleanup(cdir, manifest)           # a scandir of a few files: orphans of killed writers go
-        if failed is not None:
-            raise failed
-        bad = {rid: entries[rid][3] for rid in run_ids if rid in entries and entries[rid][3]}
-        return result, bad
+    except Exception as e:
+        print(f"hpcsweep: the curve cache in {cdir} was not updated ({type(e).__name__}: {e}); "
+              f"the next read converts these logs again", file=sys.stderr)
     finally:
         lock.release()
+
+
+def settle() -> None:
+    """Wait for the cache writes load() left running in the background (the new parts, then the
+    manifest): the DataFrame is returned as soon as it is made. A process waits for them before it
+    exits; a next load() waits for them through the lock."""
+    while _COMMITS:
+        _COMMITS.pop(0).result()
 
 
 def _one_after_another(parts: dict, run_ids) -> bool:

@@ -115,6 +115,24 @@ def test_cached_curves_equal_a_fresh_read_whatever_was_converted_again_and_in_wh
     assert len(cached[cached.run_id == ids[0]]) == 12
 
 
+def test_a_cache_write_that_fails_in_the_background_is_said_and_costs_only_a_conversion(tmp_path, monkeypatch, capsys):
+    sdir, runs = make(tmp_path)
+    ids = [r["run_id"] for r in runs]
+    fresh = curve_store.frame(curve_store.load(sdir, ids, cache=False)[0])
+
+    def full_disk(*a):
+        raise OSError(28, "No space left on device")
+    monkeypatch.setattr(curve_store, "_write_part", full_disk)
+    got = curve_store.frame(curve_store.load(sdir, ids)[0])       # the DataFrame does not wait for the cache
+    curve_store.settle()
+    assert got.equals(fresh)
+    assert "was not updated (OSError" in capsys.readouterr().err
+    monkeypatch.undo()
+    stats = {}
+    again = curve_store.frame(curve_store.load(sdir, ids, stats=stats)[0])
+    assert stats == {"converted": 6, "cached": 0} and again.equals(fresh)
+
+
 def test_a_killed_writer_leaves_a_readable_cache(tmp_path):
     sdir, runs = make(tmp_path)
     ids = [r["run_id"] for r in runs]
