@@ -198,10 +198,10 @@ def convert(files: dict) -> tuple[pa.Table, dict]:
     and one with fewer rows than lines holds lines the read could not take (a text where the
     sample saw numbers...). Such files alone are read again, by _exact; for the rest the one read
     is exactly what _exact gives."""
-    files = {rid: str(p) for rid, p in files.items() if p is not None and (stat_of(p) or [0])[0] > 0}
+    size = {rid: (stat_of(p) or [0])[0] for rid, p in files.items() if p is not None}
+    files = {rid: str(p) for rid, p in files.items() if size.get(rid, 0) > 0}
     if len(files) <= SAMPLE:
-        small = sum((stat_of(p) or [0])[0] for p in files.values()) <= SMALL_BYTES
-        return _small(files) if small else _exact(files)
+        return _small(files) if sum(size[rid] for rid in files) <= SMALL_BYTES else _exact(files)
     paths, rids = list(files.values()), list(files)
     n = len(paths)
     counting = _POOL.submit(_census, paths)
@@ -592,10 +592,16 @@ def select_runs(t: pa.Table, run_ids) -> pa.Table:
     t = t.filter(in_dict.take(col.indices))
     # the runs left out leave the dictionary too (else they stay categories of the DataFrame's run_id)
     col = t.column("run_id").combine_chunks()
-    used = np.bincount(col.indices.to_numpy(zero_copy_only=False), minlength=len(col.dictionary)) > 0
+    indices, used = _used(col)
     position = (np.cumsum(used) - 1).astype(np.int32)
     return t.set_column(t.column_names.index("run_id"), "run_id", pa.DictionaryArray.from_arrays(
-        pa.array(position[col.indices.to_numpy(zero_copy_only=False)]), col.dictionary.filter(pa.array(used))))
+        pa.array(position[indices]), col.dictionary.filter(pa.array(used))))
+
+
+def _used(chunk: pa.DictionaryArray):
+    """(the chunk's indices as numpy, which of its dictionary's entries a row uses)."""
+    indices = chunk.indices.to_numpy(zero_copy_only=False)
+    return indices, np.bincount(indices, minlength=len(chunk.dictionary)) > 0
 
 
 def _cleanup(cdir: Path, manifest: dict):
@@ -701,7 +707,7 @@ def load(sweep_dir, run_ids, columns=None, cache=True, stats=None, finish=None):
         bad = {rid: entries[rid][3] for rid in run_ids if rid in entries and entries[rid][3]}
         commit = functools.partial(_commit, cdir, manifest, writers, changed or bool(stale), lock)
         if writers:                    # new parts still being written: the DataFrame is handed over now
-            _COMMITS.append(_COMMITTER.submit(commit))
+            _COMMITS[:] = [f for f in _COMMITS if not f.done()] + [_COMMITTER.submit(commit)]
         else:
             commit()
         handed = True
@@ -767,8 +773,7 @@ def _runs_in(table: pa.Table) -> list:
     """The run ids that have rows in `table`."""
     out = []
     for chunk in table.column("run_id").chunks:
-        used = np.bincount(chunk.indices.to_numpy(zero_copy_only=False), minlength=len(chunk.dictionary)) > 0
-        out += chunk.dictionary.filter(pa.array(used)).to_pylist()
+        out += chunk.dictionary.filter(pa.array(_used(chunk)[1])).to_pylist()
     return list(dict.fromkeys(out))
 
 

@@ -7,14 +7,14 @@
 Builds the sweep dir first (not timed): spec.yaml with an analysis block of six figures, plan.json,
 and per run config.yaml, result.json and a metrics.jsonl written the way ctx.log writes it
 ({"step", "time", loss, lr} every step, {"step", "time", val_acc} every 50 steps, a router-weight
-list every 250). First the curves, for each DataFrame backend (numpy, pyarrow): analysis.curves with an empty cache
-against DuckDB's read_json of the same files into a DataFrame (ratio), then again after one more
-run of the plan finished (the plan holds PENDING runs whose jobs have not run yet). Then one full aggregate, timed by phase: "tables" is runs.csv and the summary
-(CSV, Markdown, LaTeX); "figures" is
-the six figures as PNG and PDF. A second call (nothing new) shows the cost of finding that nothing
-changed (the figures are not drawn again: a hash of their inputs says so). Wall and CPU
-seconds are both printed (CPU includes worker processes): on a shared machine the wall time also
-holds the time other processes took.
+list every 250); PENDING more runs are planned whose jobs have not run yet. First the curves, for
+each DataFrame backend (numpy, pyarrow): analysis.curves with an empty cache against DuckDB's
+read_json of the same files into a DataFrame (ratio), then again after one more run of the plan
+finished (its log alone converted). Then one full aggregate, timed by phase: "tables" is runs.csv
+and the summary (CSV, Markdown, LaTeX); "figures" is the six figures as PNG and PDF. A second call
+(nothing new) shows the cost of finding that nothing changed (the figures are not drawn again: a
+hash of their inputs says so). Wall and CPU seconds are both printed (CPU includes worker
+processes): on a shared machine the wall time also holds the time other processes took.
 """
 import argparse
 import json
