@@ -237,7 +237,7 @@ def cmd_status(args) -> int:
             print(f"  stage {stage.name}: {submit.describe(mine)}")
     size = shutil.get_terminal_size((120, 40))
     order = {RunState.FAILED: 0, RunState.CORRUPT: 0, RunState.IN_FLIGHT: 1, RunState.BLOCKED: 2,
-             RunState.PENDING: 2, RunState.NEW: 3, RunState.DONE: 4}
+             RunState.STALE: 2, RunState.PENDING: 2, RunState.NEW: 3, RunState.DONE: 4}
     shown = rows if args.all else sorted(rows, key=lambda r: order.get(r["state"], 5))[:max(5, size.lines - 8)]
     if not args.all:
         shown.sort(key=lambda r: rows.index(r))
@@ -459,10 +459,14 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv=None) -> int:
     import signal
     signal.signal(signal.SIGPIPE, signal.SIG_DFL)     # `plan ... | head` ends quietly
+    from jobs.sched.slurm import SchedulerError
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)
     except specs.SpecError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    except SchedulerError as e:   # the scheduler could not be asked: what runs is unknown, so nothing is decided
         print(f"error: {e}", file=sys.stderr)
         return 2
     except OSError as e:          # a full disk, a read-only or foreign sweep dir: say where, no traceback

@@ -13,6 +13,7 @@ import dataclasses
 import os
 import pickle
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -93,6 +94,8 @@ def drive(sweep_dir: SweepDir, submission: str) -> None:
     def done(run_id):
         return sweep_dir.run(run_id).result.exists()
 
+    # the submitting command journals the pid after starting us; say it ourselves too, in case it died first
+    record("driver_start", driver_pid=os.getpid(), host=socket.gethostname())
     try:
         while (queue or running) and not stopping:
             # a pack of a later stage starts once the upstream runs it needs are done; it is blocked

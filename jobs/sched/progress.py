@@ -67,6 +67,10 @@ def run_row(sweep_dir, run, state, failure="", note="") -> dict:
         error = f"{run_dir.result} cannot be read; resume reruns the run from its newest valid checkpoint"
     elif last_end.get("error"):
         error = last_end["error"]
+    elif state in (RunState.PENDING, RunState.BLOCKED) and attempts and attempts[-1].get("event") == "blocked":
+        error = attempts[-1].get("reason", "not started: an upstream run is not done")
+    elif state == RunState.STALE:
+        error = "an upstream it consumed changed since (rerun or replaced): resume reruns it"
     elif state == RunState.PENDING and attempts and attempts[-1].get("event") == "skipped":
         error = attempts[-1].get("reason", "not started (fail fast)")
     elif state == RunState.PENDING and note:
@@ -141,6 +145,9 @@ def next_step(counts, command, prog="python main.py") -> str:
                 f"fix the cause, then: {prog} resume {command} --retry-failed")
     if counts.get(RunState.CORRUPT):
         return f"next: {counts[RunState.CORRUPT]} results are unreadable: {prog} resume {command} reruns them"
+    if counts.get(RunState.STALE):
+        return (f"next: {counts[RunState.STALE]} done runs consumed an upstream checkpoint that has changed since: "
+                f"{prog} resume {command} reruns them (their old dirs are kept beside)")
     if counts.get(RunState.IN_FLIGHT):
         return f"next: wait; {prog} status {command} again, or {prog} resume {command} --wait"
     if counts.get(RunState.BLOCKED):

@@ -3,11 +3,14 @@
     profile = load_profile("local")                  # env/clusters.yaml, as a ClusterProfile
     jobs = submit_packs(sweep_dir, pack_jobs, params) # one sbatch per array chunk
     states = job_states(jobs_in(journal_entries))    # one sacct call for the whole sweep
+    queue = queue_states(jobs)                       # one squeue call, from the same cached poll
 
 Every value that reaches an sbatch file is checked twice: the spec's values when the spec is
 read (jobs/spec/settings.py), and every `#SBATCH` line of the generated file before sbatch sees
 it, so a newline, `#SBATCH` or a shell metacharacter is refused with a clear error and never written.
-Nothing else in the repository calls sbatch, sacct or scancel.
+Nothing else in the repository calls sbatch, sacct, squeue, scontrol or scancel (but the job
+itself, which requeues with scontrol). What the answers mean for a run (live, ending, ended) is
+decided in jobs/sched/liveness.py, not here.
 """
 from __future__ import annotations
 
@@ -39,6 +42,11 @@ INFRASTRUCTURE = {"NODE_FAIL", "OUT_OF_MEMORY", "BOOT_FAIL", "PREEMPTED"}
 
 class ProfileError(Exception):
     pass
+
+
+class SchedulerError(Exception):
+    """The scheduler could not be asked (sacct or squeue missing, or failing): what runs is unknown,
+    which is never taken for "live" nor for "ended"."""
 
 
 def profile_name(name=None) -> str:
@@ -180,7 +188,12 @@ def submit_chained(sweep_dir, pack_job) -> str:
 
     Handed to the runtime inside each PackJob (chaining happens in the job, not on the login node).
     """
-    return str(submit_packs(SweepDir(sweep_dir), [pack_job], pack_job.chain["params"])[0].job_id)
+    new_id = str(submit_packs(SweepDir(sweep_dir), [pack_job], pack_job.chain["params"])[0].job_id)
+    me = (f"{os.environ['SLURM_ARRAY_JOB_ID']}_{os.environ.get('SLURM_ARRAY_TASK_ID', '')}"
+          if os.environ.get("SLURM_ARRAY_JOB_ID") else os.environ.get("SLURM_JOB_ID", ""))
+    if me:
+        move_dependents(me, new_id)
+    return new_id
 
 
 def cancel(job_ids) -> None:
@@ -197,11 +210,13 @@ def since_now() -> str:
 
 
 class Job(NamedTuple):
-    """A SLURM job the journal names: its id (`A_i` for array tasks), its runs, submission, sacct start."""
+    """A SLURM job the journal names: its id (`A_i` for array tasks), its runs, submission, sacct start,
+    and when it was submitted (the journal's ISO time)."""
     job_id: str
     runs: list
     submission: str
     since: str
+    time: str = ""
 
 
 def jobs_in(entries) -> list:
@@ -212,49 +227,139 @@ def jobs_in(entries) -> list:
             if e.get("event") == "submit" and e.get("executor") == "slurm":
                 since[e["submission"]] = e.get("since")
                 for job_id, pack in zip(e.get("job_ids", []), e.get("packs", [])):
-                    out.append(Job(str(job_id), list(pack), e["submission"], e.get("since")))
+                    out.append(Job(str(job_id), list(pack), e["submission"], e.get("since"), e.get("time", "")))
             elif e.get("event") == "chain":
-                out.append(Job(str(e["job_id"]), list(e.get("runs", [])), e["submission"], since.get(e["submission"])))
+                out.append(Job(str(e["job_id"]), list(e.get("runs", [])), e["submission"], since.get(e["submission"]),
+                               e.get("time", "")))
         except (KeyError, TypeError):
             continue           # a record of another shape: skipped (the journal reader reports bad lines)
     return out
 
 
-class _SacctPoller:
-    """One sacct call for many jobs, cached for SACCT_MIN_INTERVAL_S: every status read shares it."""
+def chunk_name(job_name: str, submission: str, chunk: int) -> str:
+    """The job name of one sbatch call of a submission: the journal's intent names it before sbatch
+    runs, so the jobs of a submit killed before it journaled their ids are found by name."""
+    return f"{job_name}.{submission}.{chunk}"
+
+
+def orphans_in(entries) -> list:
+    """The intents (one per sbatch call) whose submit entry never came: the submitting command died
+    between sbatch and the journal. Their jobs are found by the names the intents gave them."""
+    submitted = {e.get("submission") for e in entries if e.get("event") == "submit"}
+    return [e for e in entries if e.get("event") == "intent" and e.get("executor") == "slurm"
+            and e.get("submission") not in submitted and e.get("name") and isinstance(e.get("packs"), list)]
+
+
+def recover(intents) -> list:
+    """The Jobs that interrupted submissions did submit, found by name (one squeue and one sacct call);
+    pack i of an intent is array task i (a one-pack intent is a plain job)."""
+    if not intents:
+        return []
+    names = ",".join(sorted({e["name"] for e in intents}))
+    seen = {}
+    for cmd in (["squeue", "-h", "-r", "-o", "%i|%j", "--name", names],
+                ["sacct", "-X", "-n", "-P", "-o", "JobID,JobName", "-S", _clamped(min(e.get("since") or "" for e in intents)),
+                 "--name", names]):
+        for line in _ask(cmd).splitlines():
+            job_id, _, name = line.strip().partition("|")
+            if job_id and name and not job_id.endswith("]"):
+                seen.setdefault(name, set()).add(job_id)
+            elif job_id.endswith("]"):             # sacct folds pending tasks: 7_[2-4]
+                seen.setdefault(name, set()).update(parse_sacct(f"{job_id}|PENDING"))
+    out = []
+    for e in intents:
+        packs = e["packs"]
+        for job_id in sorted(seen.get(e["name"], ())):
+            _, _, index = job_id.partition("_")
+            if index.isdigit() and int(index) < len(packs):
+                pack = packs[int(index)]
+            elif not index and len(packs) == 1:
+                pack = packs[0]
+            else:
+                continue
+            out.append(Job(job_id, list(pack), e["submission"], e.get("since"), e.get("time", "")))
+    return out
+
+
+class _SchedulerPoller:
+    """One squeue and one sacct call for many jobs, cached for SACCT_MIN_INTERVAL_S: every status
+    read shares them. (queue states, accounting states)."""
 
     def __init__(self):
-        self.key, self.at, self.states = None, 0.0, {}
+        self.key, self.at, self.answer = None, 0.0, ({}, {})
 
-    def __call__(self, job_ids, since) -> dict:
+    def __call__(self, job_ids, since) -> tuple:
         key = (tuple(sorted(job_ids)), since)
         if key == self.key and time.monotonic() - self.at < SACCT_MIN_INTERVAL_S:
-            return self.states
-        self.key, self.at, self.states = key, time.monotonic(), sacct_states(job_ids, since)
-        return self.states
+            return self.answer
+        answer = (squeue_states(job_ids), sacct_states(job_ids, since))
+        self.key, self.at, self.answer = key, time.monotonic(), answer
+        return answer
 
 
-poll = _SacctPoller()
+poll = _SchedulerPoller()
 
 
 def job_states(jobs) -> dict:
-    """job id -> SLURM state of `jobs` (from jobs_in), from one (cached) sacct call."""
+    """job id -> SLURM accounting state of `jobs` (from jobs_in), from one (cached) sacct call."""
+    return _polled(jobs)[1]
+
+
+def queue_states(jobs) -> dict:
+    """job id -> state of those of `jobs` the controller still holds (PENDING, RUNNING, COMPLETING...),
+    from one (cached) squeue call; a job it does not return has left the queue (or never reached it)."""
+    return _polled(jobs)[0]
+
+
+def _polled(jobs) -> tuple:
     if not jobs:
+        return {}, {}
+    return poll([j.job_id for j in jobs], _clamped(min(j.since or "" for j in jobs)))
+
+
+def _clamped(since) -> str:
+    """A start time for sacct -S: the journal's, unless it is unreadable or ahead of this clock (a
+    submitting host whose clock runs ahead): then a week back, so no job is hidden by the filter."""
+    try:
+        at = time.mktime(time.strptime(str(since), "%Y-%m-%dT%H:%M:%S"))
+    except (ValueError, OverflowError):
+        at = None
+    if at is None or at > time.time() - 60:
+        return "now-7days"
+    return since
+
+
+def _ask(cmd) -> str:
+    """A scheduler query's output; SchedulerError when the command is missing or fails."""
+    if not shutil.which(cmd[0]):
+        raise SchedulerError(f"{cmd[0]} is not on PATH: cannot tell which SLURM jobs of this sweep still run "
+                             f"(run this where SLURM's commands are, e.g. the login node)")
+    try:
+        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=60)
+    except (OSError, subprocess.TimeoutExpired) as e:
+        raise SchedulerError(f"{cmd[0]} did not answer: {e}")
+    if proc.returncode != 0:
+        if cmd[0] == "squeue" and "Invalid job id" in proc.stderr:
+            return ""          # none of the jobs asked is known to the controller any more
+        raise SchedulerError(f"{' '.join(cmd[:2])} ... failed (exit {proc.returncode}): "
+                             f"{proc.stderr.strip()[:300] or 'no message'}")
+    return proc.stdout
+
+
+def squeue_states(job_ids) -> dict:
+    """job id (`A_i` for array tasks, one line each) -> state, for the jobs the controller holds, from ONE squeue call."""
+    if not job_ids:
         return {}
-    return poll([j.job_id for j in jobs], min(j.since or "now-7days" for j in jobs))
+    roots = sorted({str(j).split("_")[0] for j in job_ids})
+    return parse_sacct(_ask(["squeue", "-h", "-r", "-o", "%i|%T", "-j", ",".join(roots)]))
 
 
 def sacct_states(job_ids, since: str) -> dict:
     """job id (as `A_i` for array tasks) -> SLURM state, from ONE sacct call for all of them."""
-    if not job_ids or not shutil.which("sacct"):
+    if not job_ids:
         return {}
     roots = sorted({str(j).split("_")[0] for j in job_ids})
-    cmd = ["sacct", "-X", "-n", "-P", "-o", "JobID,State", "-S", since, "-j", ",".join(roots)]
-    try:
-        out = subprocess.run(cmd, capture_output=True, text=True, timeout=60).stdout
-    except (OSError, subprocess.TimeoutExpired):
-        return {}
-    return parse_sacct(out)
+    return parse_sacct(_ask(["sacct", "-X", "-n", "-P", "-o", "JobID,State", "-S", since, "-j", ",".join(roots)]))
 
 
 def parse_sacct(text: str) -> dict:
@@ -358,4 +463,26 @@ def interruptions(sweep_dir: SweepDir, jobs, states) -> dict:
 
 
 def is_live(state: str) -> bool:
+    """An accounting state that is not final (what sacct says, not what the run is: liveness.py decides that)."""
     return state not in TERMINAL and state != ""
+
+
+def move_dependents(old: str, new: str) -> list:
+    """Jobs that wait on `old` (afterok and its kin) wait on `new` instead: a job that chains its
+    runs into a continuation moves its downstream stages onto it, else they would start when the
+    chaining job exits 0 with the runs unfinished. The job ids updated. Called in the job."""
+    out = subprocess.run(["squeue", "-h", "-o", "%i|%E", "-t", "PENDING"], capture_output=True, text=True,
+                         timeout=60).stdout
+    moved = []
+    for line in out.splitlines():
+        job_id, _, deps = line.strip().partition("|")
+        job_id = re.sub(r"_\[.*\]$", "", job_id)       # a pending array folded as 7_[0-2]: update it whole
+        parts = [re.sub(r"\(.*?\)$", "", d) for d in deps.split(",") if d and d != "(null)"]
+        if not any(p.split(":", 1)[-1] == old for p in parts):
+            continue
+        parts = [f"{p.split(':', 1)[0]}:{new}" if p.split(":", 1)[-1] == old else p for p in parts]
+        done = subprocess.run(["scontrol", "update", f"JobId={job_id}", "Dependency=" + ",".join(parts)],
+                              capture_output=True, text=True, timeout=60)
+        if done.returncode == 0:
+            moved.append(job_id)
+    return moved

@@ -11,9 +11,9 @@ Executors:
 - `slurm`: job arrays through submitit (jobs/sched/slurm.py).
 - `debug`: in-process, one pack after another, for a debugger (pdb only at a terminal).
 
-What is in flight is read from the journal, the liveness of the local drivers it names and one
-sacct call for the SLURM jobs; a run that is done (result.json) is never submitted again unless
-named with --force. `reconcile` is the one step that writes scheduler facts (a node failure, an
+What is in flight is jobs/sched/liveness.py's answer (one squeue and one sacct call, the local
+drivers, the run locks); a run that is done (result.json) is never submitted again unless named
+with --force or stale (an upstream it consumed changed). `reconcile` is the one step that writes scheduler facts (a node failure, an
 out-of-memory kill) into run dirs; submit and resume call it, `status` never does.
 """
 from __future__ import annotations
@@ -33,7 +33,7 @@ from pathlib import Path
 from filelock import FileLock
 
 import jobs.spec.tasks as tasks
-from jobs.sched import local, slurm
+from jobs.sched import liveness, local, slurm
 from jobs.sched.packing import pack_job
 from jobs.spec.settings import Checkpoint, Resources
 from jobs.store import RunState, SweepDir, atomic, now_iso
@@ -128,70 +128,70 @@ def snapshot_tasks(sweep, sweep_dir, submission) -> dict:
 
 # ---------------------------------------------------------------- what is in flight
 
-def live_runs(sweep_dir: SweepDir, entries=None, sacct=None) -> dict:
-    """run_id -> submission id, for every run a live submission still holds."""
-    entries = sweep_dir.read_journal() if entries is None else entries
-    ended = {e.get("submission") for e in entries if e.get("event") == "driver_end"}
-    live = {}
-    jobs = slurm.jobs_in(entries)
-    if jobs:
-        sacct = slurm.job_states(jobs) if sacct is None else sacct
-        for job in jobs:
-            # a job sacct does not know yet (just submitted) counts as live
-            if slurm.is_live(sacct.get(job.job_id, "PENDING")):
-                for run_id in job.runs:
-                    live[run_id] = job.submission
-    for e in entries:
-        if e.get("event") != "submit" or e.get("submission") in ended or e.get("executor") != "local":
-            continue
-        if e.get("host") == socket.gethostname() and not local.driver_alive(e.get("driver_pid", -1), e.get("submission", "")):
-            continue
-        for run_id in e.get("runs", []):
-            live[run_id] = e.get("submission")
-    return live
-
-
-def held_runs(sweep_dir: SweepDir, run_ids) -> dict:
-    """run_id -> who holds its lock, for runs executing anywhere (a job, `main.py run`, the debug
-    executor): in flight whatever the journal says. A holder on this host whose process is gone is not."""
-    out = {}
-    for run_id in run_ids:
-        run_dir = sweep_dir.run(run_id)
-        if not run_dir.holder.exists():
-            continue
-        holder = run_dir.read_holder()
-        if holder and (holder.get("host") != socket.gethostname() or local.process_alive(holder.get("pid", -1), holder.get("process_started"))):
-            out[run_id] = holder
-    return out
-
-
 BROKEN = (RunState.FAILED, RunState.CORRUPT, RunState.BLOCKED)
 
 
-def states(sweep, sweep_dir: SweepDir) -> dict:
+def states(sweep, sweep_dir: SweepDir, view=None) -> dict:
     """run_id -> RunState of every run of the sweep. Reads the sweep dir and the scheduler; writes nothing.
 
-    A downstream run whose upstream run failed (or is itself blocked, or is unfinished with nothing
-    running it) is `blocked`, not failed: its own code never ran."""
+    What is in flight is jobs/sched/liveness.py's answer (`view`, when the caller has one). A
+    downstream run whose upstream run failed (or is itself blocked, or is unfinished with nothing
+    running it) is `blocked`, not failed: its own code never ran. A done downstream run whose
+    upstream changed since it consumed it (a rerun, a replaced registry entry) is `stale`."""
     entries = sweep_dir.read_journal()
-    live = live_runs(sweep_dir, entries)
-    live.update(held_runs(sweep_dir, [r.run_id for r in sweep.runs]))
+    live = (view or liveness.look(sweep_dir, [r.run_id for r in sweep.runs], entries)).live
     killed = scheduler_failures(sweep_dir, entries)
-    out = {}
+    out, results, consumed = {}, {}, _consumed(sweep)
     for r in sweep.runs:              # stage by stage: an upstream's state is known before its downstream's
-        state = sweep_dir.run(r.run_id).state(r.run_id in live)
+        run_dir = sweep_dir.run(r.run_id)
+        state = run_dir.state(r.run_id in live)
         if r.run_id in killed and state != RunState.DONE:
             state = RunState.FAILED
         if state not in (RunState.DONE, RunState.CORRUPT) and _held_up(r, out, live):
             state = RunState.BLOCKED
+        if state == RunState.DONE and (r.upstream or r.run_id in consumed):
+            results[r.run_id] = run_dir.read_result() or {}
+            if r.upstream and stale_reason(r, results[r.run_id], out, results):
+                state = RunState.STALE
         out[r.run_id] = state
     return out
+
+
+def _consumed(sweep) -> set:
+    """The in-sweep runs some later stage consumes."""
+    return {u["run_id"] for r in sweep.runs for u in r.upstream.values() if "run_dir" not in u}
+
+
+def stale_reason(run, result: dict, known: dict, results: dict) -> str:
+    """Why a done downstream run no longer matches what it consumed ("" when it does): the upstream
+    run is not done any more, or finished anew with another final checkpoint, or the registry
+    entry it came from names another checkpoint now. A result written before runs recorded their
+    lineage is taken as it is."""
+    lineage = result.get("upstream")
+    if not isinstance(lineage, dict):
+        return ""
+    for stage, record in run.upstream.items():
+        used = lineage.get(stage)
+        if not isinstance(used, dict):
+            continue
+        if "run_dir" in record:              # a registered checkpoint (from_manifest)
+            now = {"step": record.get("step"), "sha256": record.get("sha256")}
+            where = f"registry entry {record.get('name', '?')!r}"
+        else:
+            if known.get(record["run_id"]) != RunState.DONE:
+                return f"upstream run {record['run_id']} ({stage}) is {known.get(record['run_id'])} now"
+            now = (results.get(record["run_id"]) or {}).get("checkpoint") or {}
+            where = f"upstream run {record['run_id']} ({stage})"
+        if (now.get("step"), now.get("sha256")) != (used.get("step"), used.get("sha256")):
+            return (f"{where} now names step {now.get('step')} (sha256 {str(now.get('sha256'))[:12]}); "
+                    f"this run consumed step {used.get('step')} (sha256 {str(used.get('sha256'))[:12]})")
+    return ""
 
 
 def _held_up(run, known, live) -> bool:
     for up in run.upstream.values():
         st = known.get(up["run_id"])          # None: a registered checkpoint of another sweep
-        if st in BROKEN or (st == RunState.PENDING and run.run_id not in live):
+        if st in BROKEN or (st in (RunState.PENDING, RunState.STALE) and run.run_id not in live):
             return True
     return False
 
@@ -211,8 +211,21 @@ def scheduler_notes(sweep_dir: SweepDir, entries=None) -> dict:
 
 
 def reconcile(sweep_dir: SweepDir) -> list:
-    """Write scheduler_failures into the runs' error.txt (so they stay failed once sacct forgets
-    the jobs); the run_ids written. The one step that writes scheduler facts: submit and resume call it."""
+    """Write scheduler facts into the sweep dir: the failures of scheduler_failures into the runs'
+    error.txt (so they stay failed once sacct forgets the jobs), and the jobs of a submit that died
+    between sbatch and its journal entry (found by the names its intents gave them) into the
+    journal. The run_ids whose error was written. Submit, resume and cancel call it, holding the
+    submit lock; `status` never does."""
+    orphans = slurm.orphans_in(sweep_dir.read_journal())
+    if orphans:
+        found = slurm.recover(orphans)
+        for submission in dict.fromkeys(e["submission"] for e in orphans):
+            jobs = [j for j in found if j.submission == submission]
+            first = next(e for e in orphans if e["submission"] == submission)
+            sweep_dir.append_journal({"event": "submit", "submission": submission, "executor": "slurm",
+                                      "time": first.get("time"), "since": first.get("since"), "recovered": True,
+                                      "runs": [r for j in jobs for r in j.runs],
+                                      "job_ids": [j.job_id for j in jobs], "packs": [j.runs for j in jobs]})
     found = scheduler_failures(sweep_dir)
     for run_id, text in found.items():
         atomic.write_text(sweep_dir.run(run_id).error, text)
@@ -249,19 +262,26 @@ def submit(sweep, sweep_dir: SweepDir, *, job_class, executor=None, force=(), re
         forced = _resolve_force(sweep, force)
         prepare(sweep, sweep_dir, submission)
         reconcile(sweep_dir)
-        run_states = states(sweep, sweep_dir)
+        view = liveness.settle(sweep_dir, [r.run_id for r in sweep.runs], log=log)
+        for run_id, job in view.ending.items():        # still completing after the wait: not twice at once
+            view.live[run_id] = job
+        if view.ending:
+            log(f"{len(view.ending)} runs are still held by ending jobs ({', '.join(sorted(set(view.ending.values()))[:5])}): "
+                "left for the next resume")
+        run_states = states(sweep, sweep_dir, view)
         busy = [r for r in forced if run_states[r.run_id] == RunState.IN_FLIGHT]
         if busy:
-            holders = held_runs(sweep_dir, [r.run_id for r in busy])
             said = [r.label or r.run_id for r in busy]
-            said = [f"{x} (held by pid {holders[r.run_id]['pid']} on {holders[r.run_id]['host']}: "
-                    f"{holders[r.run_id].get('command', '')[:80]})" if r.run_id in holders else x for x, r in zip(said, busy)]
+            said = [f"{x} (held by pid {h['pid']} on {h['host']}: {h.get('command', '')[:80]})"
+                    if isinstance(h := view.live.get(r.run_id), dict) else x for x, r in zip(said, busy)]
             raise SubmitError("cannot --force runs that are in flight: " + ", ".join(said) + " (cancel them first)")
-        for r in forced:
-            _set_aside(sweep_dir, r)
+        for r in forced + [r for r in sweep.runs if run_states[r.run_id] == RunState.STALE]:
+            _set_aside(sweep_dir, r)      # a stale run's result is kept beside, as a forced one's
             run_states[r.run_id] = RunState.NEW
         wanted = {RunState.NEW, RunState.PENDING, RunState.CORRUPT} | ({RunState.FAILED} if retry_failed else set())
         todo = _todo(sweep, run_states, wanted)
+        if executor == "slurm":
+            todo = _rewire(sweep, run_states, wanted, todo, view, log)
         counts = count(run_states.values())
         going = {r.run_id for r in todo}
         skipped = count(st for rid, st in run_states.items() if rid not in going)
@@ -274,6 +294,11 @@ def submit(sweep, sweep_dir: SweepDir, *, job_class, executor=None, force=(), re
                  "packs": [pack for _, packs in waves for pack in packs],
                  "force": [r.run_id for r in forced], "code": str(sweep_dir.code_version(submission).relative_to(sweep_dir.path)),
                  "spec_sha256": hashlib.sha256(json.dumps(sweep.spec, sort_keys=True, default=str).encode()).hexdigest()}
+        if executor == "local":
+            # intent before action: the driver journals its pid itself, so a submit killed before
+            # its entry leaves a driver that status, resume and cancel still find (SLURM: per sbatch call)
+            sweep_dir.append_journal({"event": "intent", "submission": submission, "time": entry["time"],
+                                      "executor": executor, "host": entry["host"], "runs": entry["runs"]})
         if executor == "local":
             jobs = [_job(job_class, sweep, sweep_dir, stage, pack, "local", submission) for stage, packs in waves for pack in packs]
             entry["driver_pid"] = local.start_driver(sweep_dir, submission, jobs,
@@ -301,6 +326,28 @@ def _todo(sweep, run_states, wanted) -> list:
         if (state in wanted and ready) or (state == RunState.BLOCKED and ready):
             todo.append(r)
             going.add(r.run_id)
+    return todo
+
+
+def _rewire(sweep, run_states, wanted, todo, view, log) -> list:
+    """Downstream runs queued behind a job of an upstream run that is submitted again now (its job was
+    cancelled or failed) wait on a dependency that can never be met: cancel those pending jobs and
+    submit their runs again, after the new upstream jobs. The runs to submit."""
+    for _ in sweep.stages:
+        going = {r.run_id for r in todo}
+        doomed = {view.jobs[r.run_id][0] for r in sweep.runs
+                  if run_states[r.run_id] == RunState.IN_FLIGHT and view.jobs.get(r.run_id, ("", ""))[1] == "PENDING"
+                  and any(u["run_id"] in going for u in r.upstream.values() if "run_dir" not in u)}
+        if not doomed:
+            break
+        slurm.cancel(sorted(doomed))
+        log(f"cancelled {len(doomed)} pending downstream jobs that waited on replaced upstream jobs: "
+            f"{', '.join(sorted(doomed)[:5])}; their runs go again with the new ones")
+        for r in sweep.runs:
+            if view.jobs.get(r.run_id, ("", ""))[0] in doomed:
+                run_states[r.run_id] = RunState.PENDING
+                view.live.pop(r.run_id, None)
+        todo = _todo(sweep, run_states, wanted)
     return todo
 
 
@@ -376,8 +423,9 @@ def _submit_slurm(job_class, sweep, sweep_dir, submission, waves, profile) -> di
     for job in slurm.jobs_in(sweep_dir.read_journal()):
         for run_id in job.runs:
             holder[run_id] = job.job_id
-    live = live_runs(sweep_dir)
+    live = liveness.look(sweep_dir, list(holder)).live
     job_ids, calls = [], 0
+    chunk = max(1, slurm.max_array_size() - 1)          # the array *index* must stay below MaxArraySize
     for stage, packs in waves:
         res, ckpt = resources_of(sweep, stage), checkpoint_of(sweep, stage)
         job_res = slurm.resources_for(res, profile)
@@ -396,20 +444,26 @@ def _submit_slurm(job_class, sweep, sweep_dir, submission, waves, profile) -> di
             job.chain = {"params": params, "left": res.max_chain}
             job.chain_submit = slurm.submit_chained
             by_deps.setdefault(deps, []).append(job)
-        for deps, jobs in by_deps.items():
+        for deps, group in by_deps.items():
             group_params = dict(params)
             if deps:
                 group_params["dependency"] = "afterok:" + ":".join(deps)
                 group_params["additional_parameters"] = {**params["additional_parameters"], "kill_on_invalid_dep": "yes"}
-            try:
-                submitted = slurm.submit_packs(sweep_dir, jobs, group_params)
-            except Exception as e:          # sbatch refused: say what it said
-                raise SubmitError(f"sbatch failed: {e}")
-            calls += 1
-            for job, sub in zip(jobs, submitted):
-                for run_id in job.run_ids:
-                    holder[run_id] = str(sub.job_id)
-                job_ids.append((str(sub.job_id), job.run_ids))
+            for i in range(0, len(group), chunk):
+                jobs = group[i:i + chunk]
+                name = slurm.chunk_name(params["job_name"], submission, calls)
+                sweep_dir.append_journal({"event": "intent", "submission": submission, "executor": "slurm",
+                                          "time": now_iso(), "since": since, "name": name,
+                                          "packs": [j.run_ids for j in jobs]})
+                try:
+                    submitted = slurm.submit_packs(sweep_dir, jobs, {**group_params, "job_name": name}, chunk=len(jobs))
+                except Exception as e:          # sbatch refused: say what it said
+                    raise SubmitError(f"sbatch failed: {e}")
+                calls += 1
+                for job, sub in zip(jobs, submitted):
+                    for run_id in job.run_ids:
+                        holder[run_id] = str(sub.job_id)
+                    job_ids.append((str(sub.job_id), job.run_ids))
     # the journal's packs are in wave order, as job_ids are
     order = {tuple(p): jid for jid, p in job_ids}
     return {"cluster": profile.name, "job_ids": [order[tuple(p)] for _, packs in waves for p in packs], "since": since}
@@ -433,12 +487,17 @@ def _run_debug(job_class, sweep, sweep_dir, submission, waves, log):
 
 def cancel(sweep_dir: SweepDir, log=print) -> int:
     """Stop every live submission of the sweep: its runs checkpoint and stay resumable."""
+    if not sweep_dir.exists():
+        log("nothing in flight to cancel (nothing was submitted here)")
+        return 0
+    with FileLock(str(sweep_dir.submit_lock)):
+        reconcile(sweep_dir)          # the jobs of an interrupted submit are journaled, so cancelled too
     entries = sweep_dir.read_journal()
     n = local.cancel(entries, log)
     jobs = slurm.jobs_in(entries)
     if jobs:
-        sacct = slurm.job_states(jobs)
-        live = [job.job_id for job in jobs if slurm.is_live(sacct.get(job.job_id, "PENDING"))]
+        queue, acct = slurm.queue_states(jobs), slurm.job_states(jobs)
+        live = list(dict.fromkeys(job.job_id for job in jobs if liveness.verdict(job, queue, acct) == liveness.LIVE))
         if live:
             slurm.cancel(live)
             log(f"cancelled {len(live)} SLURM jobs: {', '.join(live[:10])}{' ...' if len(live) > 10 else ''}")

@@ -30,6 +30,8 @@ class RunState(StrEnum):
     BLOCKED = "blocked"          # a downstream run whose upstream failed or was cancelled
     FAILED = "failed"            # error.txt and no result.json
     CORRUPT = "corrupt result"   # result.json exists but cannot be read: resume reruns the run
+    STALE = "stale"              # done, but an upstream it consumed changed since (a rerun, a replaced
+                                 # registry entry): resume sets its dir aside and reruns it
     DONE = "done"                # result.json, readable: the run's last act
 
 
@@ -42,6 +44,7 @@ class Outcome(StrEnum):
     BUSY = "busy"                # another process holds the run's lock
     CANCELLED = "cancelled"      # KeyboardInterrupt in-process
     SKIPPED = "skipped"          # not started: the submission's runs were failing alike (resources.fail_fast)
+    BLOCKED = "blocked"          # not started: an upstream run it consumes is not done (attempts.jsonl says why)
 
 
 def root_dir(root=None, profile_root=None, spec=None) -> Path:
@@ -96,8 +99,11 @@ class RunDir:
     def error_of_attempt(self, attempt: int) -> Path:
         return self.path / f"error.attempt{attempt}.txt"
 
+    SET_ASIDE = ".before-"
+
     def set_aside_name(self, stamp: str) -> Path:
-        return self.path.with_name(f"{self.run_id}.before-{stamp}")
+        """Where a forced or stale run's old dir is kept (never deleted, never taken for a run)."""
+        return self.path.with_name(f"{self.run_id}{RunDir.SET_ASIDE}{stamp}")
 
     def read_config(self) -> dict:
         """config.yaml: {run_id, label, task, varied, config, ...}. Raises on a missing or corrupt file."""
@@ -124,10 +130,12 @@ class RunDir:
 
     def state(self, in_flight: bool) -> RunState:
         """The run's state from its files, given whether a live job holds it."""
-        if self.result.exists():
-            return RunState.DONE if self.read_result() is not None else RunState.CORRUPT
-        if in_flight:
+        if self.result.exists() and self.read_result() is not None:
+            return RunState.DONE
+        if in_flight:             # an unreadable result.json a live job is about to replace included
             return RunState.IN_FLIGHT
+        if self.result.exists():
+            return RunState.CORRUPT
         if self.error.exists():
             return RunState.FAILED
         return RunState.PENDING if self.config.exists() else RunState.NEW
@@ -203,7 +211,8 @@ class SweepDir:
     def run_dirs(self) -> list:
         """The run ids that have a run dir, sorted."""
         try:
-            return sorted(e.name for e in os.scandir(self.runs) if e.is_dir() and not e.name.startswith("."))
+            return sorted(e.name for e in os.scandir(self.runs)
+                          if e.is_dir() and not e.name.startswith(".") and RunDir.SET_ASIDE not in e.name)
         except FileNotFoundError:
             return []
 
