@@ -204,6 +204,16 @@ def load_step(ckpt_dir, step: int):
     return payload
 
 
+def newest(ckpt_dir) -> dict | None:
+    """{step, sha256} of the newest checkpoint whose sidecar states a digest (read, not re-hashed: what a
+    result names as the run's final state; whoever loads it verifies), or None."""
+    for step in reversed(list_steps(ckpt_dir)):
+        digest = _read_sidecar(ckpt_path(ckpt_dir, step))
+        if digest is not None:
+            return {"step": step, "sha256": digest}
+    return None
+
+
 def verified_digest(path) -> str | None:
     """The sha256 of a checkpoint file when its sidecar matches it, else None."""
     return _verified_digest(Path(path))

@@ -61,7 +61,18 @@ class UpstreamRun:
         self.stage = stage
         self.run_id = record["run_id"]
         self.run_dir = Path(record["run_dir"]) if record.get("run_dir") else Path(sweep_run_dirs) / self.run_id
-        self._record = record
+        self._record = dict(record)
+        if not record.get("run_dir"):
+            # an in-sweep upstream: the checkpoint its result names (its final state), verified when loaded
+            final = (RunDir(self.run_dir).read_result() or {}).get("checkpoint")
+            if isinstance(final, dict) and final.get("step") is not None:
+                self._record.update(step=final["step"], sha256=final.get("sha256"))
+
+    def lineage(self) -> dict:
+        """What this run consumes of the upstream: run id, step and checkpoint sha256 (and the registry
+        name it came by), recorded in the downstream's result."""
+        return {"run_id": self.run_id, **{k: self._record.get(k) for k in ("step", "sha256")},
+                **({"name": self._record["name"]} if self._record.get("name") else {})}
 
     def __repr__(self):
         return f"UpstreamRun({self.stage!r}, {str(self.run_dir)!r})"
@@ -94,7 +105,8 @@ class UpstreamRun:
         if self._record.get("sha256"):
             digest = checkpoint.verified_digest(checkpoint.ckpt_path(ckpt_dir, step))
             if digest != self._record["sha256"]:
-                raise ValueError(f"{checkpoint.ckpt_path(ckpt_dir, step)}: sha256 {digest} differs from the registered "
+                raise ValueError(f"{checkpoint.ckpt_path(ckpt_dir, step)}: sha256 {digest} differs from the "
+                                 f"{'registered' if self._record.get('run_dir') else 'final'} "
                                  f"{self._record['sha256']} (the checkpoint changed or is damaged)")
         return checkpoint.load_step(ckpt_dir, step)["state"]
 

@@ -33,7 +33,8 @@ from jobs.store import Outcome, RunDir, SweepDir, atomic, now_iso
 
 LOCAL_REQUEUE_RETURN_CODE = 144     # submitit's local controller restarts a job that exits with it
 DONE, INTERRUPTED, FAILED, BUSY = Outcome.DONE, Outcome.INTERRUPTED, Outcome.FAILED, Outcome.BUSY
-EXIT_CODES = {DONE: 0, INTERRUPTED: 3, FAILED: 4, BUSY: 5}
+BLOCKED = Outcome.BLOCKED
+EXIT_CODES = {DONE: 0, INTERRUPTED: 3, FAILED: 4, BUSY: 5, BLOCKED: 6}
 
 
 def job_id() -> str:
@@ -68,7 +69,8 @@ class RunLock:
         atomic.write_json(self.run_dir.holder, {"pid": os.getpid(), "host": socket.gethostname(),
                                                 "process_started": psutil.Process().create_time(),
                                                 "job_id": job_id(), "command": " ".join(sys.argv)[:300],
-                                                "since": now_iso()})
+                                                "since": now_iso(),
+                                                **({"scheduler": "slurm"} if os.environ.get("SLURM_JOB_ID") else {})})
         return True
 
     def release(self) -> None:
@@ -92,6 +94,8 @@ def run_one(sdir, run_id, *, deadline=None, margin_s=60.0, gpus=0, cpus=0, check
     try:
         if finished(run_dir):
             return DONE
+        if block(sweep_dir, run_dir, submission):
+            return BLOCKED
         if cpus:
             limit_threads(cpus)
         return _attempt(sweep_dir, run_dir, deadline, margin_s, _device(gpus), checkpoint, on_ctx, reraise,
@@ -119,6 +123,8 @@ def run_rank(sdir, run_id, ranks, *, deadline=None, margin_s=60.0, gpus=0, cpus=
         verdict = EXIT_CODES[DONE] if (ranks.rank == 0 and finished(run_dir)) else 0
         if lock is not None and not verdict and not lock.acquire():
             lock, verdict = None, EXIT_CODES[BUSY]
+        if lock is not None and not verdict and block(sweep_dir, run_dir, submission):
+            verdict = EXIT_CODES[BLOCKED]
         verdict = distributed.broadcast_int(verdict, device)
         if verdict:
             outcome = {v: k for k, v in EXIT_CODES.items()}[verdict]
@@ -126,7 +132,7 @@ def run_rank(sdir, run_id, ranks, *, deadline=None, margin_s=60.0, gpus=0, cpus=
             outcome = _attempt(sweep_dir, run_dir, deadline, margin_s, device, checkpoint, on_ctx, False,
                                ranks=ranks, attempt=attempt, submission=submission)
         # done and interrupted are agreed outcomes: every rank gets here; a failed one may be alone
-        together = outcome in (DONE, INTERRUPTED, BUSY)
+        together = outcome in (DONE, INTERRUPTED, BUSY, BLOCKED)
         return outcome
     finally:
         if lock is not None:
@@ -134,6 +140,32 @@ def run_rank(sdir, run_id, ranks, *, deadline=None, margin_s=60.0, gpus=0, cpus=
         # tear the group down together: a rank that leaves while another still talks to it aborts
         # in gloo's C++ threads ("terminate called without an active exception")
         distributed.leave(together, device)
+
+
+def unfinished_upstream(sweep_dir, run_dir) -> str:
+    """Why the run may not start ("" : it may): an in-sweep upstream run it consumes has no readable
+    result. A job's exit code says nothing of its runs (a pack exits 0 when a run raised or chained),
+    so a SLURM dependency alone would let a downstream run take an intermediate checkpoint."""
+    try:
+        meta = run_dir.read_config()
+    except (OSError, ValueError):
+        return ""                          # unreadable: _attempt fails it with the reason
+    for stage, record in (meta.get("upstream") or {}).items():
+        if isinstance(record, dict) and record.get("run_id") and not record.get("run_dir"):
+            if sweep_dir.run(record["run_id"]).read_result() is None:
+                return (f"upstream run {record['run_id']} ({stage}) is not done: this run starts only "
+                        "on a finished upstream; resume runs it once the upstream is")
+    return ""
+
+
+def block(sweep_dir, run_dir, submission="") -> bool:
+    """Record and return whether the run is blocked by an unfinished upstream run (no result, no error)."""
+    why = unfinished_upstream(sweep_dir, run_dir)
+    if why:
+        atomic.append_jsonl(run_dir.attempts, {"event": "blocked", "job_id": job_id(), "submission": submission,
+                                               "time": time.time(), "reason": why}, lock=False)
+        print(f"hpcsweep: run {run_dir.run_id} not started: {why}", file=sys.stderr, flush=True)
+    return bool(why)
 
 
 def finished(run_dir) -> bool:
@@ -218,10 +250,15 @@ def _attempt(sweep_dir, run_dir, deadline, margin_s, device, checkpoint, on_ctx,
             ended = time.time()
             wall = sum(a.get("ended", a["started"]) - a["started"]
                        for a in run_dir.read_attempts() if a.get("event") == "end") + (ended - started)
+            from jobs.runtime import checkpoint as checkpoints
+            final = checkpoints.newest(run_dir.checkpoints)
             atomic.write_json(run_dir.result, {
                 "run_id": run_id, "label": meta.get("label", ""), "metrics": _plain(metrics or {}),
                 "wall_time_s": round(wall, 3), "attempts": attempt, "finished": now_iso(),
-                **({"world_size": world} if world > 1 else {})})
+                **({"world_size": world} if world > 1 else {}),
+                # what a later stage consumes, and what this run consumed (lineage: stale when it changes)
+                **({"checkpoint": final} if final else {}),
+                **({"upstream": {stage: up.lineage() for stage, up in upstream.items()}} if upstream else {})})
         outcome = DONE
     except Interrupted:
         outcome = INTERRUPTED
@@ -274,7 +311,7 @@ def run_any(sdir, run_id, *, world_size=1, stop=None, **kw) -> str:
     if ranks is not None:
         return run_rank(sdir, run_id, ranks, on_ctx=stop.attach if stop else None, **kw)
     by_code = {v: k for k, v in EXIT_CODES.items()}
-    codes, first = distributed.spawn(world_size, _rank_child, (sdir, run_id, kw), ok_codes={EXIT_CODES[o] for o in (DONE, INTERRUPTED, BUSY)},
+    codes, first = distributed.spawn(world_size, _rank_child, (sdir, run_id, kw), ok_codes={EXIT_CODES[o] for o in (DONE, INTERRUPTED, BUSY, BLOCKED)},
                               started=(lambda pids: setattr(stop, "children", pids)) if stop else None)
     if stop:
         stop.children = []
