@@ -10,8 +10,8 @@ The rule: a job is live only on positive evidence.
   *ending*: sacct may already say CANCELLED while its process still writes a checkpoint. An ending
   run is not in flight, but nothing may start it again until its job is gone (submit waits, bounded).
 - A job squeue does not show has ended, unless the journal says it was submitted less than GRACE_S
-  ago and sacct does not call it final. (A pending array task cancelled by scancel vanishes from
-  both squeue and sacct: "not returned" must never mean "live".)
+  ago and neither squeue nor sacct shows its array at all yet. (A pending array task cancelled by
+  scancel vanishes from both while its array stays: "not returned" must never mean "live".)
 - A local driver is live while its process is, checked by pid and command on its own host; the
   driver of another host is taken at its word until it journals its end (nothing here can ask it).
 - A run's lock holder is live when its process is alive by pid + start time on this host, or,
@@ -43,16 +43,26 @@ class View(NamedTuple):
     jobs: dict = {}  # run_id -> (its live SLURM job, that job's squeue state)
 
 
-def verdict(job, queue: dict, acct: dict, now: float | None = None) -> str:
-    """LIVE, ENDING or ENDED for one SLURM job, from squeue's and sacct's answers."""
+def verdict(job, queue: dict, acct: dict, now: float | None = None, seen=None) -> str:
+    """LIVE, ENDING or ENDED for one SLURM job, from squeue's and sacct's answers. `seen`: the array
+    ids either answer names (computed when not given)."""
     state = queue.get(job.job_id)
     if state in LIVE_STATES:
         return LIVE
     if state is not None:
         return ENDING           # COMPLETING, STAGE_OUT: still held by the controller, its processes may write
-    if acct.get(job.job_id) in (None, *LIVE_STATES) and _young(job.time, time.time() if now is None else now):
-        return LIVE             # just submitted: neither may show it yet
+    seen = answered(queue, acct) if seen is None else seen
+    # just submitted, and neither shows its array at all yet; a task missing from an array they do
+    # show was taken out of it (a scancelled pending task leaves no trace)
+    if (job.job_id.split("_")[0] not in seen and acct.get(job.job_id) in (None, *LIVE_STATES)
+            and _young(job.time, time.time() if now is None else now)):
+        return LIVE
     return ENDED
+
+
+def answered(queue: dict, acct: dict) -> set:
+    """The job (array) ids that squeue or sacct named."""
+    return {j.split("_")[0] for j in (*queue, *acct)}
 
 
 def _young(iso: str, now: float) -> bool:
@@ -81,8 +91,8 @@ def look(sweep_dir: SweepDir, run_ids, entries=None) -> View:
              if _holder_job(h, known) and h["job_id"] not in known]
     asked = jobs + extra
     queue, acct = (slurm.queue_states(asked), slurm.job_states(asked)) if asked else ({}, {})
-    now = time.time()
-    verdicts = {j.job_id: verdict(j, queue, acct, now) for j in asked}
+    now, seen = time.time(), answered(queue, acct)
+    verdicts = {j.job_id: verdict(j, queue, acct, now, seen) for j in asked}
     live, ending, held = {}, {}, {}
     for job in jobs:
         for run_id in job.runs:

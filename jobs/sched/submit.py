@@ -497,7 +497,8 @@ def cancel(sweep_dir: SweepDir, log=print) -> int:
     jobs = slurm.jobs_in(entries)
     if jobs:
         queue, acct = slurm.queue_states(jobs), slurm.job_states(jobs)
-        live = list(dict.fromkeys(job.job_id for job in jobs if liveness.verdict(job, queue, acct) == liveness.LIVE))
+        seen = liveness.answered(queue, acct)
+        live = list(dict.fromkeys(job.job_id for job in jobs if liveness.verdict(job, queue, acct, seen=seen) == liveness.LIVE))
         if live:
             slurm.cancel(live)
             log(f"cancelled {len(live)} SLURM jobs: {', '.join(live[:10])}{' ...' if len(live) > 10 else ''}")

@@ -32,6 +32,7 @@ def job(job_id="7_1", seconds_ago=300):
     ({}, {}, 300, "ended"),                                             # a scancelled pending task vanishes from both
     ({}, {"7_1": "PENDING"}, 300, "ended"),                             # accounting lags; the controller has let go
     ({}, {}, 5, "live"),                                                # just submitted: neither shows it yet
+    ({"7_0": "RUNNING"}, {}, 5, "ended"),                               # its array is there, it is not: scancelled
     ({}, {"7_1": "COMPLETED"}, 5, "ended"),
     ({}, {}, -3600, "ended"),                                           # the journal's clock runs an hour ahead
 ])
