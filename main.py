@@ -23,12 +23,12 @@ PROG = "hpcsweep" if Path(sys.argv[0]).name == "hpcsweep" else "python main.py"
 
 
 def _load(args):
-    from jobs.store import registry
+    from jobs.store import project_top, registry
     spec = Path(args.spec)
     if not spec.is_file():
         raise specs.SpecError(f"{spec}: file not found (a sweep spec, e.g. sweeps/depth_ladder_digits.yaml)")
     try:
-        names = registry.read()
+        names = registry.read(registry.path(project_top(spec)))
     except registry.RegistryError as e:
         raise specs.SpecError(str(e))
     return specs.load_sweep(spec, max_runs=getattr(args, "max_runs", None), registry=names,
@@ -134,7 +134,8 @@ def _sweep_dir(args, sweep) -> SweepDir:
     if getattr(args, "cluster", None) or os.environ.get("HPCSWEEP_CLUSTER"):
         from jobs.sched import slurm
         try:
-            profile_root = slurm.load_profile(getattr(args, "cluster", None)).root
+            profile_root = slurm.load_profile(getattr(args, "cluster", None), getattr(args, "profiles", None),
+                                              spec=sweep.path).root
         except slurm.ProfileError as e:
             raise specs.SpecError(str(e))
     return SweepDir.under(args.root, sweep.name, profile_root, spec=sweep.path)
@@ -160,7 +161,7 @@ def cmd_submit(args, retry_failed=False) -> int:
     try:
         entry = submit.submit(sweep, sweep_dir, job_class=PackJob, executor=args.executor, force=args.force or (),
                               retry_failed=retry_failed or getattr(args, "retry_failed", False),
-                              cluster=args.cluster)
+                              cluster=args.cluster, profiles=args.profiles)
     except submit.SubmitError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
@@ -291,7 +292,7 @@ def cmd_run(args) -> int:
 def cmd_export(args) -> int:
     """Register one run's checkpoint under a name in checkpoints_manifest.yaml."""
     from jobs.runtime import checkpoint
-    from jobs.store import now_iso, registry
+    from jobs.store import now_iso, project_top, registry
     sweep = _load(args)
     sweep_dir = _sweep_dir(args, sweep)
     runs = [r for r in sweep.runs if r.stage == args.stage] if args.stage else list(sweep.runs)
@@ -321,7 +322,7 @@ def cmd_export(args) -> int:
              "step": int(step), "path": str(path.resolve()), "bytes": path.stat().st_size, "sha256": digest,
              "done": run_dir.result.exists(), "exported": now_iso()}
     try:
-        where = registry.register(args.name, entry, replace=args.replace)
+        where = registry.register(args.name, entry, replace=args.replace, where=registry.path(project_top(args.spec)))
     except registry.RegistryError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
@@ -380,10 +381,44 @@ def cmd_aggregate(args) -> int:
 
 # ---------------------------------------------------------------- parser
 
+def cmd_init(args) -> int:
+    """Write a starter clusters.yaml for the cluster this runs on, read off it (sinfo, scontrol, sacctmgr)."""
+    import socket
+    from jobs.sched import slurm
+    from jobs.store import atomic, project_top
+    out = Path(args.out) if args.out else project_top() / "clusters.yaml"
+    if out.exists():
+        print(f"error: {out} exists; init never overwrites (edit it, or pass --out ANOTHER_FILE)", file=sys.stderr)
+        return 2
+    try:
+        text = slurm.starter_profiles(slurm.read_cluster(), socket.gethostname())
+    except (slurm.SchedulerError, slurm.ProfileError) as e:
+        print(f"error: cannot read this cluster ({e}); init runs on a login node of the cluster", file=sys.stderr)
+        return 2
+    atomic.write_text(out, text)
+    name = text.split("\n\n", 1)[1].split(":", 1)[0]
+    print(f"wrote {out} (profile {name}):\n\n{text}\nuse it: {PROG} submit SPEC --cluster {name}")
+    return 0
+
+
+class _Version(argparse.Action):
+    """--version, asked of the installed package (or the checkout) only when given."""
+
+    def __init__(self, option_strings, dest, help=None):
+        super().__init__(option_strings, dest, nargs=0, default=argparse.SUPPRESS, help=help)
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        from jobs.sched.submit import about
+        here = about()
+        print(f"hpcsweep {here['version']}" + (f" (commit {here['commit'][:12]})" if here["commit"] else ""))
+        parser.exit()
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog=PROG, description=__doc__.split("\n")[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter,
                                 epilog="\n".join(__doc__.split("\n")[2:]))
+    p.add_argument("--version", action=_Version, help="hpcsweep's version (and commit, from a git checkout), then exit")
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     def add(name, help_, func):
@@ -391,6 +426,10 @@ def build_parser() -> argparse.ArgumentParser:
         sp.set_defaults(func=func)
         sp.add_argument("--root", help="where sweep dirs live (default: $HPCSWEEP_ROOT, else the root of the cluster profile named by --cluster or $HPCSWEEP_CLUSTER, else results/ at the top of the spec's git checkout, or beside the spec)")
         return sp
+
+    def profiles_arg(sp):
+        sp.add_argument("--profiles", metavar="FILE", help="cluster profiles file (default: $HPCSWEEP_CLUSTERS, else "
+                        "clusters.yaml at the top of the spec's project, else ~/.config/hpcsweep/clusters.yaml)")
 
     def set_arg(sp):
         sp.add_argument("--set", action="append", metavar="KEY=VALUE",
@@ -401,6 +440,7 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("spec", help="a sweep spec, e.g. sweeps/depth_ladder_digits.yaml")
     set_arg(sp)
     sp.add_argument("--cluster", help="cluster profile whose root holds the sweep dir")
+    profiles_arg(sp)
     sp.add_argument("--json", action="store_true", help="print an object with a `runs` list for scripts")
     sp.add_argument("--max-runs", type=int, help=f"cap on the number of runs (default: the spec's max_runs, else {specs.DEFAULT_MAX_RUNS:,})")
 
@@ -413,25 +453,29 @@ def build_parser() -> argparse.ArgumentParser:
     spec_arg(sp)
     sp.add_argument("--executor", choices=["slurm", "local", "debug"],
                     help="slurm (default where sbatch is on PATH); local: subprocesses via submitit; debug: in-process")
-    sp.add_argument("--cluster", help="cluster profile from env/clusters.yaml (default: $HPCSWEEP_CLUSTER, else local)")
+    sp.add_argument("--cluster", help="cluster profile (default: $HPCSWEEP_CLUSTER, else local); see --profiles")
+    profiles_arg(sp)
     sp.add_argument("--force", nargs="+", metavar="RUN", help="rerun these runs (labels or run_ids); their old dirs are kept aside")
     sp.add_argument("--wait", action="store_true", help="show a progress bar until every run has finished")
 
     sp = add("resume", "resubmit unfinished runs (and failed ones with --retry-failed)", cmd_resume)
     spec_arg(sp)
     sp.add_argument("--executor", choices=["slurm", "local", "debug"])
-    sp.add_argument("--cluster", help="cluster profile from env/clusters.yaml")
+    sp.add_argument("--cluster", help="cluster profile (default: $HPCSWEEP_CLUSTER, else local)")
+    profiles_arg(sp)
     sp.add_argument("--retry-failed", action="store_true", help="also resubmit runs whose task raised")
     sp.add_argument("--wait", action="store_true", help="show a progress bar until every run has finished")
 
     sp = add("status", "counts by state and a table of runs: state, attempts, progress, elapsed, last error", cmd_status)
     spec_arg(sp)
     sp.add_argument("--cluster", help="cluster profile whose root holds the sweep dir")
+    profiles_arg(sp)
     sp.add_argument("--all", action="store_true", help="list every run, not only what fits the terminal")
 
     sp = add("cancel", "stop the sweep's jobs; runs checkpoint and can be resumed", cmd_cancel)
     spec_arg(sp)
     sp.add_argument("--cluster", help="cluster profile whose root holds the sweep dir")
+    profiles_arg(sp)
 
     sp = add("run", "run one run in this process (for debugging), results in the sweep dir", cmd_run)
     spec_arg(sp)
@@ -446,7 +490,14 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--only", metavar="RUN", help="the run: a run_id, its label, or key=value,... pairs")
     sp.add_argument("--step", type=int, help="the checkpoint's step (default: the newest valid one)")
     sp.add_argument("--cluster", help="cluster profile whose root holds the sweep dir")
+    profiles_arg(sp)
     sp.add_argument("--replace", action="store_true", help="overwrite an entry of the same name")
+
+    sp = sub.add_parser("init", help="write a starter clusters.yaml for the cluster this runs on (read off sinfo, "
+                        "scontrol, sacctmgr); never overwrites", description=cmd_init.__doc__)
+    sp.set_defaults(func=cmd_init)
+    sp.add_argument("--out", help="where to write (default: clusters.yaml at the top of this project: the git checkout "
+                                  "of the working directory, else the working directory)")
 
     sp = add("aggregate", "turn a sweep dir into tables (CSV, Markdown, LaTeX) and figures (PNG, PDF)", cmd_aggregate)
     sp.add_argument("target", help="a sweep spec or a sweep dir")

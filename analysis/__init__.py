@@ -29,11 +29,11 @@ __all__ = ["runs", "curves", "sweep_dir_of"]
 
 def sweep_dir_of(path, root=None) -> Path:
     """The sweep dir a path means: the path itself, or a spec file's <root>/<name>."""
-    from jobs.store import SweepDir, registry, root_dir
+    from jobs.store import SweepDir, project_top, registry, root_dir
     p = Path(path).expanduser()
     if p.is_file():
         from jobs.spec import load_sweep
-        name = load_sweep(p, registry=registry.read()).name
+        name = load_sweep(p, registry=registry.read(registry.path(project_top(p)))).name
         return SweepDir.under(root_dir(root, spec=p), name).path
     if not SweepDir(p).is_sweep_dir():
         raise FileNotFoundError(f"{p}: not a sweep dir (no spec.yaml, plan.json or runs/) nor a spec file")

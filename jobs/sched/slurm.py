@@ -1,6 +1,6 @@
 """SLURM: cluster profiles, array submission through submitit, and one cached sacct poller.
 
-    profile = load_profile("local")                  # env/clusters.yaml, as a ClusterProfile
+    profile = load_profile("local", spec=spec_path)  # the project's clusters.yaml (profile_files), as a ClusterProfile
     jobs = submit_packs(sweep_dir, pack_jobs, params) # one sbatch per array chunk
     states = job_states(jobs_in(journal_entries))    # one sacct call for the whole sweep
     queue = queue_states(jobs)                       # one squeue call, from the same cached poll
@@ -14,6 +14,7 @@ decided in jobs/sched/liveness.py, not here.
 """
 from __future__ import annotations
 
+import getpass
 import os
 import re
 import shlex
@@ -26,11 +27,13 @@ from typing import NamedTuple
 import yaml
 from pydantic import ValidationError
 
-from jobs.spec.settings import ClusterProfile, Resources, settings_error
-from jobs.store import SweepDir, atomic
+from jobs.spec.settings import SLURM_WORD_PATTERN, ClusterProfile, Resources, settings_error
+from jobs.store import SweepDir, atomic, project_top
 
 REPO = Path(__file__).resolve().parent.parent.parent
-PROFILES = REPO / "env" / "clusters.yaml"
+# what a cluster with no profile of ours gets: SLURM's own defaults (its default partition, no wall-time
+# limit of ours, requeue where the site allows it)
+BUILTIN_PROFILES = {"local": {"description": "the cluster this runs on, with SLURM's defaults (no profile file names `local`)"}}
 SACCT_MIN_INTERVAL_S = 2.0     # status loops (--wait) ask often: sacct is asked at most this often
 # what a generated #SBATCH line may look like: a flag, and a value without blanks or shell syntax
 # (submitit single-quotes a value holding [ ] & | *, e.g. a node list: the quotes are sbatch's, not a shell's)
@@ -53,20 +56,66 @@ def profile_name(name=None) -> str:
     return name or os.environ.get("HPCSWEEP_CLUSTER") or "local"
 
 
-def load_profile(name=None, path=PROFILES) -> ClusterProfile:
-    """The named cluster profile (--cluster, else $HPCSWEEP_CLUSTER, else `local`), checked."""
-    name = profile_name(name)
+def profile_files(path=None, spec=None) -> list:
+    """Where cluster profiles are looked for, in order (a profile is taken from the first that names it):
+    --profiles FILE, $HPCSWEEP_CLUSTERS, clusters.yaml (or env/clusters.yaml, as this repository
+    keeps its own) at the top of the spec's project, pyproject.toml's [tool.hpcsweep.clusters] there,
+    $XDG_CONFIG_HOME/hpcsweep/clusters.yaml (~/.config/...); then the built-in `local` profile."""
+    if path:
+        return [Path(path)]
+    top = project_top(spec)
+    config = Path(os.environ.get("XDG_CONFIG_HOME") or Path.home() / ".config")
+    files = [Path(os.environ["HPCSWEEP_CLUSTERS"])] if os.environ.get("HPCSWEEP_CLUSTERS") else []
+    return files + [top / "clusters.yaml", top / "env" / "clusters.yaml", top / "pyproject.toml",
+                    config / "hpcsweep" / "clusters.yaml"]
+
+
+def _read_profiles(path: Path, required: bool) -> dict:
+    """The profiles of one file ({} when it does not exist and is not required)."""
     try:
-        profiles = yaml.safe_load(Path(path).read_text()) or {}
-    except (OSError, yaml.YAMLError) as e:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        if required:
+            raise ProfileError(f"{path}: no such cluster profiles file")
+        return {}
+    except OSError as e:
         raise ProfileError(f"{path}: cannot read cluster profiles: {e}")
-    if name not in profiles:
-        raise ProfileError(f"{path}: no cluster profile {name!r} (have: {', '.join(sorted(profiles))})")
     try:
-        return ClusterProfile.model_validate({**(profiles[name] or {}), "name": name})
+        if path.name == "pyproject.toml":
+            import tomllib
+            doc = ((tomllib.loads(text).get("tool") or {}).get("hpcsweep") or {}).get("clusters") or {}
+        else:
+            doc = yaml.safe_load(text) or {}
+    except (yaml.YAMLError, ValueError) as e:
+        raise ProfileError(f"{path}: cannot read cluster profiles: {str(e).splitlines()[0]}")
+    if not isinstance(doc, dict):
+        raise ProfileError(f"{path}: expected a mapping of profile name -> settings")
+    return doc
+
+
+def load_profile(name=None, path=None, spec=None) -> ClusterProfile:
+    """The named cluster profile (--cluster, else $HPCSWEEP_CLUSTER, else `local`), checked; from the
+    first of profile_files(path, spec) that names it, else the built-in one of that name."""
+    name = profile_name(name)
+    searched, seen = [], {}
+    for file in profile_files(path, spec):
+        profiles = _read_profiles(file, required=bool(path) or file == Path(os.environ.get("HPCSWEEP_CLUSTERS", "")))
+        searched.append(str(file))
+        seen.update({k: file for k in profiles if k not in seen})
+        if name in profiles:
+            return _checked(name, profiles[name], file)
+    if name in BUILTIN_PROFILES:
+        return _checked(name, BUILTIN_PROFILES[name], "the built-in profiles")
+    raise ProfileError(f"no cluster profile {name!r} in {', '.join(searched)} (have: "
+                       f"{', '.join(sorted({*seen, *BUILTIN_PROFILES}))}); `hpcsweep init` writes one for this cluster")
+
+
+def _checked(name, settings, where) -> ClusterProfile:
+    try:
+        return ClusterProfile.model_validate({**(settings or {}), "name": name})
     except ValidationError as e:
         loc, message = settings_error(e)
-        raise ProfileError(f"{path}: {'.'.join(map(str, (name,) + loc))}: {message}")
+        raise ProfileError(f"{where}: {'.'.join(map(str, (name,) + loc))}: {message}")
 
 
 def resources_for(res: Resources, profile: ClusterProfile) -> dict:
@@ -486,3 +535,85 @@ def move_dependents(old: str, new: str) -> list:
         if done.returncode == 0:
             moved.append(job_id)
     return moved
+
+
+# ---------------------------------------------------------------- `hpcsweep init`: a profile read off the cluster
+
+def _minutes(limit: str):
+    """A SLURM time limit ([D-]HH:MM:SS, MM:SS, MM, infinite) in minutes; None when unlimited or unreadable."""
+    m = re.fullmatch(r"(?:(\d+)-)?(?:(\d+):)?(\d+)(?::(\d+))?", limit.strip())
+    if not m:
+        return None
+    days, a, b, c = (int(x) if x else 0 for x in m.groups())
+    hours, minutes, seconds = (a, b, c) if m.group(4) is not None else (0, a, b) if m.group(2) else (0, b, 0)
+    return days * 1440 + hours * 60 + minutes + (1 if seconds else 0)
+
+
+def read_cluster() -> dict:
+    """What a starter profile needs, asked of the cluster itself: its name, partitions (the default
+    first) with their time limits, GPU gres types, whether requeue is allowed, MaxArraySize, and the
+    user's accounts where sacctmgr answers."""
+    config = _ask(["scontrol", "show", "config"])
+    setting = lambda key: (re.search(rf"^{key}\s*=\s*(\S+)", config, re.M) or [None, None])[1]
+    partitions, gpus = {}, set()
+    for line in _ask(["sinfo", "-h", "-o", "%P|%l|%G"]).splitlines():
+        name, limit, gres = (line.split("|") + ["", ""])[:3]
+        default = name.endswith("*")
+        name = name.rstrip("*")
+        if re.fullmatch(SLURM_WORD_PATTERN, name) and name not in partitions:
+            partitions[name] = {"max_time_min": _minutes(limit), "default": default}
+        for g in gres.split(","):
+            parts = g.split("(")[0].split(":")
+            if parts[0] == "gpu" and len(parts) == 3 and re.fullmatch(SLURM_WORD_PATTERN, parts[1]):
+                gpus.add(parts[1])
+    try:
+        accounts = sorted({a.strip() for a in subprocess.run(
+            ["sacctmgr", "-n", "-P", "show", "assoc", f"user={getpass.getuser()}", "format=Account"],
+            capture_output=True, text=True, timeout=30).stdout.split() if re.fullmatch(SLURM_WORD_PATTERN, a.strip())})
+    except (OSError, subprocess.TimeoutExpired):
+        accounts = []                 # not allowed, or no accounting: the profile says to fill it in
+    name = re.sub(r"[^a-z0-9_\-]", "_", (setting("ClusterName") or "cluster").lower())
+    return {"name": name, "partitions": dict(sorted(partitions.items(), key=lambda kv: not kv[1]["default"])),
+            "gpu_types": sorted(gpus), "requeue": setting("JobRequeue") != "0",
+            "max_array_size": int(setting("MaxArraySize") or 1001), "accounts": accounts}
+
+
+def starter_profiles(info: dict, where: str) -> str:
+    """clusters.yaml text for the cluster `info` (from read_cluster), commented; checked to load."""
+    parts = info["partitions"]
+    first = next(iter(parts), None)
+    limit = parts[first]["max_time_min"] if first else None
+    rows = [(f"description: {info['name']}, from sinfo / scontrol" + (" / sacctmgr" if info["accounts"] else ""), "")]
+    if first:
+        rows.append((f"partition: {first}", "the default partition (sinfo's *)" if parts[first]["default"] else ""))
+    if limit:
+        rows.append((f"max_time_min: {limit}", "its wall-time limit: longer runs go on in chained jobs"))
+    rows.append((f"signal_delay_s: {120 if not limit or limit >= 30 else 20}",
+                 "USR2 this long before the limit: the runs checkpoint, then requeue"))
+    rows.append((f"requeue: {'true' if info['requeue'] else 'false'}",
+                 "JobRequeue in slurm.conf" + ("" if info["requeue"] else ": jobs chain instead")))
+    rows.append(("gpu_syntax: gres", "--gres=gpu:[type:]N; `gpus` for --gpus-per-node"))
+    if len(info["gpu_types"]) == 1:
+        rows.append((f"gpu_type: {info['gpu_types'][0]}", "the GPU type sinfo shows"))
+    elif info["gpu_types"]:
+        rows.append((f"# gpu_type: {info['gpu_types'][0]}", f"GPU types here: {', '.join(info['gpu_types'])}"))
+    if len(info["accounts"]) == 1:
+        rows.append((f"account: {info['accounts'][0]}", "your account (sacctmgr)"))
+    elif info["accounts"]:
+        rows.append((f"# account: {info['accounts'][0]}", f"yours (sacctmgr): {', '.join(info['accounts'])}"))
+    else:
+        rows.append(("# account: mylab", "sacctmgr did not say; ask your admins if jobs need one"))
+    rows.append(("setup: []", "shell lines before each job: module load ..., conda activate ..."))
+    rows.append(("# root: /scratch/$USER/hpcsweep", "where sweep dirs live (storage the nodes share)"))
+    others = {k: v for k, v in parts.items() if v["max_time_min"]}
+    if len(parts) > 1 and others:
+        rows.append(("partitions:", "each partition's own limit (a spec picks one: resources.partition)"))
+        rows += [(f"  {k}: {{max_time_min: {v['max_time_min']}}}", "") for k, v in others.items()]
+    lines = [f"# Cluster profiles for hpcsweep, read off {where} by `hpcsweep init` on {time.strftime('%Y-%m-%d')}.",
+             f"# Use it with --cluster {info['name']} (or export HPCSWEEP_CLUSTER={info['name']}); edit freely.",
+             "# A spec's resources: override these; the README's cluster profiles section lists every key.", "",
+             f"{info['name']}:"]
+    lines += [f"  {row:<34}# {why}" if why else f"  {row}" for row, why in rows]
+    text = "\n".join(lines) + "\n"
+    _checked(info["name"], yaml.safe_load(text)[info["name"]], "the written profile")
+    return text

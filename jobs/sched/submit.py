@@ -87,6 +87,26 @@ def prepare(sweep, sweep_dir: SweepDir, submission: str) -> None:
 UNTRACKED_MAX_BYTES = 1 << 20      # an untracked file larger than this is named in the diff, not copied
 
 
+def about() -> dict:
+    """hpcsweep's own version and, run from a git checkout, its commit (None from an installed wheel)."""
+    try:
+        version = metadata.version("hpcsweep")
+    except metadata.PackageNotFoundError:
+        import tomllib
+        try:
+            version = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["version"]
+        except (OSError, KeyError, ValueError):
+            version = None
+    commit = None
+    if (REPO / ".git").exists():
+        try:
+            commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=REPO, capture_output=True, text=True,
+                                    timeout=30).stdout.strip() or None
+        except (OSError, subprocess.TimeoutExpired):
+            pass
+    return {"version": version, "commit": commit}
+
+
 def code_version():
     """(git commit, dirty flag, package versions) and the diff of a dirty tree, untracked files included."""
     def git(*args):
@@ -110,7 +130,7 @@ def code_version():
         except metadata.PackageNotFoundError:
             packages[p] = None
     return {"commit": commit, "dirty": dirty, "python": sys.version.split()[0], "packages": packages,
-            "host": socket.gethostname(), "time": now_iso()}, diff
+            "hpcsweep": about(), "host": socket.gethostname(), "time": now_iso()}, diff
 
 
 def snapshot_tasks(sweep, sweep_dir, submission) -> dict:
@@ -239,7 +259,7 @@ def new_submission_id() -> str:
 
 
 def submit(sweep, sweep_dir: SweepDir, *, job_class, executor=None, force=(), retry_failed=False, cluster=None,
-           log=print) -> dict:
+           profiles=None, log=print) -> dict:
     """Submit every run that is neither done nor in flight (plus `force`d ones); the journal entry.
 
     `job_class` is what a job executes (jobs.runtime.runner.PackJob: the CLI hands it in).
@@ -252,7 +272,7 @@ def submit(sweep, sweep_dir: SweepDir, *, job_class, executor=None, force=(), re
         if not shutil.which("sbatch"):
             raise SubmitError("executor slurm: no sbatch on PATH (use --executor local here)")
         try:
-            profile = slurm.load_profile(cluster)
+            profile = slurm.load_profile(cluster, profiles, spec=sweep.path)
             slurm.check_path(sweep_dir.path.resolve())
         except (slurm.ProfileError, ValueError) as e:
             raise SubmitError(str(e))

@@ -166,6 +166,24 @@ class Logging(Settings):
         """Is any backend on?"""
         return self.tensorboard or self.wandb is not None
 
+    @field_validator("tensorboard", "wandb", mode="after")
+    @classmethod
+    def _extra_installed(cls, value, info):
+        # said when the spec is read (plan, submit), not in a job hours later
+        if value not in (None, False) and not extra_installed(info.field_name):
+            raise ValueError(f"{info.field_name} is on, but the {info.field_name} package is not installed here: "
+                             f"pip install 'hpcsweep[{info.field_name}]' (or turn it off)")
+        return value
+
+
+def extra_installed(module: str) -> bool:
+    """Is an optional package importable here (looked up, not imported)?"""
+    import importlib.util
+    try:
+        return importlib.util.find_spec(module) is not None
+    except (ImportError, ValueError):
+        return False
+
 
 class Partition(Settings):
     max_time_min: Optional[float] = Field(None, gt=0)

@@ -1,5 +1,6 @@
-"""The checkpoint registry: checkpoints_manifest.yaml at the repository root, named checkpoints that
-any later sweep can start from (`from_manifest: NAME` in a stage), whoever trained them and when.
+"""The checkpoint registry: checkpoints_manifest.yaml at the top of a project (the spec's git
+checkout, or its folder), named checkpoints that any later sweep of the project can start from
+(`from_manifest: NAME` in a stage), whoever trained them and when.
 
     register("adm_60k", {...})   # main.py export does this
     read()                       # name -> entry
@@ -26,8 +27,10 @@ class RegistryError(Exception):
     pass
 
 
-def path() -> Path:
-    return Path(os.environ.get("HPCSWEEP_REGISTRY") or REPO / FILE_NAME)
+def path(project=None) -> Path:
+    """$HPCSWEEP_REGISTRY, else checkpoints_manifest.yaml at the top of `project` (a folder; default:
+    hpcsweep's own repository, whose studies keep theirs there)."""
+    return Path(os.environ.get("HPCSWEEP_REGISTRY") or Path(project or REPO) / FILE_NAME)
 
 
 def read(where=None) -> dict:

@@ -61,6 +61,15 @@ def root_dir(root=None, profile_root=None, spec=None) -> Path:
     return top / DEFAULT_ROOT
 
 
+def project_top(path=None) -> Path:
+    """The top of the project a spec (or any file or folder; default: the working directory) belongs
+    to: its git checkout's top, else its own folder. Where a project keeps its clusters.yaml, its
+    checkpoint registry and, by default, its results/."""
+    here = Path(path if path is not None else ".").resolve()
+    folder = here if here.is_dir() else here.parent
+    return next((p for p in (folder, *folder.parents) if (p / ".git").exists()), folder)
+
+
 def now_iso() -> str:
     return datetime.now(timezone.utc).isoformat(timespec="seconds")
 
