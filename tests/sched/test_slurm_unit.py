@@ -147,3 +147,33 @@ def test_extra_sbatch_options_are_checked(tmp_path, sbatch, words):
     with pytest.raises(SpecError, match=words) as e:
         load_sweep(p)
     assert e.value.key.startswith("resources.sbatch")
+
+
+def test_profiles_are_looked_up_where_a_user_keeps_them(tmp_path, monkeypatch):
+    project, home = tmp_path / "lab", tmp_path / "config"
+    (project / ".git").mkdir(parents=True)
+    (project / "sub").mkdir()
+    spec = project / "sub" / "s.yaml"
+    spec.write_text("task: resmlp\n")
+    (home / "hpcsweep").mkdir(parents=True)
+    (home / "hpcsweep" / "clusters.yaml").write_text("mine: {partition: fromhome}\nhomeonly: {partition: h}\n")
+    monkeypatch.setenv("XDG_CONFIG_HOME", str(home))
+    monkeypatch.delenv("HPCSWEEP_CLUSTERS", raising=False)
+    assert slurm.load_profile("mine", spec=spec).partition == "fromhome"
+    (project / "pyproject.toml").write_text('[tool.hpcsweep.clusters.mine]\npartition = "frompyproject"\n')
+    assert slurm.load_profile("mine", spec=spec).partition == "frompyproject"
+    (project / "clusters.yaml").write_text("mine: {partition: fromproject}\n")
+    assert slurm.load_profile("mine", spec=spec).partition == "fromproject"
+    assert slurm.load_profile("homeonly", spec=spec).partition == "h"            # per name: the first file naming it
+    assert slurm.load_profile("local", spec=spec).partition is None              # built in: SLURM's defaults
+    other = tmp_path / "other.yaml"
+    other.write_text("mine: {partition: fromenv}\n")
+    monkeypatch.setenv("HPCSWEEP_CLUSTERS", str(other))
+    assert slurm.load_profile("mine", spec=spec).partition == "fromenv"
+    explicit = tmp_path / "explicit.yaml"
+    explicit.write_text("mine: {partition: explicit}\n")
+    assert slurm.load_profile("mine", explicit, spec=spec).partition == "explicit"
+    with pytest.raises(slurm.ProfileError, match="no cluster profile 'nope' in .*have: .*homeonly.*hpcsweep init"):
+        slurm.load_profile("nope", spec=spec)
+    with pytest.raises(slurm.ProfileError, match="no such cluster profiles file"):
+        slurm.load_profile("mine", tmp_path / "missing.yaml", spec=spec)
