@@ -100,16 +100,34 @@ class Sweep:
 class _Where:
     """Maps a key path such as ('grid', 'arch', 0, 'k') to the file and line it came from."""
 
-    def __init__(self, lines=None, prefix=()):
+    def __init__(self, lines=None, prefix=(), problems=None):
         self.lines = {} if lines is None else lines
         self.prefix = tuple(prefix)
         self.cap = DEFAULT_MAX_RUNS
+        self.problems = [] if problems is None else problems     # shared by every scope of one spec
 
     def scoped(self, prefix) -> "_Where":
         """The same file's lines, with every key path under `prefix` (a stage: ('stages', 2))."""
-        inner = _Where(self.lines, self.prefix + tuple(prefix))
+        inner = _Where(self.lines, self.prefix + tuple(prefix), self.problems)
         inner.cap = self.cap
         return inner
+
+    def attempt(self, check, *args):
+        """check(*args), or None after noting its SpecError: independent parts of a spec are all checked,
+        so a spec with three mistakes is told of three at once (raise_noted says them)."""
+        try:
+            return check(*args)
+        except SpecError as e:
+            if not isinstance(e, SpecErrors) and not any(e is p for p in self.problems):
+                self.problems.append(e)          # (raise_noted's own raise is noted already)
+            return None
+
+    def raise_noted(self):
+        """Raise what attempt() noted: the one error, or all of them in file order."""
+        if len(self.problems) == 1:
+            raise self.problems[0]
+        if self.problems:
+            raise SpecErrors(sorted(self.problems, key=lambda e: (str(e.file or ""), e.line or 0)))
 
     def check_cap(self, count, path):
         """Refuse a form or an axis of more points than the sweep may have, before it is materialised."""
@@ -126,6 +144,16 @@ class _Where:
     def error(self, path, message):
         file, line = self.of(path)
         return SpecError(message, file, line, _dotted(self.prefix + tuple(path)))
+
+
+class SpecErrors(SpecError):
+    """Several mistakes of one spec, one `file:line: key: message` per line (the first's attributes)."""
+
+    def __init__(self, errors):
+        first = errors[0]
+        super().__init__(first.message, first.file, first.line, first.key)
+        self.errors = list(errors)
+        self.args = (f"{len(errors)} mistakes:\n" + "\n".join(f"  {e}" for e in errors),)
 
 
 def _dotted(path):
@@ -603,22 +631,25 @@ def load_sweep(path, *, models_dir=MODELS_DIR, max_runs=None, registry=None, ove
         if key not in (PIPELINE_KEYS if pipeline else TOP_KEYS):
             hint = (" (a spec with `stages:` takes the run keys inside each stage)" if pipeline and key in TOP_KEYS
                     else did_you_mean(key, PIPELINE_KEYS if pipeline else TOP_KEYS))
-            raise where.error((key,), f"unknown key{hint}")
+            where.problems.append(where.error((key,), f"unknown key{hint}"))
 
     name = spec.get("name", path.stem)
     if not isinstance(name, str) or not SAFE_NAME.match(name):
-        raise where.error(("name",), f"{name!r} is not a safe sweep name: use letters, digits, '_', '.', "
-                          "'+', '-' (64 at most), as it names a directory and jobs")
+        where.problems.append(where.error(("name",), f"{name!r} is not a safe sweep name: use letters, digits, "
+                                          "'_', '.', '+', '-' (64 at most), as it names a directory and jobs"))
     spec["name"] = name
     cap = max_runs if max_runs is not None else spec.get("max_runs", DEFAULT_MAX_RUNS)
     if not (isinstance(cap, int) and not isinstance(cap, bool) and cap >= 1):
-        raise where.error(("max_runs",), f"expected a positive integer, got {cap!r}")
+        where.problems.append(where.error(("max_runs",), f"expected a positive integer, got {cap!r}"))
+        cap = DEFAULT_MAX_RUNS
     where.cap = cap
 
     if not pipeline:
-        stage = _stage(name, spec, where, models_dir, upstream=None, spec_dir=path.resolve().parent)
-        _check_sections(spec, where)
+        where.attempt(_check_sections, spec, where)
+        stage = where.attempt(_stage, name, spec, where, models_dir, None, None, path.resolve().parent)
+        where.raise_noted()
         return Sweep(name, stage.task, path, spec, stage.runs, stage.axes, stage.defaults, [stage])
+    where.raise_noted()
 
     stages_raw = spec["stages"]
     if not isinstance(stages_raw, list) or not stages_raw:
@@ -747,9 +778,11 @@ def _stage(name, spec, where, models_dir, upstream, after=None, spec_dir=Path(".
     base = spec.get("base") or {}
     if not isinstance(base, dict):
         raise where.error(("base",), "expected a mapping of key -> value")
-    base = {k: _coerce(k, v, defaults, choices, where, ("base", k)) for k, v in base.items()}
-
-    axes = _grid_axes(spec.get("grid") or {}, ("grid",), where)
+    noted = len(where.problems)
+    base = {k: where.attempt(_coerce, k, v, defaults, choices, where, ("base", k)) for k, v in base.items()}
+    axes = where.attempt(_grid_axes, spec.get("grid") or {}, ("grid",), where)
+    if len(where.problems) > noted:      # the mistakes so far, each key checked; the rest builds on them
+        where.raise_noted()
     if "zip" in spec:
         groups = spec["zip"] if isinstance(spec["zip"], list) else [spec["zip"]]
         for i, g in enumerate(groups):

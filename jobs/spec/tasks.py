@@ -42,6 +42,12 @@ def resolve(task, spec_dir: Path, models_dir: Path = MODELS_DIR) -> TaskRef:
     if SHORT.match(task):
         file = Path(models_dir) / f"{task}.py"
         if not file.is_file():
+            beside = Path(spec_dir) / f"{task}.py"
+            if beside.is_file():          # a file of the user's beside the spec, named the short way
+                funcs = functions(beside)
+                func = "train" if "train" in funcs or not funcs else funcs[0]
+                raise LookupError(f"no task {task!r} in models/; for {beside.name} beside the spec write "
+                                  f"`task: {task}.py:{func}`" + (f" (it defines {', '.join(funcs[:5])})" if funcs else ""))
             known = sorted(p.stem for p in Path(models_dir).glob("*.py") if not p.stem.startswith("_"))
             from jobs.spec.errors import did_you_mean
             raise LookupError(f"no task {task!r}: {file} does not exist{did_you_mean(task, known)}")
@@ -63,6 +69,15 @@ def resolve(task, spec_dir: Path, models_dir: Path = MODELS_DIR) -> TaskRef:
                       "or package.module:function")
 
 
+def functions(file: Path, tree=None) -> list:
+    """The top-level functions a source file defines, in order (read, not imported)."""
+    try:
+        tree = tree or ast.parse(Path(file).read_text(encoding="utf-8"), str(file))
+    except (OSError, SyntaxError, ValueError):
+        return []
+    return [n.name for n in tree.body if isinstance(n, (ast.FunctionDef, ast.AsyncFunctionDef))]
+
+
 def find_module(name: str):
     """The source file of module `name` on sys.path, found without importing anything."""
     parts = name.split(".")
@@ -79,9 +94,11 @@ def schema(ref: TaskRef):
     file = ref.file
     tree = ast.parse(file.read_text(encoding="utf-8"), str(file))
     classes = {n.name: n for n in tree.body if isinstance(n, ast.ClassDef)}
-    if ref.kind != "models" and not any(isinstance(n, (ast.FunctionDef, ast.AsyncFunctionDef)) and n.name == ref.function
-                                        for n in tree.body):
-        raise LookupError(f"{file}: defines no function {ref.function}(cfg, ctx)")
+    if ref.kind != "models" and ref.function not in functions(file, tree):
+        from jobs.spec.errors import did_you_mean
+        have = functions(file, tree)
+        raise LookupError(f"{file}: defines no function {ref.function}(cfg, ctx){did_you_mean(ref.function, have)}"
+                          + (f"; it defines {', '.join(have[:8])}" if have and not did_you_mean(ref.function, have) else ""))
     found = {}
     for stmt in tree.body:
         target = stmt.targets[0] if isinstance(stmt, ast.Assign) and len(stmt.targets) == 1 else \

@@ -391,3 +391,27 @@ def test_over_cap_random_samples_are_refused_at_once(tmp_path, models):
     started = time.perf_counter()
     e = error(tmp_path, models, "task: toy\nrandom: {samples: 100000000000, params: {lr: {uniform: [0, 1]}}}\n")
     assert "over the cap" in str(e) and e.key == "random.samples" and time.perf_counter() - started < 1.0
+
+
+def test_a_spec_with_several_mistakes_is_told_of_all_of_them_at_once(tmp_path):
+    p = tmp_path / "three.yaml"
+    p.write_text("name: three\ntask: resmlp\nbsae: {epochs: 2}\nbase: {epoch: 2, lr: abc}\nresources: {mem_gb: -1}\n")
+    with pytest.raises(SpecError) as e:
+        load_sweep(p)
+    lines = str(e.value).splitlines()
+    assert lines[0] == "4 mistakes:" and len(e.value.errors) == 4
+    assert [x.key for x in e.value.errors] == ["bsae", "base.epoch", "base.lr", "resources.mem_gb"]   # in file order
+    assert all(f"{p}:" in line for line in lines[1:])
+    assert "did you mean 'base'" in lines[1] and "did you mean 'epochs'" in lines[2]
+
+
+def test_task_references_point_at_what_was_meant(tmp_path):
+    (tmp_path / "digits_task.py").write_text("CONFIG = {'lr': 0.1}\n\ndef train(cfg, ctx):\n    return {}\n")
+    short = tmp_path / "short.yaml"
+    short.write_text("task: digits_task\n")
+    with pytest.raises(SpecError, match=r"write `task: digits_task.py:train`"):
+        load_sweep(short)
+    typo = tmp_path / "typo.yaml"
+    typo.write_text("task: digits_task.py:trian\n")
+    with pytest.raises(SpecError, match=r"defines no function trian\(cfg, ctx\) \(did you mean 'train'\?\)"):
+        load_sweep(typo)
