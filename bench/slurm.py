@@ -23,7 +23,7 @@ from jobs.sched import slurm  # noqa: E402
 from jobs.sched import submit as sched  # noqa: E402
 from jobs.store import SweepDir, atomic  # noqa: E402
 from jobs.runtime.runner import PackJob  # noqa: E402
-from jobs.spec import load_sweep  # noqa: E402
+from jobs.spec import Resources, load_sweep  # noqa: E402
 
 
 def shims(tmp: Path) -> Path:
@@ -85,8 +85,8 @@ def bench_single(tmp, count, single, runs):
     """One executor.submit per run, as without arrays: `single` of them, extrapolated to `runs`."""
     sdir = (tmp / "root" / "bench_single").resolve()
     sdir.mkdir(parents=True)
-    params = slurm.executor_params({"cpus": 1, "mem_gb": 1, "time_min": 20, "max_parallel": 4, "partition": "debug"},
-                                   slurm.load_profile("local"), "bench_single")
+    res, profile = Resources.model_validate({"cpus": 1, "mem_gb": 1, "time_min": 20, "max_parallel": 4}), slurm.load_profile("local")
+    params = slurm.executor_params(slurm.resources_for(res, profile), res, profile, "bench_single")
     params.pop("array_parallelism")
     ex = slurm._executor_class()(folder=sdir / "logs" / "%j")
     ex.update_parameters(**params)
