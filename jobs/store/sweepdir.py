@@ -10,6 +10,7 @@ State is read from the files, never kept in memory between commands, and reading
 """
 from __future__ import annotations
 
+import hashlib
 import os
 from datetime import datetime, timezone
 from enum import StrEnum
@@ -158,6 +159,33 @@ class SweepDir:
     manifest = property(lambda self: self.path / "checkpoints_manifest.yaml")
     submit_lock = property(lambda self: self.path / "submit.lock")
     analysis = property(lambda self: self.path / "analysis")
+    failures = property(lambda self: self.path / "failures")
+
+    def failures_of(self, submission) -> Path:
+        """failures/<submission>/: the submission's failed runs, one small file each under a folder per
+        error, and stop.json once fail-fast stopped it. Only failures are written here, so a run that
+        asks whether to start reads one file, however large the sweep."""
+        return self.failures / submission
+
+    def fail_fast_stop(self, submission) -> Path:
+        return self.failures_of(submission) / "stop.json"
+
+    def record_failure(self, submission, run_id, error) -> int:
+        """Record that `run_id` of `submission` failed with `error`; how many of its runs failed with
+        that error so far (this one included). A file per run, not a shared counter: packs that fail at
+        the same moment never lose a count, and no lock is needed."""
+        folder = self.failures_of(submission) / hashlib.sha256(error.encode("utf-8")).hexdigest()[:16]
+        atomic.write_text(folder / run_id, error + "\n")
+        return sum(1 for name in os.listdir(folder) if not name.startswith("."))   # "." : atomic's temp files
+
+    def read_fail_fast(self, submission) -> str:
+        """Why fail-fast stopped `submission` ("" : it did not)."""
+        stop = atomic.read_json(self.fail_fast_stop(submission))
+        return str(stop.get("reason", "")) if isinstance(stop, dict) else ""
+
+    def write_fail_fast(self, submission, reason, error, count) -> None:
+        atomic.write_json(self.fail_fast_stop(submission), {"reason": reason, "error": error, "failed": count,
+                                                            "time": now_iso()})
 
     def run(self, run_id) -> RunDir:
         return RunDir(self.runs / run_id)
