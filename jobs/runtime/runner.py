@@ -68,7 +68,8 @@ class RunLock:
         atomic.write_json(self.run_dir.holder, {"pid": os.getpid(), "host": socket.gethostname(),
                                                 "process_started": psutil.Process().create_time(),
                                                 "job_id": job_id(), "command": " ".join(sys.argv)[:300],
-                                                "since": now_iso()})
+                                                "since": now_iso()},
+                          durable=False)      # read only while its process lives: no fsync (2 per run)
         return True
 
     def release(self) -> None:

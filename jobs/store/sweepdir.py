@@ -21,6 +21,9 @@ import yaml
 import jobs.store.atomic as atomic
 
 DEFAULT_ROOT = "results"
+# libyaml's parser where PyYAML has it: the same safe subset, ~10x faster (a run reads its config.yaml
+# and the spec.yaml as it starts: a third of what a trivial run costs with the pure-Python parser)
+YAML_LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
 
 
 class RunState(StrEnum):
@@ -103,7 +106,7 @@ class RunDir:
     def read_config(self) -> dict:
         """config.yaml: {run_id, label, task, varied, config, ...}. Raises on a missing or corrupt file."""
         try:
-            meta = yaml.safe_load(self.config.read_text(encoding="utf-8"))
+            meta = yaml.load(self.config.read_text(encoding="utf-8"), Loader=YAML_LOADER)
         except yaml.YAMLError as e:
             raise ValueError(f"{self.config}: unreadable run config ({str(e).splitlines()[0]}); "
                              "`submit --force` the run to write it anew") from None
@@ -258,7 +261,7 @@ class SweepDir:
 
     def read_spec(self) -> dict:
         try:
-            spec = yaml.safe_load(self.spec.read_text(encoding="utf-8"))
+            spec = yaml.load(self.spec.read_text(encoding="utf-8"), Loader=YAML_LOADER)
         except (OSError, yaml.YAMLError):
             return {}
         return spec if isinstance(spec, dict) else {}

@@ -1,6 +1,7 @@
-"""Fail fast costs a run the same in any sweep: a pack's run reads its own files and one small file of
-its submission, never the journal, the plan or another run's files; alike errors of one submission
-stop the rest of it, other errors and other submissions' failures do not count."""
+"""What a run costs inside a pack does not grow with its sweep: it reads its own files and one small
+file of its submission (fail fast), never the journal, the plan or another run's files; it forces to
+disk only what must survive a crash. Alike errors of one submission stop the rest of it; other errors
+and other submissions' failures do not count."""
 import json
 import os
 import sys
@@ -113,3 +114,23 @@ def test_the_count_is_of_runs_not_attempts(tmp_path, threshold):
     for _ in range(3):
         PackJob(str(sweep_dir.path), ids[:1], submission="sub", fail_fast=threshold)()
     assert bool(failing_fast(sweep_dir, "sub", threshold)) == (threshold == 1)
+
+
+def test_a_run_forces_to_disk_what_must_survive_a_crash_and_no_more(tmp_path, monkeypatch):
+    sweep, sweep_dir = sweep_of(tmp_path, "durable", ["ok"], [1, 2])
+    ids = submitted(sweep, sweep_dir, "sub")
+    PackJob(str(sweep_dir.path), ids[:1], submission="sub", fail_fast=3)()
+    synced, real = [], os.fsync
+
+    def fsync(fd):
+        synced.append(os.readlink(f"/proc/self/fd/{fd}"))
+        return real(fd)
+    monkeypatch.setattr(os, "fsync", fsync)
+    PackJob(str(sweep_dir.path), ids[1:], submission="sub", fail_fast=3)()
+    run_dir = sweep_dir.run(ids[1])
+    names = [Path(p).name for p in synced]
+    # the result (its temp file, then the rename in the run dir) and both attempt records: durable
+    assert any(n.startswith(".result.json.") for n in names) and str(run_dir.path) in synced
+    assert names.count("attempts.jsonl") == 2
+    # who holds the lock means nothing once its process is gone, as after a crash: written, never synced
+    assert not [n for n in names if "holder" in n]
