@@ -88,7 +88,8 @@ def write_yaml(path, obj) -> None:
 def read_json(path, default=None):
     """The parsed JSON file, or `default` when it is missing or unreadable."""
     try:
-        return json.loads(Path(path).read_text(encoding="utf-8"))
+        with open(path, "rb") as f:
+            return json.loads(f.read())
     except (OSError, ValueError):
         return default
 
