@@ -178,16 +178,25 @@ def cmd_resume(args) -> int:
     return cmd_submit(args, retry_failed=args.retry_failed)
 
 
+WAIT_SHARE = 0.02     # --wait sleeps long enough between looks to use at most this share of a core
+
+
 def _wait(sweep, sweep_dir, named) -> int:
     """Show progress until no run of the sweep is in flight; non-zero unless every run is done."""
     import time
     from jobs.sched import progress, submit
     tty = sys.stderr.isatty()
     last, last_print = None, 0.0
+    watch = progress.Watch(sweep, sweep_dir, submit.states)
     try:
         while True:
-            st = submit.states(sweep, sweep_dir)
+            spent = sum(os.times()[:4])          # ours and sacct's
+            st = watch.refresh()
             counts = submit.count(st.values())
+            if not counts.get(RunState.IN_FLIGHT):
+                st = watch.full()                # what ends the wait is read in full
+                counts = submit.count(st.values())
+            spent = sum(os.times()[:4]) - spent
             line = _bar(counts, len(st))
             if tty:
                 print("\r" + line, end="", file=sys.stderr, flush=True)
@@ -197,7 +206,7 @@ def _wait(sweep, sweep_dir, named) -> int:
             last = line
             if not counts.get(RunState.IN_FLIGHT):
                 break
-            time.sleep(1.0)
+            time.sleep(max(1.0, spent / WAIT_SHARE))
     except KeyboardInterrupt:
         print(f"\nstopped waiting; the jobs keep running. Watch them: {PROG} status {named}"
               f" (or stop them: {PROG} cancel {named})", file=sys.stderr)
@@ -226,12 +235,12 @@ def cmd_status(args) -> int:
     if not sweep_dir.plan.exists():
         print(f"{sweep.name}: not submitted yet ({sweep_dir} does not exist)\nnext: {PROG} submit {_named(args)}")
         return 0
+    if args.wait and _wait(sweep, sweep_dir, _named(args)) == 130:
+        return 130
     st = submit.states(sweep, sweep_dir)
     failures, notes = submit.scheduler_failures(sweep_dir), submit.scheduler_notes(sweep_dir)
-    rows = [progress.run_row(sweep_dir, r, st[r.run_id], failures.get(r.run_id, ""), notes.get(r.run_id, ""))
-            for r in sweep.runs]
     counts = submit.count(st.values())
-    print(f"{sweep.name}: {len(rows)} runs: {submit.describe(counts)}")
+    print(f"{sweep.name}: {len(sweep.runs)} runs: {submit.describe(counts)}")
     if len(sweep.stages) > 1:
         for stage in sweep.stages:
             mine = submit.count(st[r.run_id] for r in stage.runs)
@@ -239,12 +248,14 @@ def cmd_status(args) -> int:
     size = shutil.get_terminal_size((120, 40))
     order = {RunState.FAILED: 0, RunState.CORRUPT: 0, RunState.IN_FLIGHT: 1, RunState.BLOCKED: 2,
              RunState.STALE: 2, RunState.PENDING: 2, RunState.NEW: 3, RunState.DONE: 4}
-    shown = rows if args.all else sorted(rows, key=lambda r: order.get(r["state"], 5))[:max(5, size.lines - 8)]
-    if not args.all:
-        shown.sort(key=lambda r: rows.index(r))
-    print(progress.table(shown, size.columns))
-    if len(shown) < len(rows):
-        print(f"... {len(rows) - len(shown)} more runs (--all shows every run)")
+    shown = sweep.runs if args.all else [sweep.runs[i] for i in sorted(sorted(
+        range(len(sweep.runs)), key=lambda i: order.get(st[sweep.runs[i].run_id], 5))[:max(5, size.lines - 8)])]
+    # a row reads the run's files: only for the runs shown (a 10,000-run sweep shows a screenful)
+    rows = [progress.run_row(sweep_dir, r, st[r.run_id], failures.get(r.run_id, ""), notes.get(r.run_id, ""))
+            for r in shown]
+    print(progress.table(rows, size.columns))
+    if len(shown) < len(sweep.runs):
+        print(f"... {len(sweep.runs) - len(shown)} more runs (--all shows every run)")
     print(progress.next_step(counts, _named(args), PROG))
     return 0
 
@@ -274,7 +285,7 @@ def cmd_run(args) -> int:
         return 2
     run = matching[0]
     sweep_dir = _sweep_dir(args, sweep)
-    submit.prepare(sweep, sweep_dir, submit.new_submission_id())
+    submit.prepare(sweep, sweep_dir, submit.new_submission_id(), runs=[run])     # this run's files only
     res, ckpt = submit.resources_of(sweep), submit.checkpoint_of(sweep)
     stop = runner.Stop()
     stop.install()                  # USR2 / TERM: the run checkpoints and stops, as in a job
@@ -471,6 +482,7 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--cluster", help="cluster profile whose root holds the sweep dir")
     profiles_arg(sp)
     sp.add_argument("--all", action="store_true", help="list every run, not only what fits the terminal")
+    sp.add_argument("--wait", action="store_true", help="show a progress bar until no run is in flight, then the table")
 
     sp = add("cancel", "stop the sweep's jobs; runs checkpoint and can be resumed", cmd_cancel)
     spec_arg(sp)

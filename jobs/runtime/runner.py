@@ -70,7 +70,8 @@ class RunLock:
                                                 "process_started": psutil.Process().create_time(),
                                                 "job_id": job_id(), "command": " ".join(sys.argv)[:300],
                                                 "since": now_iso(),
-                                                **({"scheduler": "slurm"} if os.environ.get("SLURM_JOB_ID") else {})})
+                                                **({"scheduler": "slurm"} if os.environ.get("SLURM_JOB_ID") else {})},
+                          durable=False)      # read only while its process lives: no fsync (2 per run)
         return True
 
     def release(self) -> None:
@@ -400,13 +401,14 @@ class PackJob:
             outcomes = self._run_concurrently(deadline, stop)
         else:
             outcomes = {}
+            sweep_dir = SweepDir(self.sweep_dir)
             for rid in self.run_ids:
                 if stop.requested:
                     outcomes[rid] = INTERRUPTED
                     continue
-                why = failing_fast(SweepDir(self.sweep_dir), self.submission, self.fail_fast)
+                why = failing_fast(sweep_dir, self.submission, self.fail_fast)
                 if why:
-                    atomic.append_jsonl(SweepDir(self.sweep_dir).run(rid).attempts, {
+                    atomic.append_jsonl(sweep_dir.run(rid).attempts, {
                         "event": "skipped", "submission": self.submission, "time": time.time(), "reason": why}, lock=False)
                     outcomes[rid] = Outcome.SKIPPED
                     continue
@@ -414,6 +416,8 @@ class PackJob:
                                         deadline=deadline, margin_s=self.margin_s, gpus=self.gpus, cpus=self.cpus,
                                         checkpoint=self.checkpoint, reraise=self.reraise, submission=self.submission)
                 stop.detach()
+                if outcomes[rid] in (FAILED, Outcome.EXITED):
+                    note_failure(sweep_dir, self.submission, rid, self.fail_fast)
                 if outcomes[rid] == INTERRUPTED:
                     stop.requested = True    # out of time: start no further run in this attempt
         left = [rid for rid, o in outcomes.items() if o == INTERRUPTED]
@@ -463,21 +467,26 @@ class PackJob:
 
 def failing_fast(sweep_dir, submission, threshold) -> str:
     """Why no further run of `submission` should start ("" : go on): `threshold` of its runs already
-    failed with the same error (a bug that hits every run is found once, not run by run)."""
+    failed with the same error (a bug that hits every run is found once, not run by run). One small
+    file, absent until note_failure writes it: the check costs the same in a sweep of any size."""
     if not threshold or not submission:
         return ""
-    runs = next((e.get("runs", []) for e in sweep_dir.read_journal()
-                 if e.get("event") == "submit" and e.get("submission") == submission), [])
-    seen = {}
-    for run_id in runs:
-        for a in sweep_dir.run(run_id).read_attempts():
-            if a.get("event") == "end" and a.get("submission") == submission and a.get("error"):
-                seen[a["error"]] = seen.get(a["error"], 0) + 1
-    error, n = max(seen.items(), key=lambda kv: kv[1], default=("", 0))
-    if n < threshold:
-        return ""
-    return (f"not started: {n} runs of submission {submission} failed with the same error ({error[:160]}); "
-            "fix it, then resume --retry-failed (resources.fail_fast sets how many)")
+    return sweep_dir.read_fail_fast(submission)
+
+
+def note_failure(sweep_dir, submission, run_id, threshold) -> None:
+    """Count a run of `submission` that just failed under its error; at `threshold` alike, stop the submission."""
+    if not threshold or not submission:
+        return
+    ends = [a for a in sweep_dir.run(run_id).read_attempts() if a.get("event") == "end" and a.get("error")]
+    if not ends:
+        return
+    error = str(ends[-1]["error"])
+    n = sweep_dir.record_failure(submission, run_id, error)
+    if n >= threshold:
+        sweep_dir.write_fail_fast(submission, (
+            f"not started: {n} runs of submission {submission} failed with the same error ({error[:160]}); "
+            "fix it, then resume --retry-failed (resources.fail_fast sets how many)"), error, n)
 
 
 def _child(sdir, rid, deadline, margin_s, gpus, cpus, checkpoint):

@@ -4,7 +4,9 @@ Every table and progress line of the CLI is made here (rich), so they all look t
 """
 from __future__ import annotations
 
+import dataclasses
 import json
+import os
 import time
 
 from rich import box
@@ -14,6 +16,7 @@ from rich.table import Table
 from jobs.store import RunState
 
 TAIL_BYTES = 1 << 16          # the last metrics line is looked for in the file's last 64 KB, then further
+SETTLE_NS = 2_000_000_000     # a run dir changed this recently is looked at again (coarse or skewed clocks)
 
 
 def last_json_line(path, tail_bytes=TAIL_BYTES):
@@ -39,6 +42,73 @@ def last_json_line(path, tail_bytes=TAIL_BYTES):
                 chunk *= 4
     except OSError:
         return None
+
+
+class Watch:
+    """The states of a sweep's runs, kept current at a cost that falls as runs finish (`submit --wait`).
+
+        watch = Watch(sweep, sweep_dir, submit.states)
+        states = watch.refresh()        # run_id -> RunState, as read_states would say now
+
+    The first look reads every run. A later one reads again only the runs whose dir changed since
+    (its mtime: result.json, error.txt, config.yaml and the lock holder all appear or go by a rename or
+    unlink in it), a slice of the other unfinished runs in turn (what changes outside a run dir: a
+    job that ended without a word), and with them their upstream and downstream runs (a blocked run
+    follows its upstream). A run seen done is not read again. `full()` reads everything: what ends a
+    wait comes from it. read_states(sweep, sweep_dir) stays the one judge of a run's state.
+    """
+
+    def __init__(self, sweep, sweep_dir, read_states, turn=50):
+        self.sweep, self.sweep_dir, self.read_states = sweep, sweep_dir, read_states
+        self.turn = turn                 # every unfinished run is read at least once in `turn` looks
+        self.states, self.stamps, self.next = {}, {}, 0
+        self.head = os.fspath(sweep_dir.runs) + os.sep
+        self.order = {r.run_id: i for i, r in enumerate(sweep.runs)}
+        self.related = {}                # run_id -> its upstream and downstream runs
+        for r in sweep.runs:
+            for up in r.upstream.values():
+                if up["run_id"] in self.order:
+                    self.related.setdefault(r.run_id, set()).add(up["run_id"])
+                    self.related.setdefault(up["run_id"], set()).add(r.run_id)
+
+    def _stamp(self, run_id, now_ns):
+        """The run dir's mtime, or None (missing, or too fresh to trust: look again next time)."""
+        try:
+            mtime = os.stat(self.head + run_id).st_mtime_ns
+        except OSError:
+            return None
+        return mtime if now_ns - mtime > SETTLE_NS else None
+
+    def full(self) -> dict:
+        now = time.time_ns()
+        self.stamps = {r.run_id: self._stamp(r.run_id, now) for r in self.sweep.runs}   # before reading
+        self.states = dict(self.read_states(self.sweep, self.sweep_dir))
+        return self.states
+
+    def refresh(self) -> dict:
+        if not self.states:
+            return self.full()
+        now = time.time_ns()
+        unfinished = [rid for rid, state in self.states.items() if state != RunState.DONE]
+        look = set()
+        for rid in unfinished:
+            stamp = self._stamp(rid, now)
+            if stamp is None or stamp != self.stamps.get(rid):
+                look.add(rid)
+            self.stamps[rid] = stamp
+        if unfinished:
+            step = -(-len(unfinished) // self.turn)
+            start = self.next % len(unfinished)
+            look.update(unfinished[start:start + step] + unfinished[:max(0, start + step - len(unfinished))])
+            self.next = start + step
+        for rid in list(look):
+            look |= self.related.get(rid, set())
+        if look:
+            runs = sorted(look, key=self.order.__getitem__)       # stage order: upstream states first
+            part = self.read_states(dataclasses.replace(self.sweep, runs=[self.sweep.runs[self.order[r]] for r in runs]),
+                                    self.sweep_dir)
+            self.states.update(part)
+        return self.states
 
 
 def run_row(sweep_dir, run, state, failure="", note="") -> dict:

@@ -64,23 +64,25 @@ def default_executor() -> str:
 
 # ---------------------------------------------------------------- the sweep dir
 
-def prepare(sweep, sweep_dir: SweepDir, submission: str) -> None:
-    """Write the frozen spec, the plan, the code version and each run's config.yaml."""
+def prepare(sweep, sweep_dir: SweepDir, submission: str, runs=None) -> None:
+    """Write the frozen spec, the plan, the code version and each run's config.yaml. `runs` (a command
+    about some runs, e.g. `run --only`): their configs only, and the plan only where there is none."""
     for folder in (sweep_dir.runs, sweep_dir.logs, sweep_dir.code):
         folder.mkdir(parents=True, exist_ok=True)
     atomic.write_yaml(sweep_dir.spec, sweep.spec)
-    atomic.write_json(sweep_dir.plan, {
-        "name": sweep.name, "task": sweep.task, "spec": str(sweep.path), "submission": submission,
-        "stages": [{"name": st.name, "task": st.task, "after": st.after, "from_manifest": st.from_manifest,
-                    "runs": len(st.runs)} for st in sweep.stages],
-        "runs": [{"run_id": r.run_id, "label": r.label, "config": r.config, "varied": r.varied, "stage": r.stage,
-                  "task": r.task, **({"upstream": r.upstream} if r.upstream else {})} for r in sweep.runs]})
+    if runs is None or not sweep_dir.plan.exists():
+        atomic.write_json(sweep_dir.plan, {
+            "name": sweep.name, "task": sweep.task, "spec": str(sweep.path), "submission": submission,
+            "stages": [{"name": st.name, "task": st.task, "after": st.after, "from_manifest": st.from_manifest,
+                        "runs": len(st.runs)} for st in sweep.stages],
+            "runs": [{"run_id": r.run_id, "label": r.label, "config": r.config, "varied": r.varied, "stage": r.stage,
+                      "task": r.task, **({"upstream": r.upstream} if r.upstream else {})} for r in sweep.runs]})
     version, diff = code_version()
     version["tasks"] = snapshot_tasks(sweep, sweep_dir, submission)
     atomic.write_json(sweep_dir.code_version(submission), version)
     if diff:
         atomic.write_text(sweep_dir.code_diff(submission), diff)
-    for r in sweep.runs:
+    for r in sweep.runs if runs is None else runs:
         sweep_dir.write_run_config(r, r.task, stage=r.stage, **({"upstream": r.upstream} if r.upstream else {}))
 
 

@@ -19,16 +19,20 @@ import yaml
 from filelock import FileLock
 
 
-def write_bytes(path, data: bytes) -> None:
-    """Write `data` to `path` atomically (same-directory temp file, fsync, os.replace)."""
+def write_bytes(path, data: bytes, durable=True) -> None:
+    """Write `data` to `path` atomically (same-directory temp file, fsync, os.replace).
+
+    durable=False: still atomic for readers, but nothing is forced to disk, for a file that means
+    nothing after a crash of its writer's machine (who holds a lock: that process died with it)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
         with os.fdopen(fd, "wb") as f:
             f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
+            if durable:
+                f.flush()
+                os.fsync(f.fileno())
         os.replace(tmp, path)
     except BaseException:
         try:
@@ -36,7 +40,8 @@ def write_bytes(path, data: bytes) -> None:
         except FileNotFoundError:
             pass
         raise
-    fsync_dir(path.parent)
+    if durable:
+        fsync_dir(path.parent)
 
 
 def fsync_dir(path) -> None:
@@ -53,8 +58,8 @@ def fsync_dir(path) -> None:
         os.close(fd)
 
 
-def write_text(path, text: str) -> None:
-    write_bytes(path, text.encode("utf-8"))
+def write_text(path, text: str, durable=True) -> None:
+    write_bytes(path, text.encode("utf-8"), durable)
 
 
 NON_FINITE = {"nan": float("nan"), "inf": float("inf"), "-inf": float("-inf")}
@@ -71,9 +76,9 @@ def json_safe(obj):
     return obj
 
 
-def write_json(path, obj) -> None:
+def write_json(path, obj, durable=True) -> None:
     """Standard JSON, non-finite numbers written as the strings "nan", "inf", "-inf" (see json_safe)."""
-    write_text(path, json.dumps(json_safe(obj), indent=2, sort_keys=True, allow_nan=False) + "\n")
+    write_text(path, json.dumps(json_safe(obj), indent=2, sort_keys=True, allow_nan=False) + "\n", durable)
 
 
 def write_yaml(path, obj) -> None:
@@ -83,7 +88,8 @@ def write_yaml(path, obj) -> None:
 def read_json(path, default=None):
     """The parsed JSON file, or `default` when it is missing or unreadable."""
     try:
-        return json.loads(Path(path).read_text(encoding="utf-8"))
+        with open(path, "rb") as f:
+            return json.loads(f.read())
     except (OSError, ValueError):
         return default
 
