@@ -92,7 +92,10 @@ def one(tmp: Path, n: int, executor: str, pack: int, timeout: float) -> dict:
         print(f"  the watcher exited {code}:\n{out}", file=sys.stderr)
     status_wall, status_cpu, _, _ = run_child([sys.executable, "main.py", "status", str(spec), *flags], 120)
     if executor == "local":
-        os.waitpid(entry["driver_pid"], 0)             # the driver is ours: reaping it counts its jobs' CPU
+        try:
+            os.waitpid(entry["driver_pid"], 0)         # the driver is ours: reaping it counts its jobs' CPU
+        except ChildProcessError:
+            pass           # already reaped by subprocess's own clean-up of dropped Popen objects: counted too
     every = cpu_of(resource.getrusage(resource.RUSAGE_CHILDREN)) - before - watch_cpu - status_cpu
     by_pid, done = {}, 0
     for r in sweep.runs:

@@ -84,7 +84,7 @@ def look(sweep_dir: SweepDir, run_ids, entries=None) -> View:
     """Who runs each of `run_ids` now, by the rule above. Reads; writes nothing."""
     entries = sweep_dir.read_journal() if entries is None else entries
     jobs = slurm_jobs(entries)
-    holders = _holders(sweep_dir, run_ids)
+    holders = sweep_dir.holders(run_ids)
     known = {j.job_id for j in jobs}
     # a lock holder's job, when the holder says it is SLURM's or the journal names it, is asked too
     extra = [slurm.Job(h["job_id"], [rid], "", "", "") for rid, h in holders.items()
@@ -133,18 +133,6 @@ def settle(sweep_dir: SweepDir, run_ids, entries=None, wait_s=ENDING_WAIT_S, log
         time.sleep(min(1.0, slurm.SACCT_MIN_INTERVAL_S))
         view = look(sweep_dir, run_ids, entries)
     return view
-
-
-def _holders(sweep_dir: SweepDir, run_ids) -> dict:
-    """run_id -> its lock holder's record, for the runs whose lock someone took (and did not release)."""
-    out = {}
-    for run_id in run_ids:
-        run_dir = sweep_dir.run(run_id)
-        if run_dir.holder.exists():
-            holder = run_dir.read_holder()
-            if holder:
-                out[run_id] = holder
-    return out
 
 
 def _holder_job(holder: dict, known) -> str:

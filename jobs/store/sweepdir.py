@@ -10,6 +10,7 @@ State is read from the files, never kept in memory between commands, and reading
 """
 from __future__ import annotations
 
+import functools
 import hashlib
 import os
 from datetime import datetime, timezone
@@ -82,8 +83,14 @@ class RunDir:
     """runs/<run_id>/ and its files."""
 
     def __init__(self, path):
-        self.path = Path(path)
-        self.run_id = self.path.name
+        # kept as a str, made a Path only when asked: status makes one per run of a sweep and stats two
+        # of its files (10,000 Path objects cost a third of a second)
+        self._where = os.fspath(path)
+        self.run_id = os.path.basename(self._where.rstrip(os.sep))
+
+    @functools.cached_property
+    def path(self) -> Path:
+        return Path(self._where)
 
     def __repr__(self):
         return f"RunDir({str(self.path)!r})"
@@ -97,8 +104,9 @@ class RunDir:
     error = property(lambda self: self.path / RunDir.ERROR)
     tensorboard = property(lambda self: self.path / "tensorboard")   # with `logging: {tensorboard: true}`
     wandb = property(lambda self: self.path / "wandb")               # W&B's own folder, with `logging: {wandb: ...}`
+    HOLDER = "run.lock.holder"
     lock = property(lambda self: self.path / "run.lock")
-    holder = property(lambda self: self.path / "run.lock.holder")     # who holds the lock (pid, host, command)
+    holder = property(lambda self: self.path / RunDir.HOLDER)         # who holds the lock (pid, host, command)
 
     def corrupt_result(self, stamp) -> Path:
         """Where an unreadable result.json is kept when the run is rerun."""
@@ -132,7 +140,7 @@ class RunDir:
     def _file(self, name) -> str:
         """A file of the run as a str: what state() asks of every run of a sweep at every status
         costs a stat or two, and a Path object more than the stat (10,000 runs: a third of a second)."""
-        return os.fspath(self.path) + os.sep + name
+        return self._where + os.sep + name
 
     def read_result(self):
         """result.json parsed, or None when missing or unreadable."""
@@ -213,7 +221,22 @@ class SweepDir:
                                                             "time": now_iso()})
 
     def run(self, run_id) -> RunDir:
-        return RunDir(self.runs / run_id)
+        return RunDir(self._runs + os.sep + run_id)
+
+    @functools.cached_property
+    def _runs(self) -> str:
+        return os.fspath(self.runs)
+
+    def holders(self, run_ids) -> dict:
+        """run_id -> its lock holder's record ({pid, host, job_id, ...}), for the runs whose lock is taken."""
+        out = {}
+        for run_id in run_ids:
+            where = self._runs + os.sep + run_id + os.sep + RunDir.HOLDER
+            if os.path.exists(where):
+                holder = atomic.read_json(where)
+                if isinstance(holder, dict):
+                    out[run_id] = holder
+        return out
 
     def metrics_files(self, run_ids) -> dict:
         """{run_id: its metrics.jsonl as a str}: RunDir.metrics for many runs at once (10,000 Path
