@@ -105,7 +105,7 @@ class RunContext:
     def __init__(self, run_dir, cfg, *, run_id="", device="cpu", checkpoint=None, deadline=None,
                  margin_s=60.0, manifest=None, attempt=0, clock=time.time, rank=0, local_rank=0, world_size=1,
                  upstream=None, logging=None):
-        self.run_dir = Path(run_dir)
+        self.run_dir = RunDir(run_dir).path      # absolute: a task's os.chdir moves nothing of the run
         self.rank, self.local_rank, self.world_size = int(rank), int(local_rank), int(world_size)
         self.upstream = dict(upstream or {})     # stage -> UpstreamRun, every ancestor stage of a pipeline run
         self.cfg = cfg

@@ -10,6 +10,7 @@ ends and reports the runs left for the launcher to chain into a fresh job.
 """
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import importlib
 import importlib.util
@@ -154,6 +155,23 @@ def limit_threads(cpus):
         torch.set_num_threads(cpus)
 
 
+@contextlib.contextmanager
+def working_dir(path):
+    """The task runs in its run dir: whatever directory the job started in (the submitter's, the
+    repository), a relative path the task writes lands in its own run dir. Every file of the run is
+    written through absolute paths, so a task's own os.chdir moves none of them; the process's
+    directory is given back afterwards (the debug executor runs tasks in the CLI's process)."""
+    before = os.getcwd()
+    os.chdir(path)
+    try:
+        yield
+    finally:
+        try:
+            os.chdir(before)
+        except OSError:              # the directory went away meanwhile: somewhere that exists
+            os.chdir(Path(path).anchor)
+
+
 def load_task(ref: str, sweep_dir=None, submission=""):
     """The train function a run's config names (jobs/spec/tasks.py's forms). A task file of the user's
     is imported from the copy the submission snapshot (code/<submission>/), when there is one: the
@@ -213,7 +231,8 @@ def _attempt(sweep_dir, run_dir, deadline, margin_s, device, checkpoint, on_ctx,
         if on_ctx:
             on_ctx(ctx)
         train = load_task(meta["task"], sweep_dir, submission)
-        metrics = train(tasks.nest(meta["config"]), ctx)
+        with working_dir(run_dir.path):
+            metrics = train(tasks.nest(meta["config"]), ctx)
         if main:
             ended = time.time()
             wall = sum(a.get("ended", a["started"]) - a["started"]

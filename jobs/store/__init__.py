@@ -7,6 +7,6 @@
 Imports nothing else of the repository: every other layer reads the on-disk format through here.
 """
 from jobs.store import atomic, registry
-from jobs.store.sweepdir import DEFAULT_ROOT, Outcome, RunDir, RunState, SweepDir, now_iso, root_dir
+from jobs.store.sweepdir import DEFAULT_ROOT, absolute, Outcome, RunDir, RunState, SweepDir, now_iso, root_dir
 
-__all__ = ["atomic", "registry", "DEFAULT_ROOT", "Outcome", "RunDir", "RunState", "SweepDir", "now_iso", "root_dir"]
+__all__ = ["atomic", "registry", "DEFAULT_ROOT", "absolute", "Outcome", "RunDir", "RunState", "SweepDir", "now_iso", "root_dir"]

@@ -17,6 +17,7 @@ import yaml
 from filelock import FileLock
 
 import jobs.store.atomic as atomic
+from jobs.store.sweepdir import absolute
 
 REPO = Path(__file__).resolve().parents[2]
 FILE_NAME = "checkpoints_manifest.yaml"
@@ -27,7 +28,8 @@ class RegistryError(Exception):
 
 
 def path() -> Path:
-    return Path(os.environ.get("HPCSWEEP_REGISTRY") or REPO / FILE_NAME)
+    """The registry file, absolute (a relative $HPCSWEEP_REGISTRY is relative to where the command runs)."""
+    return absolute(os.environ.get("HPCSWEEP_REGISTRY") or REPO / FILE_NAME)
 
 
 def read(where=None) -> dict:

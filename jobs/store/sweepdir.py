@@ -44,15 +44,23 @@ class Outcome(StrEnum):
     SKIPPED = "skipped"          # not started: the submission's runs were failing alike (resources.fail_fast)
 
 
+def absolute(path) -> Path:
+    """`path` made absolute against the current directory, now: a job runs elsewhere (another cwd,
+    another node) and a task may chdir, so a path is fixed the moment a command reads it. Not
+    resolved: a symlinked scratch path stays as the user spelled it."""
+    return Path(os.path.abspath(os.fspath(path)))
+
+
 def root_dir(root=None, profile_root=None, spec=None) -> Path:
-    """Where sweep dirs live: --root, else $HPCSWEEP_ROOT, else the cluster profile's root, else
-    results/ of the project the spec file belongs to (the top of its git checkout, else its folder),
-    so a sweep is found whatever directory a command runs in; without a spec, ./results."""
+    """Where sweep dirs live, absolute: --root, else $HPCSWEEP_ROOT, else the cluster profile's root,
+    else results/ of the project the spec file belongs to (the top of its git checkout, else its
+    folder), so a sweep is found whatever directory a command runs in; without a spec, ./results.
+    A relative --root or $HPCSWEEP_ROOT is relative to the directory the command runs in."""
     chosen = root or os.environ.get("HPCSWEEP_ROOT") or profile_root
     if chosen:
-        return Path(os.path.expandvars(os.path.expanduser(str(chosen))))
+        return absolute(os.path.expandvars(os.path.expanduser(str(chosen))))
     if spec is None:
-        return Path(DEFAULT_ROOT)
+        return absolute(DEFAULT_ROOT)
     folder = Path(spec).resolve().parent
     top = next((p for p in (folder, *folder.parents) if (p / ".git").exists()), folder)
     return top / DEFAULT_ROOT
@@ -66,7 +74,7 @@ class RunDir:
     """runs/<run_id>/ and its files."""
 
     def __init__(self, path):
-        self.path = Path(path)
+        self.path = absolute(path)
         self.run_id = self.path.name
 
     def __repr__(self):
@@ -134,10 +142,10 @@ class RunDir:
 
 
 class SweepDir:
-    """<root>/<sweep name>/ and its files."""
+    """<root>/<sweep name>/ and its files; every path absolute (see `absolute`)."""
 
     def __init__(self, path):
-        self.path = Path(path)
+        self.path = absolute(path)
 
     @classmethod
     def under(cls, root, name, profile_root=None, spec=None) -> "SweepDir":
