@@ -182,7 +182,7 @@ def load_task(ref: str, sweep_dir=None, submission=""):
     if m:
         path = Path(m["file"])
         if sweep_dir is not None and submission:
-            copy = sweep_dir.code_snapshot(submission) / path.name
+            copy = _snapshot_of(sweep_dir, submission, ref) or sweep_dir.code_snapshot(submission) / path.name
             path = copy if copy.is_file() else path
         name = "hpcsweep_task_" + hashlib.sha256(str(path).encode()).hexdigest()[:12]
         if name not in sys.modules:
@@ -195,6 +195,17 @@ def load_task(ref: str, sweep_dir=None, submission=""):
         return getattr(sys.modules[name], m["func"])
     m = tasks.MODULE_REF.match(ref)
     return getattr(importlib.import_module(m["module"]), m["func"])
+
+
+def _snapshot_of(sweep_dir, submission, ref):
+    """The copy of task `ref` that the submission recorded (code/<submission>.json), or None: a
+    submission from before copies were kept by place and content has them by bare file name."""
+    version = atomic.read_json(sweep_dir.code_version(submission), {})
+    tasks_of = version.get("tasks") if isinstance(version, dict) else None
+    for task in (tasks_of or {}).values():
+        if isinstance(task, dict) and task.get("ref") == ref and task.get("snapshot"):
+            return sweep_dir.code / task["snapshot"]
+    return None
 
 
 def _attempt(sweep_dir, run_dir, deadline, margin_s, device, checkpoint, on_ctx, reraise, ranks=None, attempt=None,

@@ -186,6 +186,11 @@ class SweepDir:
         """Copies of the task's own source files as submitted (tasks that live outside the repository)."""
         return self.code / submission
 
+    def task_snapshot(self, submission, in_project, sha256) -> Path:
+        """The copy of one task file: code/<submission>/<sha256[:16]>/<its path in its project>. Keyed
+        by content and place, so dirA/task.py and dirB/task.py of two stages never share one copy."""
+        return self.code_snapshot(submission) / sha256[:16] / in_project
+
     def submission_file(self, submission) -> Path:
         """What the local driver of a submission reads: its job objects, pickled by the submitting command."""
         return self.logs / f"{submission}.jobs.pkl"
