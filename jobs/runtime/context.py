@@ -85,6 +85,11 @@ class UpstreamRun:
         """The state the upstream run passed to ctx.save: at `step`, else the registered step
         (a from_manifest stage), else its newest valid checkpoint. Loaded with weights_only."""
         ckpt_dir = RunDir(self.run_dir).checkpoints
+        if self._record.get("name") is not None:      # a registered checkpoint: only the one registered, checked
+            for key in ("step", "sha256"):
+                if self._record.get(key) is None:
+                    raise ValueError(f"registered checkpoint {self._record['name']!r} (run {self.run_id}) has no {key}: "
+                                     "it cannot be checked; register it again with `main.py export ... --replace`")
         step = step if step is not None else self._record.get("step")
         if step is None:
             found = checkpoint.load_latest(ckpt_dir)

@@ -728,6 +728,8 @@ def _registry_upstream(names, registry, where):
             known = sorted(registry or {})
             raise where.error(("from_manifest",), f"no checkpoint named {n!r} in the registry"
                               f"{did_you_mean(n, known)} (register one with `python main.py export`)")
+        if not isinstance(entry, dict):       # the registry's reader says what is wrong with it
+            raise where.error(("from_manifest",), str(entry))
         run = _UpstreamRun(entry)
         record = {"run_id": entry["run_id"], "run_dir": entry["run_dir"], "step": entry["step"],
                   "sha256": entry["sha256"], "checkpoint": entry["path"], "name": n}
