@@ -115,11 +115,11 @@ def _changed_configs(sweep, sweep_dir) -> list:
     out = []
     for r in sweep.runs:
         run_dir = sweep_dir.run(r.run_id)
-        if not run_dir.config.exists():
-            continue
         try:
+            if not run_dir.config.exists():
+                continue
             frozen = run_dir.read_config()["config"]
-        except (OSError, ValueError, KeyError):
+        except (OSError, ValueError, KeyError):      # unreadable: its state says so
             continue
         if frozen != r.config:
             out.append(r)
@@ -227,7 +227,7 @@ def cmd_status(args) -> int:
         return 0
     st = submit.states(sweep, sweep_dir)
     failures, notes = submit.scheduler_failures(sweep_dir), submit.scheduler_notes(sweep_dir)
-    rows = [progress.run_row(sweep_dir, r, st[r.run_id], failures.get(r.run_id, ""), notes.get(r.run_id, ""))
+    rows = [_row(progress, sweep_dir, r, st[r.run_id], failures.get(r.run_id, ""), notes.get(r.run_id, ""))
             for r in sweep.runs]
     counts = submit.count(st.values())
     print(f"{sweep.name}: {len(rows)} runs: {submit.describe(counts)}")
@@ -236,7 +236,7 @@ def cmd_status(args) -> int:
             mine = submit.count(st[r.run_id] for r in stage.runs)
             print(f"  stage {stage.name}: {submit.describe(mine)}")
     size = shutil.get_terminal_size((120, 40))
-    order = {RunState.FAILED: 0, RunState.CORRUPT: 0, RunState.IN_FLIGHT: 1, RunState.BLOCKED: 2,
+    order = {RunState.FAILED: 0, RunState.CORRUPT: 0, RunState.UNREADABLE: 0, RunState.IN_FLIGHT: 1, RunState.BLOCKED: 2,
              RunState.PENDING: 2, RunState.NEW: 3, RunState.DONE: 4}
     shown = rows if args.all else sorted(rows, key=lambda r: order.get(r["state"], 5))[:max(5, size.lines - 8)]
     if not args.all:
@@ -246,6 +246,17 @@ def cmd_status(args) -> int:
         print(f"... {len(rows) - len(shown)} more runs (--all shows every run)")
     print(progress.next_step(counts, _named(args), PROG))
     return 0
+
+
+def _row(progress, sweep_dir, run, state, failure, note) -> dict:
+    """progress.run_row, or, where the run's files hold what it cannot make sense of (a hand edit, a
+    foreign tool), that run with the error: one odd run dir never hides the rest of the sweep."""
+    try:
+        return progress.run_row(sweep_dir, run, state, failure, note)
+    except (OSError, ValueError, TypeError, KeyError, AttributeError) as e:
+        return {"label": run.label or run.run_id, "run_id": run.run_id, "state": str(state), "attempts": "?",
+                "progress": "", "elapsed": "", "error": f"cannot read {sweep_dir.run(run.run_id).path}: "
+                                                          f"{type(e).__name__}: {e}"}
 
 
 def cmd_cancel(args) -> int:

@@ -160,7 +160,7 @@ def held_runs(sweep_dir: SweepDir, run_ids) -> dict:
     out = {}
     for run_id in run_ids:
         run_dir = sweep_dir.run(run_id)
-        if not run_dir.holder.exists():
+        if not run_dir.has_holder():
             continue
         holder = run_dir.read_holder()
         if holder and (holder.get("host") != socket.gethostname() or local.process_alive(holder.get("pid", -1), holder.get("process_started"))):

@@ -30,6 +30,7 @@ class RunState(StrEnum):
     BLOCKED = "blocked"          # a downstream run whose upstream failed or was cancelled
     FAILED = "failed"            # error.txt and no result.json
     CORRUPT = "corrupt result"   # result.json exists but cannot be read: resume reruns the run
+    UNREADABLE = "unreadable"    # the run dir's files may not be read here (permissions): RunDir.problem says why
     DONE = "done"                # result.json, readable: the run's last act
 
 
@@ -132,13 +133,38 @@ class RunDir:
 
     def state(self, in_flight: bool) -> RunState:
         """The run's state from its files, given whether a live job holds it."""
-        if self.result.exists():
-            return RunState.DONE if self.read_result() is not None else RunState.CORRUPT
-        if in_flight:
-            return RunState.IN_FLIGHT
-        if self.error.exists():
-            return RunState.FAILED
-        return RunState.PENDING if self.config.exists() else RunState.NEW
+        try:
+            if self.result.exists():
+                if self.read_result() is not None:
+                    return RunState.DONE
+                # not corrupt, only not ours to read: resume must not move it aside and rerun the run
+                return RunState.CORRUPT if os.access(self.result, os.R_OK) else RunState.UNREADABLE
+            if in_flight:
+                return RunState.IN_FLIGHT
+            if self.error.exists():
+                return RunState.FAILED
+            return RunState.PENDING if self.config.exists() else RunState.NEW
+        except OSError:                  # a run dir this user may not enter
+            return RunState.UNREADABLE
+
+    def problem(self) -> str:
+        """Why the run's files cannot be read here ("" : they can), for `status` to show."""
+        for path in (self.path, self.result, self.config):
+            try:
+                if path.is_dir():
+                    os.listdir(path)
+                elif path.exists():
+                    open(path, "rb").close()
+            except OSError as e:
+                return f"{e.filename or path}: {e.strerror or e}"
+        return ""
+
+    def has_holder(self) -> bool:
+        """Does someone's lock holder file (run.lock.holder) lie here? False where the dir cannot be read."""
+        try:
+            return self.holder.exists()
+        except OSError:
+            return False
 
 
 class SweepDir:
