@@ -322,7 +322,8 @@ def cmd_export(args) -> int:
     steps = checkpoint.list_steps(run_dir.checkpoints)
     step = args.step if args.step is not None else (steps[-1] if steps else None)
     path = checkpoint.ckpt_path(run_dir.checkpoints, step) if step is not None else None
-    digest = checkpoint.verified_digest(path) if path is not None else None
+    # pinned before it is registered: a run still training never deletes it by retention
+    digest = checkpoint.pin(run_dir.checkpoints, step, args.name) if path is not None else None
     if digest is None:
         print(f"error: {run.label or run.run_id}: no valid checkpoint" + (f" at step {step}" if step is not None else "")
               + f" in {run_dir.checkpoints} (kept: {steps or 'none'})", file=sys.stderr)
