@@ -244,6 +244,9 @@ def _attempt(sweep_dir, run_dir, deadline, margin_s, device, checkpoint, on_ctx,
         train = load_task(meta["task"], sweep_dir, submission)
         with working_dir(run_dir.path):
             metrics = train(tasks.nest(meta["config"]), ctx)
+        if main and not run_dir.config.is_file():     # a result there now would be a run without a config
+            raise RuntimeError(f"the task deleted its run dir's files ({run_dir.config} is gone): "
+                               "a task writes inside its run dir, never removes it")
         if main:
             ended = time.time()
             wall = sum(a.get("ended", a["started"]) - a["started"]

@@ -125,3 +125,15 @@ def test_two_stages_with_task_files_of_one_name_each_run_their_own_code(tmp_path
         copies = {Path(t["file"]).parent.name: sweep_dir.code / t["snapshot"] for t in version["tasks"].values()}
         assert copies["dirA"] != copies["dirB"]
         assert "'dirA'" in copies["dirA"].read_text() and "'dirB'" in copies["dirB"].read_text()
+
+
+def test_a_task_that_deletes_its_own_run_dir_is_not_done(tmp_path):
+    (tmp_path / "vandal.py").write_text("import os, shutil\nCONFIG = {'seed': 0}\n\n"
+                                        "def train(cfg, ctx):\n    shutil.rmtree(os.getcwd())\n    return {'ok': 1}\n")
+    spec = tmp_path / "vandal.yaml"
+    spec.write_text(json.dumps({"name": "vandal", "task": "vandal.py:train"}))
+    out = cli("run", spec, "--root", tmp_path / "root", cwd=tmp_path)
+    sweep = load_sweep(spec)
+    run_dir = SweepDir.under(tmp_path / "root", sweep.name).run(sweep.runs[0].run_id)
+    assert out.returncode == 1 and not run_dir.result.exists(), out.stdout + out.stderr
+    assert "deleted" in run_dir.error.read_text()
