@@ -115,11 +115,11 @@ def _changed_configs(sweep, sweep_dir) -> list:
     out = []
     for r in sweep.runs:
         run_dir = sweep_dir.run(r.run_id)
-        if not run_dir.config.exists():
-            continue
         try:
+            if not run_dir.config.exists():
+                continue
             frozen = run_dir.read_config()["config"]
-        except (OSError, ValueError, KeyError):
+        except (OSError, ValueError, KeyError):      # unreadable: its state says so
             continue
         if frozen != r.config:
             out.append(r)
@@ -246,18 +246,29 @@ def cmd_status(args) -> int:
             mine = submit.count(st[r.run_id] for r in stage.runs)
             print(f"  stage {stage.name}: {submit.describe(mine)}")
     size = shutil.get_terminal_size((120, 40))
-    order = {RunState.FAILED: 0, RunState.CORRUPT: 0, RunState.IN_FLIGHT: 1, RunState.BLOCKED: 2,
+    order = {RunState.FAILED: 0, RunState.CORRUPT: 0, RunState.UNREADABLE: 0, RunState.IN_FLIGHT: 1, RunState.BLOCKED: 2,
              RunState.STALE: 2, RunState.PENDING: 2, RunState.NEW: 3, RunState.DONE: 4}
     shown = sweep.runs if args.all else [sweep.runs[i] for i in sorted(sorted(
         range(len(sweep.runs)), key=lambda i: order.get(st[sweep.runs[i].run_id], 5))[:max(5, size.lines - 8)])]
     # a row reads the run's files: only for the runs shown (a 10,000-run sweep shows a screenful)
-    rows = [progress.run_row(sweep_dir, r, st[r.run_id], failures.get(r.run_id, ""), notes.get(r.run_id, ""))
+    rows = [_row(progress, sweep_dir, r, st[r.run_id], failures.get(r.run_id, ""), notes.get(r.run_id, ""))
             for r in shown]
     print(progress.table(rows, size.columns))
     if len(shown) < len(sweep.runs):
         print(f"... {len(sweep.runs) - len(shown)} more runs (--all shows every run)")
     print(progress.next_step(counts, _named(args), PROG))
     return 0
+
+
+def _row(progress, sweep_dir, run, state, failure, note) -> dict:
+    """progress.run_row, or, where the run's files hold what it cannot make sense of (a hand edit, a
+    foreign tool), that run with the error: one odd run dir never hides the rest of the sweep."""
+    try:
+        return progress.run_row(sweep_dir, run, state, failure, note)
+    except (OSError, ValueError, TypeError, KeyError, AttributeError) as e:
+        return {"label": run.label or run.run_id, "run_id": run.run_id, "state": str(state), "attempts": "?",
+                "progress": "", "elapsed": "", "error": f"cannot read {sweep_dir.run(run.run_id).path}: "
+                                                          f"{type(e).__name__}: {e}"}
 
 
 def cmd_cancel(args) -> int:
@@ -323,7 +334,8 @@ def cmd_export(args) -> int:
     steps = checkpoint.list_steps(run_dir.checkpoints)
     step = args.step if args.step is not None else (steps[-1] if steps else None)
     path = checkpoint.ckpt_path(run_dir.checkpoints, step) if step is not None else None
-    digest = checkpoint.verified_digest(path) if path is not None else None
+    # pinned before it is registered: a run still training never deletes it by retention
+    digest = checkpoint.pin(run_dir.checkpoints, step, args.name) if path is not None else None
     if digest is None:
         print(f"error: {run.label or run.run_id}: no valid checkpoint" + (f" at step {step}" if step is not None else "")
               + f" in {run_dir.checkpoints} (kept: {steps or 'none'})", file=sys.stderr)

@@ -51,6 +51,9 @@ from jobs.store import SweepDir, atomic
 VERSION = 1
 COMPACT_PARTS = 8
 INDEX = ("run_id", "step", "time")      # the columns every curve table has first
+# a metric a task logged as `run_id` (ctx.log refuses it now; older logs have it): its column is
+# renamed, as run_id names the run in every curve table
+LOGGED_RUN_ID = "logged_run_id"
 SAMPLE = 16              # logs DuckDB's type detection reads for the fast read (spread over the list)
 SAMPLE_ROWS = 1 << 20    # lines of them it may read for that
 SMALL_BYTES = 1 << 21    # up to SAMPLE logs of this many bytes in all are read by Python's json (_small)
@@ -243,7 +246,7 @@ def convert(files: dict) -> tuple[pa.Table, dict]:
         keep = step_ok & ~doubtful[where]
         table, where = table.filter(pa.array(keep)), where[keep]
         table = table.select([c for c in table.column_names if c == "step" or table.column(c).null_count < table.num_rows])
-    table = _in_order(table, where)
+    table = _own_run_id(_in_order(table, where))
     per_file = np.bincount(where, minlength=n)
     table = table.add_column(0, "run_id", pa.DictionaryArray.from_arrays(           # files in order now
         pa.array(np.repeat(np.arange(n, dtype=np.int32), per_file)), pa.array(rids, pa.string())))
@@ -255,6 +258,13 @@ def convert(files: dict) -> tuple[pa.Table, dict]:
         parts.append(again)
         bad.update(again_bad)
     return _replays(_concat(parts), {rid: i for i, rid in enumerate(rids)}), bad
+
+
+def _own_run_id(table: pa.Table) -> pa.Table:
+    """`table` (lines as read, before the run's id is added) with a logged `run_id` renamed LOGGED_RUN_ID."""
+    if "run_id" not in table.column_names:
+        return table
+    return table.rename_columns([LOGGED_RUN_ID if c == "run_id" else c for c in table.column_names])
 
 
 def _typed(table: pa.Table) -> pa.Table:
@@ -380,7 +390,7 @@ def _exact(files: dict) -> tuple[pa.Table, dict]:
     enc = pc.dictionary_encode(table.column("filename")).combine_chunks()
     names = enc.dictionary.to_pylist()
     rid_col = pa.DictionaryArray.from_arrays(enc.indices, pa.array([rid_of[n] for n in names], pa.string()))
-    table = table.drop_columns(["filename"])
+    table = _own_run_id(table.drop_columns(["filename"]))
     table = table.add_column(0, "run_id", rid_col)
     parts = [table]
     for p in redo:
@@ -412,8 +422,9 @@ def _from_rows(rid, rows, strict=False):
     sure to give what DuckDB gives for it."""
     cols = list(dict.fromkeys(k for r in rows for k in r))
     arrays = {"run_id": pa.array([rid] * len(rows), pa.string()).dictionary_encode()}
-    for k in cols:
-        vals = [r.get(k) for r in rows]
+    for key in cols:
+        vals = [r.get(key) for r in rows]
+        k = LOGGED_RUN_ID if key == "run_id" else key
         kinds = {type(v) for v in vals if v is not None}
         if k == "step":
             if strict and kinds != {int}:

@@ -86,7 +86,9 @@ def test_provenance_records_untracked_files_and_the_task_file(tmp_path):
     sched.prepare(sweep, sweep_dir, "s1")
     recorded = json.loads(sweep_dir.code_version("s1").read_text())["tasks"]
     assert list(recorded.values())[0]["file"] == str(tmp_path / "behave.py")
-    assert (sweep_dir.code_snapshot("s1") / "behave.py").read_text() == BEHAVE.read_text()
+    snapshot = list(recorded.values())[0]["snapshot"]
+    assert (sweep_dir.code / snapshot).read_text() == BEHAVE.read_text()
+    assert snapshot.endswith("/behave.py") and snapshot.startswith("s1/")
 
 
 def test_a_numpy_generator_is_restored_with_the_checkpoint(tmp_path):

@@ -17,7 +17,11 @@ from __future__ import annotations
 
 import hashlib
 import io
+import contextlib
+import fcntl
+import json
 import operator
+import os
 import pickle
 import re
 import warnings
@@ -32,6 +36,7 @@ from jobs.store import atomic
 
 CKPT_RE = re.compile(r"^step_(\d{8,})\.pt$")
 SIDECAR_SUFFIX = ".sha256"
+PINS = "pinned.json"      # in checkpoints/: step -> names it is registered under (retention keeps them)
 # atomic.write_bytes names its temp files ".<target name>.<random>.tmp"
 TEMP_RE = re.compile(r"^\.step_\d{8,}\.pt(\.sha256)?\..*\.tmp$")
 
@@ -56,9 +61,11 @@ def sidecar_of(path) -> Path:
 
 
 def list_steps(ckpt_dir) -> list[int]:
-    """The steps that have a checkpoint file in `ckpt_dir` (valid or not), ascending."""
+    """The steps that have a checkpoint file in `ckpt_dir` (valid or not), ascending. A directory of
+    such a name (made by hand, or by a task) is none: retention could not delete it."""
     try:
-        names = [p.name for p in Path(ckpt_dir).iterdir()]
+        with os.scandir(ckpt_dir) as entries:
+            names = [e.name for e in entries if e.is_file()]
     except FileNotFoundError:
         return []
     return sorted(int(m.group(1)) for m in map(CKPT_RE.match, names) if m)
@@ -101,9 +108,54 @@ def save(ckpt_dir, step: int, payload, *, manifest=None, run_id=None, keep_last:
         atomic.write_text(sidecar_of(path), f"{digest}  {path.name}\n")
         if manifest is not None:
             _record_quietly(manifest, _entry("written", run_id, step, path, manifest, len(data), digest))
-    for old in doomed(list_steps(ckpt_dir), step, int(keep_last), keep_every):
-        _delete(ckpt_dir, old, manifest, run_id)
+    with _pins_lock(ckpt_dir):           # export pins under it: nothing it pins is deleted meanwhile
+        keep = pinned(ckpt_dir)
+        for old in doomed(list_steps(ckpt_dir), step, int(keep_last), keep_every):
+            if old not in keep:
+                _delete(ckpt_dir, old, manifest, run_id)
     return path
+
+
+def pin(ckpt_dir, step: int, name: str) -> str | None:
+    """Keep the checkpoint of `step` from retention for good (`main.py export` registers it by `name`,
+    maybe while the run still trains); its sha256, or None when it is not there and valid."""
+    ckpt_dir = Path(ckpt_dir)
+    with _pins_lock(ckpt_dir):
+        digest = _verified_digest(ckpt_path(ckpt_dir, step))
+        if digest is not None:
+            pins = _read_pins(ckpt_dir)
+            pins[str(step)] = sorted(set(pins.get(str(step), [])) | {name})
+            atomic.write_text(ckpt_dir / PINS, json.dumps(pins, indent=1, sort_keys=True) + "\n")
+        return digest
+
+
+@contextlib.contextmanager
+def _pins_lock(ckpt_dir: Path):
+    """An exclusive lock on the checkpoints folder itself (flock of its own inode: no lock file beside
+    the checkpoints); where the file system refuses one, nothing is held."""
+    try:
+        fd = os.open(ckpt_dir, os.O_RDONLY)
+    except OSError:
+        yield
+        return
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+        except OSError:
+            pass
+        yield
+    finally:
+        os.close(fd)
+
+
+def pinned(ckpt_dir) -> set[int]:
+    """The steps `pin` keeps."""
+    return {int(s) for s in _read_pins(Path(ckpt_dir)) if s.isdigit()}
+
+
+def _read_pins(ckpt_dir: Path) -> dict:
+    pins = atomic.read_json(ckpt_dir / PINS, {})
+    return pins if isinstance(pins, dict) else {}
 
 
 def to_bytes(payload) -> bytes:
@@ -223,6 +275,9 @@ def _load_verified(path):
     """The payload of one checkpoint file, or _DAMAGED (after a warning) when it does not verify."""
     path = Path(path)
     expected = _read_sidecar(path)
+    if expected is None and sidecar_of(path).exists():
+        return _skip(path, f"malformed sha256 sidecar {sidecar_of(path).name} (expected 64 hex digits, then "
+                           "the file's name, as sha256sum writes)")
     if expected is None:
         return _skip(path, f"no sha256 sidecar {sidecar_of(path).name} (its writer was killed before finishing)")
     try:

@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import random
 import sys
 import time
@@ -45,7 +46,7 @@ from jobs.spec.settings import Checkpoint, Logging, settings_error
 from jobs.store import RunDir, SweepDir, atomic
 
 FORMAT = 1
-RESERVED_METRICS = ("step", "time")
+RESERVED_METRICS = ("step", "time", "run_id")      # run_id: the curve tables' name of the run
 
 
 class Interrupted(Exception):
@@ -95,6 +96,11 @@ class UpstreamRun:
         """The state the upstream run passed to ctx.save: at `step`, else the registered step
         (a from_manifest stage), else its newest valid checkpoint. Loaded with weights_only."""
         ckpt_dir = RunDir(self.run_dir).checkpoints
+        if self._record.get("name") is not None:      # a registered checkpoint: only the one registered, checked
+            for key in ("step", "sha256"):
+                if self._record.get(key) is None:
+                    raise ValueError(f"registered checkpoint {self._record['name']!r} (run {self.run_id}) has no {key}: "
+                                     "it cannot be checked; register it again with `main.py export ... --replace`")
         step = step if step is not None else self._record.get("step")
         if step is None:
             found = checkpoint.load_latest(ckpt_dir)
@@ -117,7 +123,7 @@ class RunContext:
     def __init__(self, run_dir, cfg, *, run_id="", device="cpu", checkpoint=None, deadline=None,
                  margin_s=60.0, manifest=None, attempt=0, clock=time.time, rank=0, local_rank=0, world_size=1,
                  upstream=None, logging=None):
-        self.run_dir = Path(run_dir)
+        self.run_dir = RunDir(run_dir).path      # absolute: a task's os.chdir moves nothing of the run
         self.rank, self.local_rank, self.world_size = int(rank), int(local_rank), int(world_size)
         self.upstream = dict(upstream or {})     # stage -> UpstreamRun, every ancestor stage of a pipeline run
         self.cfg = cfg
@@ -139,6 +145,7 @@ class RunContext:
         self._last_save_time = clock()
         self._last_save_step = 0
         self._metrics_lines = None       # lines of metrics.jsonl on this run's timeline; None: not counted yet
+        self._line_closed = False        # metrics.jsonl known to end with a whole line (restore or a first log saw to it)
         self._saved = False
         self._generators = []            # (kind, generator) made by ctx.*_rng / torch_generator, in order
         self.rank_state = None           # this rank's `rank_state` of the restored checkpoint
@@ -365,16 +372,28 @@ class RunContext:
             return
         for key in RESERVED_METRICS:
             if key in metrics:
-                raise ValueError(f"ctx.log: '{key}' is filled in by ctx.log itself; name the metric otherwise")
+                raise ValueError(f"ctx.log: '{key}' is " + ("the run's own name in every curve table" if key == "run_id"
+                                                            else "filled in by ctx.log itself") + "; name the metric otherwise")
         row = {"step": int(step), "time": time.time()}
         row.update((k, plain(v, k)) for k, v in metrics.items())
         line = (json.dumps(row) + "\n").encode("utf-8")
         try:
-            f = open(self.metrics_path, "ab", buffering=0)
+            f = open(self.metrics_path, "ab+", buffering=0)
         except FileNotFoundError:
             self.run_dir.mkdir(parents=True, exist_ok=True)
-            f = open(self.metrics_path, "ab", buffering=0)
+            f = open(self.metrics_path, "ab+", buffering=0)
         with f:
+            if not self._line_closed:
+                # a writer killed mid-line, and no restore() cut it (a task that never restores):
+                # end it, or this line would be glued to it and lost to every reader
+                size = f.seek(0, os.SEEK_END)
+                if size:
+                    f.seek(size - 1)
+                    if f.read(1) != b"\n":
+                        line = b"\n" + line
+                        if self._metrics_lines is not None:
+                            self._metrics_lines += 1     # the torn line is a line now (restore skips it)
+                self._line_closed = True
             # one write of a whole line: a kill leaves whole lines (or a cut last one, which restore drops)
             written = f.write(line)
             while written < len(line):          # a short write (disk nearly full): finish the line
@@ -443,6 +462,7 @@ class RunContext:
         `keep_lines` (stored in the checkpoint) is exact; checkpoints without it fall back to the
         lines whose step <= `max_step`. A partial or unparsable line (a killed writer) is dropped.
         """
+        self._line_closed = True          # what is left ends with a whole line
         try:
             data = self.metrics_path.read_bytes()
         except FileNotFoundError:

@@ -10,6 +10,7 @@ ends and reports the runs left for the launcher to chain into a fresh job.
 """
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import importlib
 import importlib.util
@@ -187,6 +188,23 @@ def limit_threads(cpus):
         torch.set_num_threads(cpus)
 
 
+@contextlib.contextmanager
+def working_dir(path):
+    """The task runs in its run dir: whatever directory the job started in (the submitter's, the
+    repository), a relative path the task writes lands in its own run dir. Every file of the run is
+    written through absolute paths, so a task's own os.chdir moves none of them; the process's
+    directory is given back afterwards (the debug executor runs tasks in the CLI's process)."""
+    before = os.getcwd()
+    os.chdir(path)
+    try:
+        yield
+    finally:
+        try:
+            os.chdir(before)
+        except OSError:              # the directory went away meanwhile: somewhere that exists
+            os.chdir(Path(path).anchor)
+
+
 def load_task(ref: str, sweep_dir=None, submission=""):
     """The train function a run's config names (jobs/spec/tasks.py's forms). A task file of the user's
     is imported from the copy the submission snapshot (code/<submission>/), when there is one: the
@@ -197,7 +215,7 @@ def load_task(ref: str, sweep_dir=None, submission=""):
     if m:
         path = Path(m["file"])
         if sweep_dir is not None and submission:
-            copy = sweep_dir.code_snapshot(submission) / path.name
+            copy = _snapshot_of(sweep_dir, submission, ref) or sweep_dir.code_snapshot(submission) / path.name
             path = copy if copy.is_file() else path
         name = "hpcsweep_task_" + hashlib.sha256(str(path).encode()).hexdigest()[:12]
         if name not in sys.modules:
@@ -210,6 +228,17 @@ def load_task(ref: str, sweep_dir=None, submission=""):
         return getattr(sys.modules[name], m["func"])
     m = tasks.MODULE_REF.match(ref)
     return getattr(importlib.import_module(m["module"]), m["func"])
+
+
+def _snapshot_of(sweep_dir, submission, ref):
+    """The copy of task `ref` that the submission recorded (code/<submission>.json), or None: a
+    submission from before copies were kept by place and content has them by bare file name."""
+    version = atomic.read_json(sweep_dir.code_version(submission), {})
+    tasks_of = version.get("tasks") if isinstance(version, dict) else None
+    for task in (tasks_of or {}).values():
+        if isinstance(task, dict) and task.get("ref") == ref and task.get("snapshot"):
+            return sweep_dir.code / task["snapshot"]
+    return None
 
 
 def _attempt(sweep_dir, run_dir, deadline, margin_s, device, checkpoint, on_ctx, reraise, ranks=None, attempt=None,
@@ -246,7 +275,11 @@ def _attempt(sweep_dir, run_dir, deadline, margin_s, device, checkpoint, on_ctx,
         if on_ctx:
             on_ctx(ctx)
         train = load_task(meta["task"], sweep_dir, submission)
-        metrics = train(tasks.nest(meta["config"]), ctx)
+        with working_dir(run_dir.path):
+            metrics = train(tasks.nest(meta["config"]), ctx)
+        if main and not run_dir.config.is_file():     # a result there now would be a run without a config
+            raise RuntimeError(f"the task deleted its run dir's files ({run_dir.config} is gone): "
+                               "a task writes inside its run dir, never removes it")
         if main:
             ended = time.time()
             wall = sum(a.get("ended", a["started"]) - a["started"]

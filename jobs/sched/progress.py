@@ -133,6 +133,8 @@ def run_row(sweep_dir, run, state, failure="", note="") -> dict:
     last_end = ends.get(starts[-1].get("attempt"), {}) if starts else {}
     if state == RunState.FAILED:
         error = failure.strip().splitlines()[-1] if failure.strip() else _last_line(run_dir.error)
+    elif state == RunState.UNREADABLE:
+        error = run_dir.problem() or "its files cannot be read here"
     elif state == RunState.CORRUPT:
         error = f"{run_dir.result} cannot be read; resume reruns the run from its newest valid checkpoint"
     elif last_end.get("error"):

@@ -137,14 +137,17 @@ def code_version():
 
 def snapshot_tasks(sweep, sweep_dir, submission) -> dict:
     """Copy each task file that lives outside the repository's models/ into code/<submission>/ (the job
-    imports that copy); ref -> {file, sha256} of every task of the sweep."""
+    imports that copy); task -> {file, sha256, ref, snapshot (the copy, relative to code/)} of every task."""
     out = {}
     for stage in sweep.stages:
-        ref = tasks.resolve(stage.task, Path(sweep.path).resolve().parent)
+        spec_dir = Path(sweep.path).resolve().parent
+        ref = tasks.resolve(stage.task, spec_dir)
         data = ref.file.read_bytes()
-        out[stage.task] = {"file": str(ref.file), "sha256": hashlib.sha256(data).hexdigest()}
+        out[stage.task] = {"file": str(ref.file), "sha256": hashlib.sha256(data).hexdigest(), "ref": ref.ref}
         if ref.kind == "file":
-            atomic.write_bytes(sweep_dir.code_snapshot(submission) / ref.file.name, data)
+            copy = sweep_dir.task_snapshot(submission, tasks.in_project(ref.file, spec_dir), out[stage.task]["sha256"])
+            atomic.write_bytes(copy, data)
+            out[stage.task]["snapshot"] = copy.relative_to(sweep_dir.code).as_posix()
     return out
 
 

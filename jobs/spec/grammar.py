@@ -575,6 +575,8 @@ def _expand(task, axes, fixed, defaults, include, exclude, where):
         raise where.error(("grid",), "the sweep has no runs" + (" left after include/exclude" if include or exclude else ""))
     distinct = {k: _distinct([c[k] for _, c in kept]) for k in axis_keys}
     varied_keys = [k for k in axis_keys if len(distinct[k]) > 1]
+    for k in axis_keys:          # every axis: 1 and true are one dict key, so one can even look unvaried
+        _one_label_each(k, [c[k] for _, c in kept], where)
     pieces = {}
     for k in varied_keys:
         for v in distinct[k]:
@@ -588,6 +590,19 @@ def _expand(task, axes, fixed, defaults, include, exclude, where):
             label = ",".join([pieces[k, _hashable(v)] for k, v in varied.items()])
         runs.append(Run(rid, label, cfg, varied))
     return runs, {k: distinct[k] for k in varied_keys}
+
+
+def _one_label_each(key, values, where):
+    """Refuse values of one key that differ but read alike in labels and --only (1, 1.0, true, "1"):
+    runs a person cannot tell apart, pick or group. Refused rather than spelled apart (1.0, "1"):
+    a YAML file rarely means both, and the spec's author knows which one they meant."""
+    typed = list(dict.fromkeys((type(v), _hashable(v)) for v in values))
+    merged = _distinct([v for _, v in typed])                     # 1, 1.0 and True are one key of a dict
+    texts = {format_value(list(v) if isinstance(v, tuple) else v) for v in merged}
+    if len(merged) < len(typed) or len(texts) < len(merged):
+        alike = ", ".join(json.dumps(list(v) if isinstance(v, tuple) else v) for _, v in typed)
+        raise where.error(("grid", key), f"the values {alike} read alike in run labels and --only "
+                          "(as the same number or text); give the key values of one type")
 
 
 LABEL_VALUE = re.compile(r"^[A-Za-z0-9_.+\-\[\];]*$")
@@ -759,6 +774,8 @@ def _registry_upstream(names, registry, where):
             known = sorted(registry or {})
             raise where.error(("from_manifest",), f"no checkpoint named {n!r} in the registry"
                               f"{did_you_mean(n, known)} (register one with `python main.py export`)")
+        if not isinstance(entry, dict):       # the registry's reader says what is wrong with it
+            raise where.error(("from_manifest",), str(entry))
         run = _UpstreamRun(entry)
         record = {"run_id": entry["run_id"], "run_dir": entry["run_dir"], "step": entry["step"],
                   "sha256": entry["sha256"], "checkpoint": entry["path"], "name": n}

@@ -78,6 +78,17 @@ def functions(file: Path, tree=None) -> list:
     return [n.name for n in tree.body if isinstance(n, (ast.FunctionDef, ast.AsyncFunctionDef))]
 
 
+def in_project(file: Path, spec_dir: Path) -> Path:
+    """`file`'s path relative to its project: the top of the git checkout it lies in, else the spec's
+    folder; its bare name when it lies under neither. What names a task file's copy in a submission."""
+    file = Path(file).resolve()
+    top = next((p for p in file.parents if (p / ".git").exists()), None)
+    for base in (top, Path(spec_dir).resolve()):
+        if base is not None and file.is_relative_to(base):
+            return file.relative_to(base)
+    return Path(file.name)
+
+
 def find_module(name: str):
     """The source file of module `name` on sys.path, found without importing anything."""
     parts = name.split(".")

@@ -37,6 +37,7 @@ class RunState(StrEnum):
     CORRUPT = "corrupt result"   # result.json exists but cannot be read: resume reruns the run
     STALE = "stale"              # done, but an upstream it consumed changed since (a rerun, a replaced
                                  # registry entry): resume sets its dir aside and reruns it
+    UNREADABLE = "unreadable"    # the run dir's files may not be read here (permissions): RunDir.problem says why
     DONE = "done"                # result.json, readable: the run's last act
 
 
@@ -52,18 +53,24 @@ class Outcome(StrEnum):
     BLOCKED = "blocked"          # not started: an upstream run it consumes is not done (attempts.jsonl says why)
 
 
+def absolute(path) -> Path:
+    """`path` made absolute against the current directory, now: a job runs elsewhere (another cwd,
+    another node) and a task may chdir, so a path is fixed the moment a command reads it. Not
+    resolved: a symlinked scratch path stays as the user spelled it."""
+    return Path(os.path.abspath(os.fspath(path)))
+
+
 def root_dir(root=None, profile_root=None, spec=None) -> Path:
-    """Where sweep dirs live: --root, else $HPCSWEEP_ROOT, else the cluster profile's root, else
-    results/ of the project the spec file belongs to (the top of its git checkout, else its folder),
-    so a sweep is found whatever directory a command runs in; without a spec, ./results."""
+    """Where sweep dirs live, absolute: --root, else $HPCSWEEP_ROOT, else the cluster profile's root,
+    else results/ of the project the spec file belongs to (the top of its git checkout, else its
+    folder), so a sweep is found whatever directory a command runs in; without a spec, ./results.
+    A relative --root or $HPCSWEEP_ROOT is relative to the directory the command runs in."""
     chosen = root or os.environ.get("HPCSWEEP_ROOT") or profile_root
     if chosen:
-        return Path(os.path.expandvars(os.path.expanduser(str(chosen))))
+        return absolute(os.path.expandvars(os.path.expanduser(str(chosen))))
     if spec is None:
-        return Path(DEFAULT_ROOT)
-    folder = Path(spec).resolve().parent
-    top = next((p for p in (folder, *folder.parents) if (p / ".git").exists()), folder)
-    return top / DEFAULT_ROOT
+        return absolute(DEFAULT_ROOT)
+    return project_top(spec) / DEFAULT_ROOT
 
 
 def project_top(path=None) -> Path:
@@ -84,8 +91,8 @@ class RunDir:
 
     def __init__(self, path):
         # kept as a str, made a Path only when asked: status makes one per run of a sweep and stats two
-        # of its files (10,000 Path objects cost a third of a second)
-        self._where = os.fspath(path)
+        # of its files (10,000 Path objects cost a third of a second); absolute from the start
+        self._where = os.path.abspath(os.fspath(path))
         self.run_id = os.path.basename(self._where.rstrip(os.sep))
 
     @functools.cached_property
@@ -156,22 +163,42 @@ class RunDir:
 
     def state(self, in_flight: bool) -> RunState:
         """The run's state from its files, given whether a live job holds it."""
-        if os.path.exists(self._file(RunDir.RESULT)) and self.read_result() is not None:
+        try:
+            os.stat(self._file(RunDir.RESULT))
+            has_result = True
+        except FileNotFoundError:
+            has_result = False
+        except OSError:                  # a run dir this user may not enter
+            return RunState.UNREADABLE
+        if has_result and self.read_result() is not None:
             return RunState.DONE
-        if in_flight:             # an unreadable result.json a live job is about to replace included
+        if in_flight:                    # an unreadable result.json a live job is about to replace included
             return RunState.IN_FLIGHT
-        if os.path.exists(self._file(RunDir.RESULT)):
-            return RunState.CORRUPT
+        if has_result:
+            # not corrupt, only not ours to read: resume must not move it aside and rerun the run
+            return RunState.CORRUPT if os.access(self._file(RunDir.RESULT), os.R_OK) else RunState.UNREADABLE
         if os.path.exists(self._file(RunDir.ERROR)):
             return RunState.FAILED
         return RunState.PENDING if os.path.exists(self._file(RunDir.CONFIG)) else RunState.NEW
 
+    def problem(self) -> str:
+        """Why the run's files cannot be read here ("" : they can), for `status` to show."""
+        for path in (self.path, self.result, self.config):
+            try:
+                if path.is_dir():
+                    os.listdir(path)
+                elif path.exists():
+                    open(path, "rb").close()
+            except OSError as e:
+                return f"{e.filename or path}: {e.strerror or e}"
+        return ""
+
 
 class SweepDir:
-    """<root>/<sweep name>/ and its files."""
+    """<root>/<sweep name>/ and its files; every path absolute (see `absolute`)."""
 
     def __init__(self, path):
-        self.path = Path(path)
+        self.path = absolute(path)
 
     @classmethod
     def under(cls, root, name, profile_root=None, spec=None) -> "SweepDir":
@@ -253,6 +280,11 @@ class SweepDir:
     def code_snapshot(self, submission) -> Path:
         """Copies of the task's own source files as submitted (tasks that live outside the repository)."""
         return self.code / submission
+
+    def task_snapshot(self, submission, in_project, sha256) -> Path:
+        """The copy of one task file: code/<submission>/<sha256[:16]>/<its path in its project>. Keyed
+        by content and place, so dirA/task.py and dirB/task.py of two stages never share one copy."""
+        return self.code_snapshot(submission) / sha256[:16] / in_project
 
     def submission_file(self, submission) -> Path:
         """What the local driver of a submission reads: its job objects, pickled by the submitting command."""

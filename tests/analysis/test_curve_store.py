@@ -145,3 +145,15 @@ def test_a_few_small_logs_need_no_duckdb(tmp_path, monkeypatch):
     monkeypatch.setattr(curve_store, "_connect", lambda: pytest.fail("DuckDB was asked"))
     table, bad = curve_store.convert(files)
     assert table.num_rows == 1000 and bad == {"r000": 0}
+
+
+@pytest.mark.parametrize("n", [2, 40])
+def test_a_metric_logged_as_run_id_is_renamed_and_no_run_is_lost(tmp_path, n):
+    """A log written before ctx.log refused the name: run_id stays the run's, the metric is kept beside it."""
+    texts = [log(range(3), run_id=7) if i % 2 == 0 else log(range(2)) for i in range(n)]
+    files = files_of(tmp_path, texts)
+    for table in (curve_store.convert(files)[0], curve_store._exact(files)[0]):
+        df = curve_store.frame(table)
+        assert set(df.run_id) == set(files) and len(df) == sum(3 if i % 2 == 0 else 2 for i in range(n))
+        first = df[df.run_id == "r000"]
+        assert first[curve_store.LOGGED_RUN_ID].tolist() == [7.0, 7.0, 7.0]

@@ -339,3 +339,28 @@ def test_32_processes_recording_at_once_lose_nothing(tmp_path):
     assert {(e["run"], e["step"]) for e in entries} == {(f"p{i}", j) for i in range(32) for j in range(n)}
     for i in range(32):      # each writer's own entries stay in its order
         assert [e["step"] for e in entries if e["run"] == f"p{i}"] == list(range(n))
+
+
+def test_a_directory_named_like_a_checkpoint_is_no_checkpoint(tmp_path):
+    (tmp_path / "step_00000001.pt").mkdir()
+    for step in (2, 3, 4):
+        ck.save(tmp_path, step, {"w": torch.ones(1) * step}, keep_last=1)
+    assert ck.list_steps(tmp_path) == [4] and (tmp_path / "step_00000001.pt").is_dir()
+    assert ck.load_latest(tmp_path)[0] == 4
+
+
+def test_a_malformed_sidecar_is_called_malformed_not_missing(tmp_path):
+    path = ck.save(tmp_path, 1, {"w": torch.ones(1)})
+    ck.sidecar_of(path).write_text("not a digest\n")
+    with pytest.warns(CheckpointWarning, match="malformed sha256 sidecar"):
+        assert ck.load_latest(tmp_path) is None
+
+
+def test_retention_keeps_a_pinned_step(tmp_path):
+    """export pins the step it registers: a run still training never deletes it."""
+    ck.save(tmp_path, 1, {"w": torch.ones(1)}, keep_last=1)
+    assert ck.pin(tmp_path, 1, "early") is not None
+    for step in (2, 3):
+        ck.save(tmp_path, step, {"w": torch.ones(1) * step}, keep_last=1)
+    assert ck.list_steps(tmp_path) == [1, 3] and ck.load_step(tmp_path, 1)["w"].item() == 1.0
+    assert ck.pin(tmp_path, 2, "gone") is None                    # deleted already: nothing to pin

@@ -18,6 +18,7 @@ from hypothesis import given, settings, strategies as st
 
 from jobs.runtime import checkpoint as ck
 from jobs.runtime.context import Interrupted, RunContext, checkpoint_settings, rng_state, set_rng_state
+from jobs.store import RunDir, atomic
 from test_checkpoint import procs
 
 
@@ -366,3 +367,17 @@ def test_rng_states_survive_a_safe_load(seed, draws):
     set_rng_state(saved)
     assert (random.random(), random.gauss(0, 1), np.random.standard_normal(3).tolist(),
             torch.rand(3).tolist()) == expected
+
+
+def test_log_closes_a_torn_last_line_when_the_task_never_restores(tmp_path):
+    """A writer killed mid-line, then a task that logs without calling restore: the new line stands alone."""
+    RunDir(tmp_path).metrics.write_bytes(b'{"step": 1, "time": 1.0, "x": 1}\n{"step": 2, "ti')
+    ctx = RunContext(tmp_path, {})
+    ctx.log(3, x=3.0)
+    ctx.log(4, x=4.0)
+    assert [row["step"] for row in atomic.read_jsonl(RunDir(tmp_path).metrics)] == [1, 3, 4]
+
+
+def test_log_refuses_a_metric_named_run_id(tmp_path):
+    with pytest.raises(ValueError, match="'run_id' is the run's own name"):
+        RunContext(tmp_path, {}).log(1, run_id=3)

@@ -62,7 +62,7 @@ def test_a_three_stage_chain_runs_in_order_and_each_eval_sees_its_own_upstream(t
     # the job imported the copy the submission recorded
     version = json.loads(next(sweep_dir.code.glob("*.json")).read_text())
     assert any(ref.endswith("score.py:train") for ref in version["tasks"])
-    assert (next(p for p in sweep_dir.code.iterdir() if p.is_dir()) / "score.py").exists()
+    assert any(next(p for p in sweep_dir.code.iterdir() if p.is_dir()).glob("*/score.py"))
     status = subprocess.run([sys.executable, "main.py", "status", str(path), "--root", str(root)], cwd=REPO,
                             capture_output=True, text=True).stdout
     assert "stage prepare: 1 done" in status and "stage eval: 4 done" in status

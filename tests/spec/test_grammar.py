@@ -415,3 +415,18 @@ def test_task_references_point_at_what_was_meant(tmp_path):
     typo.write_text("task: digits_task.py:trian\n")
     with pytest.raises(SpecError, match=r"defines no function trian\(cfg, ctx\) \(did you mean 'train'\?\)"):
         load_sweep(typo)
+
+
+@pytest.mark.parametrize("values", [[1, 1.0], [1, "1"], [1, True], [1, 1.0, True, "1"]])
+def test_values_that_read_alike_in_labels_are_refused_naming_the_key(tmp_path, values):
+    (tmp_path / "anytype.py").write_text("CONFIG = {'k': None}\n\ndef train(cfg, ctx):\n    return {}\n")
+    path = tmp_path / "alike.yaml"
+    path.write_text(json.dumps({"name": "alike", "task": "anytype.py:train", "grid": {"k": values}}))
+    with pytest.raises(SpecError, match=r"alike.yaml:\d+: grid.k: .*read alike in run labels"):
+        load_sweep(path)
+
+
+def test_values_of_one_type_keep_their_labels(tmp_path):
+    path = tmp_path / "fine.yaml"
+    path.write_text(json.dumps({"name": "fine", "task": "resmlp", "grid": {"k": [1, 2], "lr": [0.1, 1.0]}}))
+    assert len({r.label for r in load_sweep(path).runs}) == 4
