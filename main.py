@@ -545,9 +545,15 @@ def main(argv=None) -> int:
         print(f"error: {e}", file=sys.stderr)
         return 2
     except OSError as e:          # a full disk, a read-only or foreign sweep dir: say where, no traceback
+        import errno
         where = f"{e.filename}: " if e.filename else ""
-        print(f"error: {where}{e.strerror or e} (free space, or write permission, is needed there; "
-              "nothing was left half-written)", file=sys.stderr)
+        hint = {errno.ENOSPC: "free space is needed there", errno.EDQUOT: "your disk quota there is used up",
+                errno.EACCES: "write permission is needed there", errno.EPERM: "write permission is needed there",
+                errno.EROFS: "the file system there is read-only",
+                errno.ELOOP: "a symbolic link there points back at itself: fix the link or pick another --root"
+                }.get(e.errno, "")
+        print(f"error: {where}{e.strerror or e}" + (f" ({hint}; nothing was left half-written)" if hint else
+                                                     " (nothing was left half-written)"), file=sys.stderr)
         return 1
 
 

@@ -114,3 +114,12 @@ def test_max_parallel_defaults_to_what_the_machine_allows():
     assert Resources().parallel_jobs("local") == cores
     assert Resources(cpus=2).parallel_jobs("local") == max(1, cores // 2)
     assert Resources(max_parallel=3).parallel_jobs("local") == 3
+
+
+def test_a_symlink_loop_under_the_root_is_named_as_such_not_blamed_on_free_space(tmp_path):
+    (tmp_path / "a").symlink_to(tmp_path / "b")
+    (tmp_path / "b").symlink_to(tmp_path / "a")
+    path = spec(tmp_path, "loop", {"seeds": [1]})
+    out = cli("submit", path, "--root", tmp_path / "a" / "results", "--executor", "debug")
+    assert out.returncode == 1 and "points back at itself" in out.stderr, out.stderr
+    assert "free space" not in out.stderr and "Traceback" not in out.stderr

@@ -108,12 +108,20 @@ class UpstreamRun:
                 raise FileNotFoundError(f"upstream run {self.run_id} ({self.stage}) left no checkpoint in {ckpt_dir}: "
                                         "a task whose runs feed a later stage must ctx.save its final state")
             return found[1]["state"]
+        # retrying this run cannot bring a lost checkpoint back: say what can
+        fix = (f"; rerun the upstream (submit SPEC --force {self.run_id}), then resume --retry-failed"
+               if not self._record.get("run_dir") else
+               f"; export the checkpoint again (export ... --name {self._record.get('name')} --replace)")
+        path = checkpoint.ckpt_path(ckpt_dir, step)
+        if not path.exists():
+            raise FileNotFoundError(f"upstream run {self.run_id} ({self.stage}): its checkpoint at step {step} is gone "
+                                    f"from {ckpt_dir} (kept: {checkpoint.list_steps(ckpt_dir) or 'none'}){fix}")
         if self._record.get("sha256"):
-            digest = checkpoint.verified_digest(checkpoint.ckpt_path(ckpt_dir, step))
+            digest = checkpoint.verified_digest(path)
             if digest != self._record["sha256"]:
-                raise ValueError(f"{checkpoint.ckpt_path(ckpt_dir, step)}: sha256 {digest} differs from the "
+                raise ValueError(f"{path}: sha256 {digest} differs from the "
                                  f"{'registered' if self._record.get('run_dir') else 'final'} "
-                                 f"{self._record['sha256']} (the checkpoint changed or is damaged)")
+                                 f"{self._record['sha256']} (the checkpoint changed or is damaged){fix}")
         return checkpoint.load_step(ckpt_dir, step)["state"]
 
 

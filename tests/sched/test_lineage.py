@@ -104,3 +104,19 @@ def test_an_upstream_forced_again_makes_its_consumers_stale_until_it_finishes_al
     result["checkpoint"]["sha256"] = "0" * 64
     sweep_dir.run(train.run_id).result.write_text(json.dumps(result))
     assert {sched.states(sweep, sweep_dir)[r.run_id] for r in evals} == {RunState.STALE}
+
+
+def test_a_lost_upstream_checkpoint_says_to_rerun_the_upstream_not_to_retry(tmp_path):
+    path = two_stages(tmp_path)
+    root = tmp_path / "root"
+    assert cli(tmp_path, "submit", path, "--root", root, "--executor", "debug").returncode == 0
+    sweep = load_sweep(path)
+    sweep_dir = SweepDir.under(root, sweep.name)
+    train = next(r for r in sweep.runs if r.stage == "train")
+    ev = next(r for r in sweep.runs if r.stage == "eval")
+    for f in sweep_dir.run(train.run_id).checkpoints.iterdir():
+        f.unlink()
+    out = cli(tmp_path, "submit", path, "--root", root, "--executor", "debug", "--force", ev.run_id)
+    assert sweep_dir.run(ev.run_id).error.exists(), out.stdout + out.stderr
+    last = sweep_dir.run(ev.run_id).error.read_text().strip().splitlines()[-1]
+    assert "is gone" in last and f"--force {train.run_id}" in last, last
