@@ -6,10 +6,14 @@ In CI (.ci/run sets HPCSWEEP_REQUIRE_SLURM=1) a skip of a real-SLURM test is a f
 import os
 import shutil
 import subprocess
+from pathlib import Path
 
 import pytest
 
 START = "sudo bash env/slurm/start.sh"
+# the tests' specs live in temporary folders, outside any project with a clusters.yaml: they run on the
+# cluster env/slurm starts, whose profiles (`local`: partition debug, its time limit) this repository keeps
+os.environ.setdefault("HPCSWEEP_CLUSTERS", str(Path(__file__).resolve().parents[1] / "env" / "clusters.yaml"))
 
 
 def slurm_missing() -> str:
