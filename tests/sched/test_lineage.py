@@ -34,14 +34,19 @@ def cli(tmp_path, *args):
                           timeout=300, env={**os.environ, "HPCSWEEP_REGISTRY": str(tmp_path / "registry.yaml")})
 
 
-def test_a_downstream_run_whose_upstream_is_not_done_is_blocked_and_leaves_no_result(tmp_path):
+def finished(tmp_path):
+    """The three-stage pipeline run to its end in this process: (spec, root, sweep, sweep dir, a train run, an eval run)."""
     path = two_stages(tmp_path)
     root = tmp_path / "root"
     assert cli(tmp_path, "submit", path, "--root", root, "--executor", "debug").returncode == 0
     sweep = load_sweep(path)
     sweep_dir = SweepDir.under(root, sweep.name)
-    train = next(r for r in sweep.runs if r.stage == "train")
-    ev = next(r for r in sweep.runs if r.stage == "eval")
+    return (path, root, sweep, sweep_dir, next(r for r in sweep.runs if r.stage == "train"),
+            next(r for r in sweep.runs if r.stage == "eval"))
+
+
+def test_a_downstream_run_whose_upstream_is_not_done_is_blocked_and_leaves_no_result(tmp_path):
+    path, root, sweep, sweep_dir, train, ev = finished(tmp_path)
     os.replace(sweep_dir.run(train.run_id).result, tmp_path / "aside.json")     # as if it never finished
     sweep_dir.run(ev.run_id).result.unlink()
     assert runner.run_one(sweep_dir.path, ev.run_id) == Outcome.BLOCKED
@@ -107,13 +112,7 @@ def test_an_upstream_forced_again_makes_its_consumers_stale_until_it_finishes_al
 
 
 def test_a_lost_upstream_checkpoint_says_to_rerun_the_upstream_not_to_retry(tmp_path):
-    path = two_stages(tmp_path)
-    root = tmp_path / "root"
-    assert cli(tmp_path, "submit", path, "--root", root, "--executor", "debug").returncode == 0
-    sweep = load_sweep(path)
-    sweep_dir = SweepDir.under(root, sweep.name)
-    train = next(r for r in sweep.runs if r.stage == "train")
-    ev = next(r for r in sweep.runs if r.stage == "eval")
+    path, root, sweep, sweep_dir, train, ev = finished(tmp_path)
     for f in sweep_dir.run(train.run_id).checkpoints.iterdir():
         f.unlink()
     out = cli(tmp_path, "submit", path, "--root", root, "--executor", "debug", "--force", ev.run_id)
