@@ -112,3 +112,31 @@ def test_max_parallel_defaults_to_what_the_machine_allows():
     assert Resources().parallel_jobs("local") == cores
     assert Resources(cpus=2).parallel_jobs("local") == max(1, cores // 2)
     assert Resources(max_parallel=3).parallel_jobs("local") == 3
+
+
+def test_every_command_takes_the_same_flags_and_a_sweep_dir(tmp_path):
+    """One set of flags (--only/--stage/--root/--cluster/--profiles/--set) on every command that reads
+    a sweep; the sweep dir works wherever the spec does; --force takes one run per flag."""
+    path = spec(tmp_path, "flags", {"grid": {"act": ["ok", "raise"]}, "seeds": [1, 2]})
+    root = tmp_path / "root"
+    assert cli("submit", path, "--root", root, "--executor", "debug", "--only", "act=ok").returncode == 0
+    sweep_dir = root / "flags"
+    status = cli("status", sweep_dir, "--only", "seed=2,act=ok", "--cluster", "local")     # a sweep dir, not a spec
+    assert status.returncode == 0 and "flags: 1 runs (of 4): 1 done" in status.stdout, status.stdout + status.stderr
+    assert "act=ok,seed=1" not in status.stdout
+    every = cli("status", sweep_dir)
+    assert "flags: 4 runs: 2 done, 2 pending" in every.stdout, every.stdout     # --only submitted those alone
+    # --force takes one value: the spec after it stays the spec
+    forced = cli("submit", "--force", "seed=1,act=ok", path, "--root", root, "--executor", "debug")
+    assert forced.returncode == 0 and "submitted 3 runs" in forced.stdout, forced.stdout + forced.stderr
+    agg = cli("aggregate", sweep_dir, "--only", "act=ok", "--format", "csv")
+    assert agg.returncode == 0, agg.stderr
+    rows = (sweep_dir / "analysis" / "runs.csv").read_text().splitlines()
+    assert len(rows) == 3 and all("ok" in r for r in rows[1:]), rows
+    for command in ("plan", "status", "cancel", "run", "export", "aggregate", "resume"):
+        bad = cli(command, path, "--root", root, "--only", "act=nope", *(["--name", "x"] if command == "export" else []))
+        assert bad.returncode == 2 and "--only act=nope: no run of flags matches" in bad.stderr, (command, bad.stderr)
+        unknown = cli(command, path, "--bogus")
+        assert unknown.returncode == 2 and f"usage: python main.py {command} " in unknown.stderr, (command, unknown.stderr)
+    nodir = cli("status", tmp_path)
+    assert nodir.returncode == 2 and "not a sweep dir" in nodir.stderr
