@@ -174,7 +174,9 @@ def _sweep_dir(args, sweep) -> SweepDir:
                                               spec=sweep.path).root
         except slurm.ProfileError as e:
             raise specs.SpecError(str(e))
-    return SweepDir.under(args.root, sweep.name, profile_root, spec=sweep.path)
+    # absolute from here on: a job runs in another working directory (a relative --root sent jobs
+    # looking for root/<sweep> under hpcsweep's checkout)
+    return SweepDir(SweepDir.under(args.root, sweep.name, profile_root, spec=sweep.path).path.absolute())
 
 
 def _named(args) -> str:
@@ -274,25 +276,33 @@ def cmd_status(args) -> int:
         return 0
     if args.wait and _wait(sweep, sweep_dir, _named(args)) == 130:
         return 130
-    st = submit.states(sweep, sweep_dir)
-    failures, notes = submit.scheduler_failures(sweep_dir), submit.scheduler_notes(sweep_dir)
     selected = _selected(args, sweep)
+    seen = progress.look(sweep, sweep_dir, selected)
+    st = seen.states
     counts = submit.count(st[r.run_id] for r in selected)
+    by_state = progress.counts(seen, selected)
+
+    def row(r):
+        return progress.run_row(sweep_dir, r, st[r.run_id], seen.failures.get(r.run_id, ""),
+                                seen.notes.get(r.run_id, ""), seen.places.get(r.run_id))
+    if args.json:
+        json.dump({"name": sweep.name, "sweep_dir": str(sweep_dir.path), "runs_total": len(sweep.runs),
+                   "counts": by_state, "runs": [{k: v for k, v in row(r).items() if k not in ("shown",)} for r in selected]},
+                  sys.stdout, indent=1, default=str)
+        print()
+        return 0
     chosen = "" if len(selected) == len(sweep.runs) else f" (of {len(sweep.runs)})"
-    print(f"{sweep.name}: {len(selected)} runs{chosen}: {submit.describe(counts)}")
+    print(f"{sweep.name}: {len(selected)} runs{chosen}: {progress.describe(by_state)}")
     if len(sweep.stages) > 1 and not args.stage:
         for stage in sweep.stages:
-            mine = submit.count(st[r.run_id] for r in selected if r.stage == stage.name)
-            print(f"  stage {stage.name}: {submit.describe(mine)}")
+            print(f"  stage {stage.name}: {progress.describe(progress.counts(seen, [r for r in selected if r.stage == stage.name]))}")
     size = shutil.get_terminal_size((120, 40))
     order = {RunState.FAILED: 0, RunState.CORRUPT: 0, RunState.IN_FLIGHT: 1, RunState.BLOCKED: 2,
              RunState.STALE: 2, RunState.PENDING: 2, RunState.NEW: 3, RunState.DONE: 4}
     shown = selected if args.all else [selected[i] for i in sorted(sorted(
         range(len(selected)), key=lambda i: order.get(st[selected[i].run_id], 5))[:max(5, size.lines - 8)])]
     # a row reads the run's files: only for the runs shown (a 10,000-run sweep shows a screenful)
-    rows = [progress.run_row(sweep_dir, r, st[r.run_id], failures.get(r.run_id, ""), notes.get(r.run_id, ""))
-            for r in shown]
-    print(progress.table(rows, size.columns))
+    print(progress.table([row(r) for r in shown], size.columns))
     if len(shown) < len(selected):
         print(f"... {len(selected) - len(shown)} more runs (--all shows every run)")
     print(progress.next_step(counts, _named(args), PROG))

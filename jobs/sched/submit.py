@@ -266,8 +266,8 @@ def submit(sweep, sweep_dir: SweepDir, *, job_class, executor=None, force=(), re
     """Submit every run that is neither done nor in flight (plus `force`d ones); the journal entry.
 
     `job_class` is what a job executes (jobs.runtime.runner.PackJob: the CLI hands it in).
-    `only`: a set of run ids (--only / --stage): submit none but these (a downstream one still waits
-    for its upstream runs, which are not submitted unless named too).
+    `only`: a set of run ids (--only / --stage): submit none but these and the runs downstream of them
+    (a downstream run still waits for its upstream runs, which are not submitted unless named too).
     """
     executor = executor or default_executor()
     if executor not in EXECUTORS:
@@ -307,7 +307,8 @@ def submit(sweep, sweep_dir: SweepDir, *, job_class, executor=None, force=(), re
         wanted = {RunState.NEW, RunState.PENDING, RunState.CORRUPT} | ({RunState.FAILED} if retry_failed else set())
         todo = _todo(sweep, run_states, wanted)
         if only is not None:
-            todo = [r for r in todo if r.run_id in only or r.run_id in {f.run_id for f in forced}]
+            named = _with_downstream(sweep, set(only) | {f.run_id for f in forced})
+            todo = [r for r in todo if r.run_id in named]
         if executor == "slurm":
             todo = _rewire(sweep, run_states, wanted, todo, view, log)
         counts = count(run_states.values())
@@ -355,6 +356,16 @@ def _todo(sweep, run_states, wanted) -> list:
             todo.append(r)
             going.add(r.run_id)
     return todo
+
+
+def _with_downstream(sweep, run_ids) -> set:
+    """`run_ids` and every run that consumes one of them, transitively: resuming a run whose job was
+    cancelled brings back the downstream runs its cancel left without an upstream job to wait on."""
+    out = set(run_ids)
+    for r in sweep.runs:              # stage order: an upstream is decided before its downstream
+        if any(u["run_id"] in out for u in r.upstream.values()):
+            out.add(r.run_id)
+    return out
 
 
 def _rewire(sweep, run_states, wanted, todo, view, log) -> list:

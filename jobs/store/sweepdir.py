@@ -39,6 +39,18 @@ class RunState(StrEnum):
     DONE = "done"                # result.json, readable: the run's last act
 
 
+class Where(StrEnum):
+    """Where a run that is `in flight` is, as `status`, `watch` and `status --json` show it.
+
+    Sub-states of RunState.IN_FLIGHT, not states of their own: every decision (what submit and resume
+    send, what a downstream run may consume) needs only "a live job holds it", while where the job is
+    changes by the second and is read from the scheduler's queue, never from the run dir. Kept beside
+    RunState so the words have one owner; RunState.IN_FLIGHT stays their sum."""
+    QUEUED = "queued"            # a job holds it but the run has not started (squeue's reason says why)
+    RUNNING = "running"          # its attempt runs (on a node, or in a local worker)
+    REQUEUED = "requeued"        # an attempt of the same job ran, and the job waits in the queue again
+
+
 class Outcome(StrEnum):
     """How one attempt of a run ended (attempts.jsonl's `outcome`)."""
     DONE = "done"

@@ -1,0 +1,90 @@
+"""On the real single-node SLURM: acting on one run of a running array, and status saying where each
+run is (queued and why, running where, with its job id).
+
+    sudo bash env/slurm/start.sh && .venv/bin/python -m pytest -q tests/sched/test_slurm_control.py
+"""
+import json
+
+import pytest
+
+from jobs.spec import load_sweep
+from tests.sched.slurmkit import cli, wait_for
+
+pytestmark = [pytest.mark.slurm, pytest.mark.usefixtures("slurm_cluster")]
+
+FIT = '''
+import time
+
+CONFIG = {"seed": 0, "steps": 400, "sleep_s": 0.05}
+
+
+def train(cfg, ctx):
+    state = ctx.restore()
+    step = 0 if state is None else state["step"]
+    while step < cfg["steps"]:
+        step += 1
+        ctx.log(step, loss=1.0 / step, total_steps=cfg["steps"])
+        time.sleep(cfg["sleep_s"])
+        if ctx.should_checkpoint(step):
+            ctx.save(step, {"step": step})
+    ctx.save(step, {"step": step})
+    return {"steps": step}
+'''
+
+SCORE = '''
+CONFIG = {}
+
+
+def train(cfg, ctx):
+    return {"step": ctx.upstream["train"].checkpoint()["step"]}
+'''
+
+
+def status(spec, root, *more):
+    out = cli("status", spec, "--json", "--cluster", "local", "--root", root, *more)
+    assert out.returncode == 0, out.stderr
+    return {r["run_id"]: r for r in json.loads(out.stdout)["runs"]}
+
+
+def test_cancel_only_one_run_of_a_running_array_then_resume_brings_it_back(tmp_path):
+    (tmp_path / "fit.py").write_text(FIT)
+    (tmp_path / "score.py").write_text(SCORE)
+    spec = tmp_path / "ctl.yaml"
+    spec.write_text(json.dumps({"name": "ctl", "resources": {"time_min": 10, "mem_gb": 1}, "stages": [
+        {"name": "train", "task": "fit.py:train", "grid": {"seed": [1, 2, 3]},
+         "checkpoint": {"every_min": None, "every_steps": 20}},
+        {"name": "eval", "after": "train", "task": "score.py:train"}]}))
+    sweep, root = load_sweep(spec), tmp_path / "root"
+    out = cli("submit", spec, "--executor", "slurm", "--cluster", "local", "--root", root)
+    assert out.returncode == 0, out.stdout + out.stderr
+    train = [r.run_id for r in sweep.runs if r.stage == "train"]
+
+    def all_running():
+        rows = status(spec, root)
+        return rows if all(rows[t]["where"] == "running" and rows[t]["step"] for t in train) else None
+    rows = wait_for(all_running, 120, "the three train runs running and logging")
+    for t in train:      # running: on a node, with its array task's id, a rate and an ETA from its own lines
+        assert rows[t]["job_id"].count("_") == 1 and rows[t]["node"], rows[t]
+    evals = [label for label in rows if label not in train]
+    assert evals and all(rows[e]["where"] == "queued" and rows[e]["reason"] == "Dependency" for e in evals), rows
+    wait_for(lambda: (r := status(spec, root)[train[0]])["steps_per_s"] and r["eta_s"], 60, "a rate and an ETA")
+
+    target = train[1]
+    stopped = rows[target]["job_id"]
+    out = cli("cancel", spec, "--only", "seed=2", "--stage", "train", "--cluster", "local", "--root", root)
+    assert out.returncode == 0 and f"cancelled 1 SLURM jobs: {stopped}" in out.stdout, out.stdout + out.stderr
+
+    def cancelled_alone():
+        rows = status(spec, root)
+        return rows if rows[target]["state"] == "pending" else None
+    rows = wait_for(cancelled_alone, 60, "the cancelled run pending (resumable)")
+    others = [t for t in train if t != target]
+    assert all(rows[t]["where"] == "running" and rows[t]["job_id"] != stopped for t in others), rows
+    text = cli("status", spec, "--cluster", "local", "--root", root).stdout
+    assert "running (" in text and rows[others[0]]["job_id"] in text, text
+
+    out = cli("resume", spec, "--executor", "slurm", "--cluster", "local", "--root", root, "--only", target)   # by run id
+    assert out.returncode == 0 and "submitted 2 runs" in out.stdout, out.stdout + out.stderr   # and its eval
+    wait_for(lambda: all(r["state"] == "done" for r in status(spec, root).values()), 240, "every run done")
+    final = status(spec, root)
+    assert final[target]["job_id"] != stopped and final[target]["attempts"] == 2, final[target]
