@@ -356,6 +356,69 @@ def _one_run(args, sweep, command):
     return None
 
 
+FOLLOW_POLL_S = 0.5      # logs --follow reads new lines this often; asks the scheduler at most every 2 s (cached)
+
+
+def cmd_logs(args) -> int:
+    """Print the output of the run's current (or last) job; --follow: as it grows, until the run ends."""
+    import time
+    from jobs.sched import progress
+    sweep = _load(args)
+    run = _one_run(args, sweep, "logs")
+    if run is None:
+        return 2
+    sweep_dir = _sweep_dir(args, sweep)
+
+    def current():
+        seen = progress.look(sweep, sweep_dir, [run])
+        place = seen.places.get(run.run_id) or {}
+        starts = sweep_dir.run(run.run_id).starts()
+        job = place.get("job_id") or (str(starts[-1].get("job_id") or "") if starts else "")
+        return job, seen.states[run.run_id] == RunState.IN_FLIGHT
+    job, flying = current()
+    if not job:
+        print(f"error: {run.label or run.run_id} has no job yet ({'queued' if flying else 'never started'}); "
+              f"`{PROG} status {_named(args)}` says where it is", file=sys.stderr)
+        return 2 if not (flying and args.follow) else _follow_start(args, current)
+    offset, shown = 0, None
+    while True:
+        path = sweep_dir.job_log(job, args.err)
+        if path != shown:                    # a chained job: its own file, from its start
+            if shown is not None:
+                print(f"--- job {job} ({path})", file=sys.stderr)
+            shown, offset = path, 0
+        try:
+            with open(path, "rb") as f:
+                f.seek(offset)
+                data = f.read()
+                offset += len(data)
+        except FileNotFoundError:
+            data = b""
+        if data:
+            sys.stdout.write(data.decode("utf-8", errors="replace"))
+            sys.stdout.flush()
+        if not args.follow:
+            if shown is not None and not path.exists():
+                print(f"error: {path}: no log yet (job {job})", file=sys.stderr)
+                return 1
+            return 0
+        job_now, flying = current()
+        if not flying and not data:          # ended, and everything it wrote is printed
+            return 0
+        job = job_now or job
+        time.sleep(FOLLOW_POLL_S)
+
+
+def _follow_start(args, current) -> int:
+    """logs --follow of a queued run: wait for its job to start, then follow it."""
+    import time
+    while True:
+        job, flying = current()
+        if job or not flying:
+            return cmd_logs(args) if job else 0
+        time.sleep(1.0)
+
+
 def cmd_export(args) -> int:
     """Register one run's checkpoint under a name in checkpoints_manifest.yaml."""
     from jobs.runtime import checkpoint
@@ -536,6 +599,10 @@ def build_parser() -> argparse.ArgumentParser:
     sp = add("run", "run one run in this process (for debugging), results in the sweep dir; --only names it", cmd_run)
     max_runs(sp)
     sp.add_argument("--pdb", action="store_true", help="post-mortem debugger in the failing frame (at a terminal)")
+
+    sp = add("logs", "print a run's job output (its current attempt's, across requeues); --only names the run", cmd_logs)
+    sp.add_argument("--err", action="store_true", help="the job's stderr (tracebacks, warnings) instead of its stdout")
+    sp.add_argument("--follow", "-f", action="store_true", help="keep printing lines as they come, until the run ends")
 
     sp = add("export", "register one run's checkpoint by name in checkpoints_manifest.yaml (for `from_manifest:`)", cmd_export)
     max_runs(sp)

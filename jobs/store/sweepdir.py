@@ -258,6 +258,13 @@ class SweepDir:
         """submitit's stderr log of a SLURM job (array task `A_i` or plain id)."""
         return self.logs / job_id / f"{job_id}_0_log.err"
 
+    def job_log(self, job_id, err=False) -> Path:
+        """submitit's stdout (or stderr) log of a job: logs/<id>/ for a SLURM job (one file across its
+        requeues: sbatch appends), logs/ itself for a local one (submitit's LocalExecutor folder)."""
+        name = f"{job_id}_0_log.{'err' if err else 'out'}"
+        slurm = self.logs / str(job_id) / name
+        return slurm if slurm.exists() or not (self.logs / name).exists() else self.logs / name
+
     def exists(self) -> bool:
         """Was anything ever submitted here?"""
         return self.plan.exists() or self.journal.exists()

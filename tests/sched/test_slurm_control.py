@@ -88,3 +88,46 @@ def test_cancel_only_one_run_of_a_running_array_then_resume_brings_it_back(tmp_p
     wait_for(lambda: all(r["state"] == "done" for r in status(spec, root).values()), 240, "every run done")
     final = status(spec, root)
     assert final[target]["job_id"] != stopped and final[target]["attempts"] == 2, final[target]
+
+
+TICK = '''
+import time
+
+CONFIG = {"ticks": 30}
+
+
+def train(cfg, ctx):
+    for i in range(cfg["ticks"]):
+        print(f"tick {i}", flush=True)
+        ctx.log(i + 1, total_steps=cfg["ticks"])
+        time.sleep(0.3)
+    return {"ticks": cfg["ticks"]}
+'''
+
+
+def test_logs_follow_prints_lines_as_they_come_and_returns_when_the_run_ends(tmp_path):
+    import subprocess
+    import time
+
+    from jobs.store import SweepDir
+    from tests.sched.slurmkit import PY, REPO
+    (tmp_path / "tick.py").write_text(TICK)
+    spec = tmp_path / "tick.yaml"
+    spec.write_text(json.dumps({"name": "tick", "task": "tick.py:train", "resources": {"time_min": 10, "mem_gb": 1}}))
+    root = tmp_path / "root"
+    assert cli("submit", spec, "--executor", "slurm", "--cluster", "local", "--root", root).returncode == 0
+    result = SweepDir(root / "tick").run(load_sweep(spec).runs[0].run_id).result
+    wait_for(lambda: status(spec, root) and next(iter(status(spec, root).values()))["where"] == "running", 60,
+             "the run running")
+    follow = subprocess.Popen([PY, str(REPO / "main.py"), "logs", spec, "--root", root, "--follow"], cwd=REPO,
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    lines = []
+    for line in follow.stdout:              # read as they come: the first tick while the run still runs
+        lines.append(line)
+        if line.startswith("tick"):
+            assert not result.exists(), "the first tick came only after the run ended"
+            break
+    rest, err = follow.communicate(timeout=90)          # returns by itself once the run has ended
+    assert follow.returncode == 0, err
+    assert result.exists() and "tick 29" in rest, rest[-500:]
+    assert cli("logs", spec, "--root", root, "--err").returncode == 0
