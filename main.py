@@ -419,6 +419,47 @@ def _follow_start(args, current) -> int:
         time.sleep(1.0)
 
 
+def cmd_watch(args) -> int:
+    """A live view, rebuilt from one scheduler look per refresh, until Ctrl-C."""
+    import time
+    from rich.console import Console
+    from rich.live import Live
+    from jobs.sched import progress, slurm
+    sweep = _load(args)
+    sweep_dir = _sweep_dir(args, sweep)
+    runs = _selected(args, sweep)
+    every = args.every
+    if every is None:
+        try:
+            every = slurm.load_profile(args.cluster, args.profiles, spec=sweep.path).watch_every_s
+        except slurm.ProfileError as e:
+            raise specs.SpecError(str(e))
+    if not sweep_dir.plan.exists():
+        print(f"{sweep.name}: not submitted yet ({sweep_dir} does not exist)\nnext: {PROG} submit {_named(args)}")
+        return 0
+    console = Console()
+
+    def frame(n):
+        with slurm.poll.one_look():            # one squeue and one sacct call for all the view shows
+            seen = progress.look(sweep, sweep_dir, runs)
+        return progress.live_view(sweep, sweep_dir, seen, runs, console.width,
+                                  f"refresh {n}, {time.strftime('%H:%M:%S')}, every {every:g} s; Ctrl-C leaves")
+    n = 1
+    try:
+        # auto_refresh off: the screen changes only when we have read anew (a plain ssh terminal gets
+        # one redraw per refresh, nothing in between)
+        with Live(frame(n), console=console, auto_refresh=False, transient=False) as live:
+            live.refresh()
+            while True:
+                time.sleep(every)
+                n += 1
+                live.update(frame(n), refresh=True)
+    except KeyboardInterrupt:
+        pass
+    print(f"left the view; the jobs keep running ({PROG} status {_named(args)})")
+    return 0
+
+
 def cmd_export(args) -> int:
     """Register one run's checkpoint under a name in checkpoints_manifest.yaml."""
     from jobs.runtime import checkpoint
@@ -603,6 +644,11 @@ def build_parser() -> argparse.ArgumentParser:
     sp = add("logs", "print a run's job output (its current attempt's, across requeues); --only names the run", cmd_logs)
     sp.add_argument("--err", action="store_true", help="the job's stderr (tracebacks, warnings) instead of its stdout")
     sp.add_argument("--follow", "-f", action="store_true", help="keep printing lines as they come, until the run ends")
+
+    sp = add("watch", "a live view of the sweep: counts by state per stage, running runs with rate and ETA, the "
+                      "last errors; Ctrl-C leaves", cmd_watch)
+    sp.add_argument("--every", type=float, metavar="S", help="seconds between refreshes (default: the cluster "
+                    "profile's watch_every_s, else 10); each refresh asks the scheduler once")
 
     sp = add("export", "register one run's checkpoint by name in checkpoints_manifest.yaml (for `from_manifest:`)", cmd_export)
     max_runs(sp)

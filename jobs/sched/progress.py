@@ -313,3 +313,59 @@ def next_step(counts, command, prog="python main.py") -> str:
     if counts.get(RunState.PENDING) or counts.get(RunState.NEW):
         return f"next: runs are unfinished and nothing is running them: {prog} resume {command}"
     return f"next: every run is done: {prog} aggregate {command}"
+
+
+LAST_ERRORS = 5
+
+
+def live_view(sweep, sweep_dir, seen: Look, runs, width=120, when=""):
+    """What `watch` shows (a rich renderable): per stage the counts by state; the running runs with
+    step, rate, ETA and last metric; the last errors. Built from one `look`."""
+    from rich.console import Group
+    from rich.text import Text
+    parts = [Text(f"{sweep.name}: {len(runs)} runs: {describe(counts(seen, runs))}   {when}", style="bold")]
+    if len(sweep.stages) > 1:
+        for stage in sweep.stages:
+            mine = [r for r in runs if r.stage == stage.name]
+            if mine:
+                parts.append(Text(f"  stage {stage.name}: {describe(counts(seen, mine))}"))
+    flying = [r for r in runs if r.run_id in seen.places]
+    rows = [run_row(sweep_dir, r, seen.states[r.run_id], place=seen.places[r.run_id]) for r in flying]
+    rows.sort(key=lambda row: row["where"] != str(Where.RUNNING))
+    running = [row for row in rows if row["where"] == str(Where.RUNNING)]
+    if running:
+        t = Table(box=box.SIMPLE_HEAD, pad_edge=False, header_style="bold", title="running", title_justify="left")
+        for header in ("label", "job", "node", "step", "steps/s", "eta", "last metric"):
+            t.add_column(header, no_wrap=True, overflow="ellipsis")
+        for row in running[:20]:
+            metric = ", ".join(f"{k}={_short(v)}" for k, v in list(row["last_metrics"].items())[:2])
+            t.add_row(row["label"], row["job_id"], row["node"], row["progress"], row["rate"], row["eta"], metric)
+        parts.append(t)
+        if len(running) > 20:
+            parts.append(Text(f"... {len(running) - 20} more running"))
+    queued = len(rows) - len(running)
+    if queued:
+        reasons = {}
+        for row in rows:
+            if row["where"] != str(Where.RUNNING):
+                reasons[row["reason"] or row["where"]] = reasons.get(row["reason"] or row["where"], 0) + 1
+        parts.append(Text("waiting: " + ", ".join(f"{n} {why}" for why, n in sorted(reasons.items()))))
+    failed = [r for r in runs if seen.states[r.run_id] == RunState.FAILED]
+    if failed:
+        parts.append(Text("last errors:", style="bold"))
+        newest = sorted(failed, key=lambda r: _mtime(sweep_dir.run(r.run_id).error), reverse=True)[:LAST_ERRORS]
+        for r in newest:
+            text = seen.failures.get(r.run_id, "").strip().splitlines()[-1:] or [_last_line(sweep_dir.run(r.run_id).error)]
+            parts.append(Text(f"  {r.label or r.run_id}: {text[0]}", overflow="ellipsis", no_wrap=True))
+    return Group(*parts)
+
+
+def _short(v) -> str:
+    return f"{v:.4g}" if isinstance(v, float) else str(v)
+
+
+def _mtime(path) -> float:
+    try:
+        return os.stat(path).st_mtime
+    except OSError:
+        return 0.0

@@ -4,6 +4,13 @@ run is (queued and why, running where, with its job id).
     sudo bash env/slurm/start.sh && .venv/bin/python -m pytest -q tests/sched/test_slurm_control.py
 """
 import json
+import os
+import pty
+import re
+import select
+import signal
+import subprocess
+import time
 
 import pytest
 
@@ -106,9 +113,6 @@ def train(cfg, ctx):
 
 
 def test_logs_follow_prints_lines_as_they_come_and_returns_when_the_run_ends(tmp_path):
-    import subprocess
-    import time
-
     from jobs.store import SweepDir
     from tests.sched.slurmkit import PY, REPO
     (tmp_path / "tick.py").write_text(TICK)
@@ -131,3 +135,50 @@ def test_logs_follow_prints_lines_as_they_come_and_returns_when_the_run_ends(tmp
     assert follow.returncode == 0, err
     assert result.exists() and "tick 29" in rest, rest[-500:]
     assert cli("logs", spec, "--root", root, "--err").returncode == 0
+
+
+def test_watch_renders_in_a_terminal_asks_the_scheduler_once_per_refresh_and_leaves_on_ctrl_c(tmp_path):
+    from tests.sched.slurmkit import PY, REPO, calls, shims
+    (tmp_path / "fit.py").write_text(FIT)
+    spec = tmp_path / "watched.yaml"
+    spec.write_text(json.dumps({"name": "watched", "task": "fit.py:train", "grid": {"seed": [1, 2]},
+                                "resources": {"time_min": 10, "mem_gb": 1}}))
+    profiles = tmp_path / "clusters.yaml"        # the refresh period comes from the cluster profile
+    profiles.write_text("local:\n  partition: debug\n  max_time_min: 60\n  watch_every_s: 1\n")
+    root = tmp_path / "root"
+    flags = ["--cluster", "local", "--profiles", profiles, "--root", root]
+    assert cli("submit", spec, "--executor", "slurm", *flags).returncode == 0
+    wait_for(lambda: any(r["where"] == "running" for r in status(spec, root, "--profiles", profiles).values()), 60,
+             "a run running")
+    path, count = shims(tmp_path, "squeue", "sacct")
+    master, worker = pty.openpty()
+    proc = subprocess.Popen([PY, str(REPO / "main.py"), "watch", spec, *map(str, flags)], cwd=REPO, stdin=worker,
+                            stdout=worker, stderr=worker, env={**os.environ, "PATH": path, "TERM": "xterm",
+                                                               "COLUMNS": "120", "LINES": "40"},
+                            start_new_session=True)
+    os.close(worker)
+    screen = b""
+
+    def read(until, timeout=60):
+        nonlocal screen
+        end = time.time() + timeout
+        while until not in screen and time.time() < end:
+            ready, _, _ = select.select([master], [], [], 0.5)
+            if ready:
+                try:
+                    screen += os.read(master, 65536)
+                except OSError:
+                    break
+        return until in screen
+    assert read(b"refresh 4,"), screen.decode(errors="replace")[-2000:]
+    text = screen.decode(errors="replace")
+    assert "running" in text and "steps/s" in text and "watched: 2 runs" in text, text[-2000:]
+    os.killpg(proc.pid, signal.SIGINT)            # what Ctrl-C at the terminal sends
+    read(b"left the view", 30)
+    assert proc.wait(timeout=30) == 0 and b"Traceback" not in screen, screen.decode(errors="replace")[-2000:]
+    refreshes = max(int(n) for n in re.findall(rb"refresh (\d+),", screen))
+    # one squeue and one sacct call per refresh (a refresh begun as Ctrl-C came may have asked too)
+    assert refreshes <= calls(count, "squeue") <= refreshes + 1, (refreshes, calls(count, "squeue"))
+    assert refreshes <= calls(count, "sacct") <= refreshes + 1, (refreshes, calls(count, "sacct"))
+    os.close(master)
+    cli("cancel", spec, *flags)
