@@ -332,9 +332,21 @@ def cmd_run(args) -> int:
     res, ckpt = submit.resources_of(sweep), submit.checkpoint_of(sweep)
     stop = runner.Stop()
     stop.install()                  # USR2 / TERM: the run checkpoints and stops, as in a job
-    outcome = runner.run_any(sweep_dir.path, run.run_id, world_size=res.world_size, stop=stop, gpus=res.gpus, cpus=res.cpus,
-                             checkpoint=ckpt.for_context(), margin_s=ckpt.margin_s_for(res.time_min),
-                             reraise=sys.stdin.isatty() and args.pdb)
+    debug = args.pdb and sys.stdin.isatty()
+    if args.pdb and not debug:
+        print("note: --pdb needs a terminal (stdin is not one): the error is recorded, no debugger", file=sys.stderr)
+    try:
+        outcome = runner.run_any(sweep_dir.path, run.run_id, world_size=res.world_size, stop=stop, gpus=res.gpus,
+                                 cpus=res.cpus, checkpoint=ckpt.for_context(), margin_s=ckpt.margin_s_for(res.time_min),
+                                 reraise=debug)
+    except Exception:       # only with --pdb at a terminal: error.txt is written, the lock let go
+        import pdb
+        import traceback
+        traceback.print_exc()
+        print("\n--pdb: post-mortem in the frame that raised (p NAME shows a variable, up/down move, q leaves)",
+              file=sys.stderr)
+        pdb.post_mortem(sys.exc_info()[2])
+        outcome = "failed"
     run_dir = sweep_dir.run(run.run_id)
     if outcome != "done" and run_dir.error.exists():
         tail = run_dir.error.read_text(errors="replace").rstrip().splitlines()[-8:]

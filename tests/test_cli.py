@@ -140,3 +140,45 @@ def test_every_command_takes_the_same_flags_and_a_sweep_dir(tmp_path):
         assert unknown.returncode == 2 and f"usage: python main.py {command} " in unknown.stderr, (command, unknown.stderr)
     nodir = cli("status", tmp_path)
     assert nodir.returncode == 2 and "not a sweep dir" in nodir.stderr
+
+
+FAILS = '''
+CONFIG = {"x": 3}
+
+
+def train(cfg, ctx):
+    some_local = cfg["x"] * 14
+    raise ValueError(f"boom {some_local - 42}")
+'''
+
+
+def test_run_pdb_stops_in_the_failing_frame_at_a_terminal(tmp_path):
+    import os
+    import pty
+    import select
+    (tmp_path / "fails.py").write_text(FAILS)
+    path = tmp_path / "fails.yaml"
+    path.write_text(json.dumps({"name": "fails", "task": "fails.py:train"}))
+    master, worker = pty.openpty()
+    proc = subprocess.Popen([sys.executable, str(REPO / "main.py"), "run", str(path), "--root", str(tmp_path / "root"),
+                             "--pdb"], cwd=REPO, stdin=worker, stdout=worker, stderr=worker)
+    os.close(worker)
+    seen = b""
+
+    def until(text, timeout=60):
+        nonlocal seen
+        end = time.time() + timeout
+        while text not in seen and time.time() < end and proc.poll() is None:
+            if select.select([master], [], [], 0.5)[0]:
+                try:
+                    seen += os.read(master, 65536)
+                except OSError:
+                    break
+        return text in seen
+    assert until(b"(Pdb)"), seen.decode(errors="replace")
+    os.write(master, b"p some_local\n")
+    assert until(b"42\r\n(Pdb)"), seen.decode(errors="replace")      # the task's own frame, its local
+    os.write(master, b"q\n")
+    assert proc.wait(timeout=60) == 1
+    os.close(master)
+    assert b"boom 0" in seen
