@@ -361,7 +361,8 @@ def _one_run(args, sweep, command):
     if len(runs) == 1:
         return runs[0]
     listed = ", ".join(r.label or r.run_id for r in runs[:6]) + (" ..." if len(runs) > 6 else "")
-    what = (f"{len(runs)} runs match {' '.join(args.only)} ({listed})" if args.only
+    given = " ".join([f"--only {o}" for o in args.only or ()] + ([f"--stage {args.stage}"] if args.stage else []))
+    what = (f"{len(runs)} match {given} ({listed}): narrow it with --only" if given
             else f"the sweep has {len(runs)} runs ({listed}): name one with --only")
     print(f"error: {command} takes one run; {what}; `{PROG} plan {_named(args)}` lists them "
           "(--only takes a run_id, a label, or key=value pairs in any order)", file=sys.stderr)
