@@ -23,16 +23,47 @@ PROG = "hpcsweep" if Path(sys.argv[0]).name == "hpcsweep" else "python main.py"
 
 
 def _load(args):
+    """The sweep the command is about: from a spec file, or from a sweep dir's frozen spec.yaml (read
+    with the folder of the spec it was submitted from, where its task files are). A sweep dir given
+    is remembered in args.sweep_dir: it is where the sweep is, whatever --root says."""
+    import dataclasses
     from jobs.store import project_top, registry
-    spec = Path(args.spec)
-    if not spec.is_file():
-        raise specs.SpecError(f"{spec}: file not found (a sweep spec, e.g. sweeps/depth_ladder_digits.yaml)")
+    target = Path(args.spec)
+    args.sweep_dir = None
+    spec_dir = original = None
+    if target.is_dir():
+        sweep_dir = SweepDir(target.resolve())
+        if not sweep_dir.spec.is_file():
+            raise specs.SpecError(f"{target}: a folder, but not a sweep dir (no {sweep_dir.spec.name}); "
+                                  "give a sweep spec, e.g. sweeps/depth_ladder_digits.yaml, or a sweep dir")
+        original = sweep_dir.read_plan().get("spec")
+        spec_dir = Path(original).parent if original else sweep_dir.path
+        args.sweep_dir, spec_file = sweep_dir, sweep_dir.spec
+    elif target.is_file():
+        spec_file = target
+    else:
+        raise specs.SpecError(f"{target}: file not found (a sweep spec, e.g. sweeps/depth_ladder_digits.yaml, or a sweep dir)")
     try:
-        names = registry.read(registry.path(project_top(spec)))
+        names = registry.read(registry.path(project_top(spec_dir or spec_file)))
     except registry.RegistryError as e:
         raise specs.SpecError(str(e))
-    return specs.load_sweep(spec, max_runs=getattr(args, "max_runs", None), registry=names,
-                            overrides=getattr(args, "set", None) or ())
+    sweep = specs.load_sweep(spec_file, max_runs=getattr(args, "max_runs", None), registry=names,
+                             overrides=getattr(args, "set", None) or (), spec_dir=spec_dir)
+    if args.sweep_dir is not None and original:
+        sweep = dataclasses.replace(sweep, path=Path(original))     # its project, profiles and task files
+    return sweep
+
+
+def _selected(args, sweep) -> list:
+    """The runs --only / --stage name (every run when neither is given)."""
+    return specs.select(sweep, getattr(args, "only", None) or (), getattr(args, "stage", None))
+
+
+def _chosen(args, sweep):
+    """The run ids --only / --stage name, or None when neither narrows the sweep."""
+    if not (getattr(args, "only", None) or getattr(args, "stage", None)):
+        return None
+    return {r.run_id for r in _selected(args, sweep)}
 
 
 # ---------------------------------------------------------------- plan
@@ -49,6 +80,7 @@ def cmd_plan(args) -> int:
     before = sweep_dir.previous_plan() if exists else {}
     changed = _changed_configs(sweep, sweep_dir) if exists else []
     now = {r.run_id for r in sweep.runs}
+    shown = _selected(args, sweep)
     changes = {"added": [r.run_id for r in sweep.runs if r.run_id not in before],
                "removed": [rid for rid in before if rid not in now],
                "unchanged": [r.run_id for r in sweep.runs if r.run_id in before]}
@@ -58,7 +90,7 @@ def cmd_plan(args) -> int:
                "axes": sweep.axes,
                "stages": [{"name": st.name, "task": st.task, "after": st.after, "runs": len(st.runs)} for st in sweep.stages],
                "runs": [{"run_id": r.run_id, "label": r.label, "stage": r.stage, "config": r.config, "varied": r.varied,
-                         **({"state": str(states[r.run_id])} if exists else {})} for r in sweep.runs]}
+                         **({"state": str(states[r.run_id])} if exists else {})} for r in shown]}
         if exists:
             out["changes"] = {**changes, "config_changed": [r.run_id for r in changed]}
         json.dump(out, sys.stdout, indent=1, default=list)
@@ -87,12 +119,14 @@ def cmd_plan(args) -> int:
     else:
         print(f"sweep dir {sweep_dir}: not created yet (submit creates it)")
     print()
-    lw = max([5] + [len(r.label) for r in sweep.runs])
+    lw = max([5] + [len(r.label) for r in shown])
     staged = len(sweep.stages) > 1
     sw = max(len(st.name) for st in sweep.stages) if staged else 0
     header = f"{'#':>5}  " + (f"{'stage':<{sw}}  " if staged else "") + f"{'label':<{lw}}  run_id"
     print(header + ("        state" if exists else ""))
-    for i, r in enumerate(sweep.runs, 1):
+    number = {r.run_id: i for i, r in enumerate(sweep.runs, 1)}
+    for r in shown:
+        i = number[r.run_id]
         line = f"{i:>5}  " + (f"{r.stage:<{sw}}  " if staged else "") + f"{r.label or '(single run)':<{lw}}  {r.run_id}"
         if exists:
             line += f"  {states[r.run_id]}"
@@ -100,8 +134,8 @@ def cmd_plan(args) -> int:
     if changed:
         print(f"\n{len(changed)} runs ran with values the spec no longer resolves to (a task default changed?): "
               + ", ".join(r.label or r.run_id for r in changed[:10]) + (" ..." if len(changed) > 10 else "")
-              + f"\n  their results describe what ran; rerun them with: {PROG} submit {_named(args)} --force "
-              + " ".join(r.run_id for r in changed[:10]))
+              + f"\n  their results describe what ran; rerun them with: {PROG} submit {_named(args)} "
+              + " ".join(f"--force {r.run_id}" for r in changed[:10]))
     if exists and changes["removed"]:
         print(f"\nremoved since the last submit ({len(changes['removed'])}): "
               + ", ".join(before[rid] or rid for rid in changes["removed"][:20])
@@ -129,7 +163,9 @@ def _changed_configs(sweep, sweep_dir) -> list:
 # ---------------------------------------------------------------- submit / resume / status / cancel / run
 
 def _sweep_dir(args, sweep) -> SweepDir:
-    """The sweep dir; the cluster profile's root counts where a cluster is in play."""
+    """The sweep dir: the one given as the target, else under --root / the cluster profile's root."""
+    if getattr(args, "sweep_dir", None) is not None:
+        return args.sweep_dir
     profile_root = None
     if getattr(args, "cluster", None) or os.environ.get("HPCSWEEP_CLUSTER"):
         from jobs.sched import slurm
@@ -138,6 +174,7 @@ def _sweep_dir(args, sweep) -> SweepDir:
                                               spec=sweep.path).root
         except slurm.ProfileError as e:
             raise specs.SpecError(str(e))
+    # absolute (SweepDir makes every path so): a job runs in another working directory
     return SweepDir.under(args.root, sweep.name, profile_root, spec=sweep.path)
 
 
@@ -145,7 +182,7 @@ def _named(args) -> str:
     """How the user named the sweep, with the flags that locate it: repeated in every hint."""
     import shlex
     out = [str(args.spec)]
-    for flag in ("root", "cluster"):
+    for flag in ("root", "cluster", "profiles"):
         if getattr(args, flag, None):
             out += [f"--{flag}", str(getattr(args, flag))]
     for item in getattr(args, "set", None) or ():
@@ -159,9 +196,10 @@ def cmd_submit(args, retry_failed=False) -> int:
     sweep = _load(args)
     sweep_dir = _sweep_dir(args, sweep)
     try:
-        entry = submit.submit(sweep, sweep_dir, job_class=PackJob, executor=args.executor, force=args.force or (),
+        forced = [r for name in args.force or () for r in specs.select(sweep, [name])]
+        entry = submit.submit(sweep, sweep_dir, job_class=PackJob, executor=args.executor, force=forced,
                               retry_failed=retry_failed or getattr(args, "retry_failed", False),
-                              cluster=args.cluster, profiles=args.profiles)
+                              cluster=args.cluster, profiles=args.profiles, only=_chosen(args, sweep))
     except submit.SubmitError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
@@ -237,44 +275,58 @@ def cmd_status(args) -> int:
         return 0
     if args.wait and _wait(sweep, sweep_dir, _named(args)) == 130:
         return 130
-    st = submit.states(sweep, sweep_dir)
-    failures, notes = submit.scheduler_failures(sweep_dir), submit.scheduler_notes(sweep_dir)
-    counts = submit.count(st.values())
-    print(f"{sweep.name}: {len(sweep.runs)} runs: {submit.describe(counts)}")
-    if len(sweep.stages) > 1:
+    selected = _selected(args, sweep)
+    seen = progress.look(sweep, sweep_dir, selected)
+    st = seen.states
+    counts = submit.count(st[r.run_id] for r in selected)
+    by_state = progress.counts(seen, selected)
+
+    def row(r):
+        return _row(progress, sweep_dir, r, st[r.run_id], seen.failures.get(r.run_id, ""),
+                    seen.notes.get(r.run_id, ""), seen.places.get(r.run_id))
+    if args.json:
+        json.dump({"name": sweep.name, "sweep_dir": str(sweep_dir.path), "runs_total": len(sweep.runs),
+                   "counts": by_state, "runs": [{k: v for k, v in row(r).items() if k not in ("shown",)} for r in selected]},
+                  sys.stdout, indent=1, default=str)
+        print()
+        return 0
+    chosen = "" if len(selected) == len(sweep.runs) else f" (of {len(sweep.runs)})"
+    print(f"{sweep.name}: {len(selected)} runs{chosen}: {progress.describe(by_state)}")
+    if len(sweep.stages) > 1 and not args.stage:
         for stage in sweep.stages:
-            mine = submit.count(st[r.run_id] for r in stage.runs)
-            print(f"  stage {stage.name}: {submit.describe(mine)}")
+            print(f"  stage {stage.name}: {progress.describe(progress.counts(seen, [r for r in selected if r.stage == stage.name]))}")
     size = shutil.get_terminal_size((120, 40))
     order = {RunState.FAILED: 0, RunState.CORRUPT: 0, RunState.UNREADABLE: 0, RunState.IN_FLIGHT: 1, RunState.BLOCKED: 2,
              RunState.STALE: 2, RunState.PENDING: 2, RunState.NEW: 3, RunState.DONE: 4}
-    shown = sweep.runs if args.all else [sweep.runs[i] for i in sorted(sorted(
-        range(len(sweep.runs)), key=lambda i: order.get(st[sweep.runs[i].run_id], 5))[:max(5, size.lines - 8)])]
+    shown = selected if args.all else [selected[i] for i in sorted(sorted(
+        range(len(selected)), key=lambda i: order.get(st[selected[i].run_id], 5))[:max(5, size.lines - 8)])]
     # a row reads the run's files: only for the runs shown (a 10,000-run sweep shows a screenful)
-    rows = [_row(progress, sweep_dir, r, st[r.run_id], failures.get(r.run_id, ""), notes.get(r.run_id, ""))
-            for r in shown]
-    print(progress.table(rows, size.columns))
-    if len(shown) < len(sweep.runs):
-        print(f"... {len(sweep.runs) - len(shown)} more runs (--all shows every run)")
+    print(progress.table([row(r) for r in shown], size.columns))
+    if len(shown) < len(selected):
+        print(f"... {len(selected) - len(shown)} more runs (--all shows every run)")
     print(progress.next_step(counts, _named(args), PROG))
     return 0
 
 
-def _row(progress, sweep_dir, run, state, failure, note) -> dict:
+def _row(progress, sweep_dir, run, state, failure, note, place=None) -> dict:
     """progress.run_row, or, where the run's files hold what it cannot make sense of (a hand edit, a
     foreign tool), that run with the error: one odd run dir never hides the rest of the sweep."""
     try:
-        return progress.run_row(sweep_dir, run, state, failure, note)
+        return progress.run_row(sweep_dir, run, state, failure, note, place)
     except (OSError, ValueError, TypeError, KeyError, AttributeError) as e:
-        return {"label": run.label or run.run_id, "run_id": run.run_id, "state": str(state), "attempts": "?",
-                "progress": "", "elapsed": "", "error": f"cannot read {sweep_dir.run(run.run_id).path}: "
-                                                          f"{type(e).__name__}: {e}"}
+        return {"label": run.label or run.run_id, "run_id": run.run_id, "state": str(state), "shown": str(state),
+                "job_id": "", "attempts": "?", "progress": "", "rate": "", "eta": "", "elapsed": "",
+                "error": f"cannot read {sweep_dir.run(run.run_id).path}: {type(e).__name__}: {e}"}
 
 
 def cmd_cancel(args) -> int:
     from jobs.sched import submit
     sweep = _load(args)
-    submit.cancel(_sweep_dir(args, sweep))
+    try:
+        submit.cancel(_sweep_dir(args, sweep), runs=_chosen(args, sweep))
+    except submit.SubmitError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
     return 0
 
 
@@ -282,27 +334,29 @@ def cmd_run(args) -> int:
     from jobs.runtime import runner
     from jobs.sched import submit
     sweep = _load(args)
-    if args.only is None and len(sweep.runs) == 1:
-        matching = list(sweep.runs)
-    else:
-        matching = [r for r in sweep.runs if args.only is not None and _matches(r, args.only)]
-    if len(matching) != 1:
-        labels = [r.label or r.run_id for r in sweep.runs]
-        what = (f"{len(matching)} runs match {args.only!r} ({', '.join(r.label for r in matching[:5])}...)" if matching
-                else f"no run matches {args.only!r}{specs.did_you_mean(args.only, labels)}" if args.only
-                else f"the sweep has {len(sweep.runs)} runs: name one with --only")
-        print(f"error: {what}; `{PROG} plan {_named(args)}` lists them "
-              "(--only takes a run_id, a label, or key=value pairs in any order)", file=sys.stderr)
+    run = _one_run(args, sweep, "run")
+    if run is None:
         return 2
-    run = matching[0]
     sweep_dir = _sweep_dir(args, sweep)
     submit.prepare(sweep, sweep_dir, submit.new_submission_id(), runs=[run])     # this run's files only
     res, ckpt = submit.resources_of(sweep), submit.checkpoint_of(sweep)
     stop = runner.Stop()
     stop.install()                  # USR2 / TERM: the run checkpoints and stops, as in a job
-    outcome = runner.run_any(sweep_dir.path, run.run_id, world_size=res.world_size, stop=stop, gpus=res.gpus, cpus=res.cpus,
-                             checkpoint=ckpt.for_context(), margin_s=ckpt.margin_s_for(res.time_min),
-                             reraise=sys.stdin.isatty() and args.pdb)
+    debug = args.pdb and sys.stdin.isatty()
+    if args.pdb and not debug:
+        print("note: --pdb needs a terminal (stdin is not one): the error is recorded, no debugger", file=sys.stderr)
+    try:
+        outcome = runner.run_any(sweep_dir.path, run.run_id, world_size=res.world_size, stop=stop, gpus=res.gpus,
+                                 cpus=res.cpus, checkpoint=ckpt.for_context(), margin_s=ckpt.margin_s_for(res.time_min),
+                                 reraise=debug)
+    except Exception:       # only with --pdb at a terminal: error.txt is written, the lock let go
+        import pdb
+        import traceback
+        traceback.print_exc()
+        print("\n--pdb: post-mortem in the frame that raised (p NAME shows a variable, up/down move, q leaves)",
+              file=sys.stderr)
+        pdb.post_mortem(sys.exc_info()[2])
+        outcome = "failed"
     run_dir = sweep_dir.run(run.run_id)
     if outcome != "done" and run_dir.error.exists():
         tail = run_dir.error.read_text(errors="replace").rstrip().splitlines()[-8:]
@@ -311,25 +365,133 @@ def cmd_run(args) -> int:
     return 0 if outcome == "done" else 1
 
 
+def _one_run(args, sweep, command):
+    """The one run --only / --stage name (a one-run sweep needs neither); None after saying why not."""
+    runs = _selected(args, sweep)
+    if len(runs) == 1:
+        return runs[0]
+    listed = ", ".join(r.label or r.run_id for r in runs[:6]) + (" ..." if len(runs) > 6 else "")
+    given = " ".join([f"--only {o}" for o in args.only or ()] + ([f"--stage {args.stage}"] if args.stage else []))
+    what = (f"{len(runs)} match {given} ({listed}): narrow it with --only" if given
+            else f"the sweep has {len(runs)} runs ({listed}): name one with --only")
+    print(f"error: {command} takes one run; {what}; `{PROG} plan {_named(args)}` lists them "
+          "(--only takes a run_id, a label, or key=value pairs in any order)", file=sys.stderr)
+    return None
+
+
+FOLLOW_POLL_S = 0.5      # logs --follow reads new lines this often; asks the scheduler at most every 2 s (cached)
+
+
+def cmd_logs(args) -> int:
+    """Print the output of the run's current (or last) job; --follow: as it grows, until the run ends."""
+    import time
+    from jobs.sched import progress
+    sweep = _load(args)
+    run = _one_run(args, sweep, "logs")
+    if run is None:
+        return 2
+    sweep_dir = _sweep_dir(args, sweep)
+
+    def current():
+        seen = progress.look(sweep, sweep_dir, [run])
+        place = seen.places.get(run.run_id) or {}
+        starts = sweep_dir.run(run.run_id).starts()
+        job = place.get("job_id") or (str(starts[-1].get("job_id") or "") if starts else "")
+        return job, seen.states[run.run_id] == RunState.IN_FLIGHT
+    job, flying = current()
+    if not job:
+        print(f"error: {run.label or run.run_id} has no job yet ({'queued' if flying else 'never started'}); "
+              f"`{PROG} status {_named(args)}` says where it is", file=sys.stderr)
+        return 2 if not (flying and args.follow) else _follow_start(args, current)
+    offset, shown = 0, None
+    while True:
+        path = sweep_dir.job_log(job, args.err)
+        if path != shown:                    # a chained job: its own file, from its start
+            if shown is not None:
+                print(f"--- job {job} ({path})", file=sys.stderr)
+            shown, offset = path, 0
+        try:
+            with open(path, "rb") as f:
+                f.seek(offset)
+                data = f.read()
+                offset += len(data)
+        except FileNotFoundError:
+            data = b""
+        if data:
+            sys.stdout.write(data.decode("utf-8", errors="replace"))
+            sys.stdout.flush()
+        if not args.follow:
+            if shown is not None and not path.exists():
+                print(f"error: {path}: no log yet (job {job})", file=sys.stderr)
+                return 1
+            return 0
+        job_now, flying = current()
+        if not flying and not data:          # ended, and everything it wrote is printed
+            return 0
+        job = job_now or job
+        time.sleep(FOLLOW_POLL_S)
+
+
+def _follow_start(args, current) -> int:
+    """logs --follow of a queued run: wait for its job to start, then follow it."""
+    import time
+    while True:
+        job, flying = current()
+        if job or not flying:
+            return cmd_logs(args) if job else 0
+        time.sleep(1.0)
+
+
+def cmd_watch(args) -> int:
+    """A live view, rebuilt from one scheduler look per refresh, until Ctrl-C."""
+    import time
+    from rich.console import Console
+    from rich.live import Live
+    from jobs.sched import progress, slurm
+    sweep = _load(args)
+    sweep_dir = _sweep_dir(args, sweep)
+    runs = _selected(args, sweep)
+    every = args.every
+    if every is None:
+        try:
+            every = slurm.load_profile(args.cluster, args.profiles, spec=sweep.path).watch_every_s
+        except slurm.ProfileError as e:
+            raise specs.SpecError(str(e))
+    if not sweep_dir.plan.exists():
+        print(f"{sweep.name}: not submitted yet ({sweep_dir} does not exist)\nnext: {PROG} submit {_named(args)}")
+        return 0
+    console = Console()
+
+    def frame(n):
+        with slurm.poll.one_look():            # one squeue and one sacct call for all the view shows
+            seen = progress.look(sweep, sweep_dir, runs)
+        return progress.live_view(sweep, sweep_dir, seen, runs, console.width,
+                                  f"refresh {n}, {time.strftime('%H:%M:%S')}, every {every:g} s; Ctrl-C leaves")
+    n = 1
+    try:
+        # auto_refresh off: the screen changes only when we have read anew (a plain ssh terminal gets
+        # one redraw per refresh, nothing in between)
+        with Live(frame(n), console=console, auto_refresh=False, transient=False) as live:
+            live.refresh()
+            while True:
+                time.sleep(every)
+                n += 1
+                live.update(frame(n), refresh=True)
+    except KeyboardInterrupt:
+        pass
+    print(f"left the view; the jobs keep running ({PROG} status {_named(args)})")
+    return 0
+
+
 def cmd_export(args) -> int:
     """Register one run's checkpoint under a name in checkpoints_manifest.yaml."""
     from jobs.runtime import checkpoint
     from jobs.store import now_iso, project_top, registry
     sweep = _load(args)
     sweep_dir = _sweep_dir(args, sweep)
-    runs = [r for r in sweep.runs if r.stage == args.stage] if args.stage else list(sweep.runs)
-    if args.stage and not runs:
-        print(f"error: no stage {args.stage!r} in {args.spec}{specs.did_you_mean(args.stage, [s.name for s in sweep.stages])}",
-              file=sys.stderr)
+    run = _one_run(args, sweep, "export")
+    if run is None:
         return 2
-    if args.only:
-        runs = [r for r in runs if _matches(r, args.only)]
-    if len(runs) != 1:
-        listed = ", ".join(r.label or r.run_id for r in runs[:8])
-        print(f"error: export takes one run; {len(runs)} match ({listed}{' ...' if len(runs) > 8 else ''}): "
-              "narrow it with --stage / --only key=value,...", file=sys.stderr)
-        return 2
-    run = runs[0]
     run_dir = sweep_dir.run(run.run_id)
     steps = checkpoint.list_steps(run_dir.checkpoints)
     step = args.step if args.step is not None else (steps[-1] if steps else None)
@@ -354,33 +516,22 @@ def cmd_export(args) -> int:
     return 0
 
 
-def _matches(run, only) -> bool:
-    """--only: a run_id, a label, or key=value pairs (any order) that the run's config / varied values match."""
-    if only in (run.run_id, run.label):
-        return True
-    values = {**run.varied, **run.config}
-    try:
-        pairs = dict(part.split("=", 1) for part in only.split(",") if part)
-    except ValueError:
-        return False
-    return bool(pairs) and all(k in values and specs.format_value(values[k]) == v or str(values.get(k)) == v
-                               for k, v in pairs.items())
-
-
 # ---------------------------------------------------------------- aggregate
 
 def cmd_aggregate(args) -> int:
     from analysis.aggregate import FigureErrors, aggregate
-    target = Path(args.target)
-    analysis = None
+    target = Path(args.spec)
+    analysis, runs = None, None
     if not target.exists():
         print(f"error: {target}: file not found (give a sweep spec or a sweep dir)", file=sys.stderr)
         return 2
-    if target.is_file():
-        sweep = specs.load_sweep(target)
+    if target.is_file() or SweepDir(target).spec.is_file():
+        sweep = _load(args)
         sweep_dir = _sweep_dir(args, sweep)
-        analysis = sweep.spec.get("analysis")   # the spec file's `analysis:` as it is now (edited after submit too)
-    else:
+        runs = _chosen(args, sweep)
+        if target.is_file():
+            analysis = sweep.spec.get("analysis")   # the spec file's `analysis:` as it is now (edited after submit too)
+    else:                                 # a sweep dir of an old layout, without its spec.yaml: read as it is
         sweep_dir = SweepDir(target)
     if not sweep_dir.is_sweep_dir():
         hint = "; submit the spec first" if target.is_file() else " (no spec.yaml, plan.json or runs/)"
@@ -388,7 +539,7 @@ def cmd_aggregate(args) -> int:
         return 2
     try:
         paths = aggregate(sweep_dir.path, out=args.out, formats=args.format, analysis=analysis,
-                          spec_file=target if target.is_file() else None)
+                          spec_file=target if target.is_file() else None, runs=runs)
     except FigureErrors as e:            # a figure's spec is wrong; the tables and other figures are written
         for line in str(e).splitlines():           # one per figure
             print(f"error: {line}", file=sys.stderr)
@@ -437,84 +588,96 @@ class _Version(argparse.Action):
         parser.exit()
 
 
+def _shared_flags() -> tuple:
+    """The flags every command that reads a sweep takes, defined once (argparse parents=[...]):
+    where the sweep is, and which of its runs the command is about."""
+    where = argparse.ArgumentParser(add_help=False)
+    group = where.add_argument_group("where the sweep is")
+    group.add_argument("spec", metavar="SPEC", help="a sweep spec (sweeps/depth_ladder_digits.yaml) or a sweep dir "
+                       "(then its frozen spec.yaml is read)")
+    group.add_argument("--root", help="where sweep dirs live (default: $HPCSWEEP_ROOT, else the root of the cluster "
+                       "profile named by --cluster or $HPCSWEEP_CLUSTER, else results/ at the top of the spec's git "
+                       "checkout, or beside the spec)")
+    group.add_argument("--cluster", help="cluster profile (default: $HPCSWEEP_CLUSTER, else local): its root holds "
+                       "the sweep dir, its settings shape the jobs")
+    group.add_argument("--profiles", metavar="FILE", help="cluster profiles file (default: $HPCSWEEP_CLUSTERS, else "
+                       "clusters.yaml at the top of the spec's project, else ~/.config/hpcsweep/clusters.yaml)")
+    group.add_argument("--set", action="append", metavar="KEY=VALUE",
+                       help="override the spec (repeatable): base.lr=0.01, resources.time_min=120, "
+                            "grid.seed=[1,2], stages.1.base.iterations=100; values are YAML")
+    which = argparse.ArgumentParser(add_help=False)
+    group = which.add_argument_group("which runs")
+    group.add_argument("--only", action="append", metavar="RUN",
+                       help="a run: its run_id, its label, or key=value pairs in any order (lr=0.1,seed=2); "
+                            "repeatable, a run matching any is taken")
+    group.add_argument("--stage", help="the runs of this stage (a pipeline)")
+    return where, which
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog=PROG, description=__doc__.split("\n")[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter,
                                 epilog="\n".join(__doc__.split("\n")[2:]))
     p.add_argument("--version", action=_Version, help="hpcsweep's version (and commit, from a git checkout), then exit")
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    where, which = _shared_flags()
 
-    def add(name, help_, func):
-        sp = sub.add_parser(name, help=help_, description=help_)
+    def add(name, help_, func, parents=(where, which)):
+        sp = sub.add_parser(name, help=help_, description=help_, parents=list(parents))
         sp.set_defaults(func=func)
-        sp.add_argument("--root", help="where sweep dirs live (default: $HPCSWEEP_ROOT, else the root of the cluster profile named by --cluster or $HPCSWEEP_CLUSTER, else results/ at the top of the spec's git checkout, or beside the spec)")
         return sp
 
-    def profiles_arg(sp):
-        sp.add_argument("--profiles", metavar="FILE", help="cluster profiles file (default: $HPCSWEEP_CLUSTERS, else "
-                        "clusters.yaml at the top of the spec's project, else ~/.config/hpcsweep/clusters.yaml)")
-
-    def set_arg(sp):
-        sp.add_argument("--set", action="append", metavar="KEY=VALUE",
-                        help="override the spec (repeatable): base.lr=0.01, resources.time_min=120, "
-                             "grid.seed=[1,2], stages.1.base.iterations=100; values are YAML")
+    def max_runs(sp):
+        sp.add_argument("--max-runs", type=int, help=f"cap on the number of runs (default: the spec's max_runs, "
+                                                      f"else {specs.DEFAULT_MAX_RUNS:,})")
 
     sp = add("plan", "show which runs a spec means (and their state if the sweep dir exists); submits nothing", cmd_plan)
-    sp.add_argument("spec", help="a sweep spec, e.g. sweeps/depth_ladder_digits.yaml")
-    set_arg(sp)
-    sp.add_argument("--cluster", help="cluster profile whose root holds the sweep dir")
-    profiles_arg(sp)
     sp.add_argument("--json", action="store_true", help="print an object with a `runs` list for scripts")
-    sp.add_argument("--max-runs", type=int, help=f"cap on the number of runs (default: the spec's max_runs, else {specs.DEFAULT_MAX_RUNS:,})")
+    max_runs(sp)
 
-    def spec_arg(sp):
-        sp.add_argument("spec", help="a sweep spec, e.g. sweeps/depth_ladder_digits.yaml")
-        sp.add_argument("--max-runs", type=int, help="cap on the number of runs (default: the spec's max_runs)")
-        set_arg(sp)
-
-    sp = add("submit", "submit every run that is neither done nor in flight; returns at once unless --wait", cmd_submit)
-    spec_arg(sp)
+    sp = add("submit", "submit every run that is neither done nor in flight (of --only / --stage: those); "
+                       "returns at once unless --wait", cmd_submit)
+    max_runs(sp)
     sp.add_argument("--executor", choices=["slurm", "local", "debug"],
                     help="slurm (default where sbatch is on PATH); local: subprocesses via submitit; debug: in-process")
-    sp.add_argument("--cluster", help="cluster profile (default: $HPCSWEEP_CLUSTER, else local); see --profiles")
-    profiles_arg(sp)
-    sp.add_argument("--force", nargs="+", metavar="RUN", help="rerun these runs (labels or run_ids); their old dirs are kept aside")
+    sp.add_argument("--force", action="append", metavar="RUN",
+                    help="rerun this run even if done (a run_id, a label or key=value pairs; repeatable, one per flag); "
+                         "its old dir is kept aside")
     sp.add_argument("--wait", action="store_true", help="show a progress bar until every run has finished")
 
-    sp = add("resume", "resubmit unfinished runs (and failed ones with --retry-failed)", cmd_resume)
-    spec_arg(sp)
+    sp = add("resume", "resubmit unfinished runs (and failed ones with --retry-failed); --only: those runs", cmd_resume)
+    max_runs(sp)
     sp.add_argument("--executor", choices=["slurm", "local", "debug"])
-    sp.add_argument("--cluster", help="cluster profile (default: $HPCSWEEP_CLUSTER, else local)")
-    profiles_arg(sp)
     sp.add_argument("--retry-failed", action="store_true", help="also resubmit runs whose task raised")
     sp.add_argument("--wait", action="store_true", help="show a progress bar until every run has finished")
 
-    sp = add("status", "counts by state and a table of runs: state, attempts, progress, elapsed, last error", cmd_status)
-    spec_arg(sp)
-    sp.add_argument("--cluster", help="cluster profile whose root holds the sweep dir")
-    profiles_arg(sp)
+    sp = add("status", "counts by state and a table of runs: where each is (queued and why, running where, how "
+                       "fast), its job, progress, last error", cmd_status)
+    max_runs(sp)
     sp.add_argument("--all", action="store_true", help="list every run, not only what fits the terminal")
+    sp.add_argument("--json", action="store_true", help="print an object with the counts and a `runs` list for scripts")
     sp.add_argument("--wait", action="store_true", help="show a progress bar until no run is in flight, then the table")
 
-    sp = add("cancel", "stop the sweep's jobs; runs checkpoint and can be resumed", cmd_cancel)
-    spec_arg(sp)
-    sp.add_argument("--cluster", help="cluster profile whose root holds the sweep dir")
-    profiles_arg(sp)
+    sp = add("cancel", "stop the sweep's jobs (--only: exactly those runs'); runs checkpoint and can be resumed", cmd_cancel)
+    max_runs(sp)
 
-    sp = add("run", "run one run in this process (for debugging), results in the sweep dir", cmd_run)
-    spec_arg(sp)
-    sp.add_argument("--only", metavar="RUN", help="the run: its run_id, its label, or key=value pairs in any order "
-                                                  "(method=bp,seed=1); not needed when the spec has one run")
-    sp.add_argument("--pdb", action="store_true", help="post-mortem debugger on an exception (at a terminal)")
+    sp = add("run", "run one run in this process (for debugging), results in the sweep dir; --only names it", cmd_run)
+    max_runs(sp)
+    sp.add_argument("--pdb", action="store_true", help="post-mortem debugger in the failing frame (at a terminal)")
+
+    sp = add("logs", "print a run's job output (its current attempt's, across requeues); --only names the run", cmd_logs)
+    sp.add_argument("--err", action="store_true", help="the job's stderr (tracebacks, warnings) instead of its stdout")
+    sp.add_argument("--follow", "-f", action="store_true", help="keep printing lines as they come, until the run ends")
+
+    sp = add("watch", "a live view of the sweep: counts by state per stage, running runs with rate and ETA, the "
+                      "last errors; Ctrl-C leaves", cmd_watch)
+    sp.add_argument("--every", type=float, metavar="S", help="seconds between refreshes (default: the cluster "
+                    "profile's watch_every_s, else 10); each refresh asks the scheduler once")
 
     sp = add("export", "register one run's checkpoint by name in checkpoints_manifest.yaml (for `from_manifest:`)", cmd_export)
-    spec_arg(sp)
+    max_runs(sp)
     sp.add_argument("--name", required=True, help="the name a later stage gives in `from_manifest:`")
-    sp.add_argument("--stage", help="the stage of the run (a pipeline)")
-    sp.add_argument("--only", metavar="RUN", help="the run: a run_id, its label, or key=value,... pairs")
     sp.add_argument("--step", type=int, help="the checkpoint's step (default: the newest valid one)")
-    sp.add_argument("--cluster", help="cluster profile whose root holds the sweep dir")
-    profiles_arg(sp)
     sp.add_argument("--replace", action="store_true", help="overwrite an entry of the same name")
 
     sp = sub.add_parser("init", help="write a starter clusters.yaml for the cluster this runs on (read off sinfo, "
@@ -524,10 +687,10 @@ def build_parser() -> argparse.ArgumentParser:
                                   "of the working directory, else the working directory)")
 
     sp = add("aggregate", "turn a sweep dir into tables (CSV, Markdown, LaTeX) and figures (PNG, PDF)", cmd_aggregate)
-    sp.add_argument("target", help="a sweep spec or a sweep dir")
     sp.add_argument("--out", help="where to write (default: <sweep dir>/analysis)")
     sp.add_argument("--format", help="comma list of csv,md,tex,png,pdf (default: all)")
     sp.add_argument("--show", action="store_true", help="print the summary table (summary.md) at the end")
+    p.commands = sub.choices         # name -> its parser: an unknown flag is told with that command's usage
     return p
 
 
@@ -535,7 +698,10 @@ def main(argv=None) -> int:
     import signal
     signal.signal(signal.SIGPIPE, signal.SIG_DFL)     # `plan ... | head` ends quietly
     from jobs.sched.slurm import SchedulerError
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args, unknown = parser.parse_known_args(argv)
+    if unknown:        # said by the command's own parser, so its usage (not the top-level one) is shown
+        parser.commands[args.command].error(f"unrecognized arguments: {' '.join(unknown)}")
     try:
         return args.func(args)
     except specs.SpecError as e:

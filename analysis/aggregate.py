@@ -25,6 +25,8 @@ aggregate raises FigureErrors, a ValueError (`main.py aggregate` prints it and e
 """
 from __future__ import annotations
 
+import dataclasses
+
 import argparse
 import hashlib
 import json
@@ -111,13 +113,15 @@ def is_sweep_dir(path) -> bool:
     return SweepDir(path).is_sweep_dir()
 
 
-def aggregate(sweep_dir, out=None, formats=None, log=print, timings=None, analysis=None, spec_file=None) -> list:
+def aggregate(sweep_dir, out=None, formats=None, log=print, timings=None, analysis=None, spec_file=None,
+              runs=None) -> list:
     """Write the tables and figures of a sweep dir; the paths written or left as they were.
 
     `formats`: any of csv, md, tex, png, pdf (a list or a comma string; default all).
     `analysis`: an `analysis:` block to use instead of the one frozen in the sweep dir's spec.yaml
     (`main.py aggregate sweeps/x.yaml` passes the spec file's, so edits to it count).
     `spec_file`: where that block comes from, for the errors (default: the sweep dir's spec.yaml).
+    `runs`: a set of run ids (--only / --stage): the tables and figures of those runs alone.
     `timings`, when a dict, receives the wall and CPU seconds per phase (bench/aggregate.py prints them).
     """
     formats = _formats(formats)
@@ -132,6 +136,11 @@ def aggregate(sweep_dir, out=None, formats=None, log=print, timings=None, analys
         clock, cpu = now, cpu_now
 
     sweep = load(sweep_dir, analysis=analysis)
+    if runs is not None:
+        def keep(frame):
+            return frame[frame["run_id"].isin(set(runs))].reset_index(drop=True)
+        sweep = dataclasses.replace(sweep, runs=keep(sweep.runs),
+                                    all_runs=None if sweep.all_runs is None else keep(sweep.all_runs))
     out = Path(out) if out else sweep.dir / "analysis"
     results = []
 

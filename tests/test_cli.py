@@ -123,3 +123,73 @@ def test_a_symlink_loop_under_the_root_is_named_as_such_not_blamed_on_free_space
     out = cli("submit", path, "--root", tmp_path / "a" / "results", "--executor", "debug")
     assert out.returncode == 1 and "points back at itself" in out.stderr, out.stderr
     assert "free space" not in out.stderr and "Traceback" not in out.stderr
+
+
+def test_every_command_takes_the_same_flags_and_a_sweep_dir(tmp_path):
+    """One set of flags (--only/--stage/--root/--cluster/--profiles/--set) on every command that reads
+    a sweep; the sweep dir works wherever the spec does; --force takes one run per flag."""
+    path = spec(tmp_path, "flags", {"grid": {"act": ["ok", "raise"]}, "seeds": [1, 2]})
+    root = tmp_path / "root"
+    assert cli("submit", path, "--root", root, "--executor", "debug", "--only", "act=ok").returncode == 0
+    sweep_dir = root / "flags"
+    status = cli("status", sweep_dir, "--only", "seed=2,act=ok", "--cluster", "local")     # a sweep dir, not a spec
+    assert status.returncode == 0 and "flags: 1 runs (of 4): 1 done" in status.stdout, status.stdout + status.stderr
+    assert "act=ok,seed=1" not in status.stdout
+    every = cli("status", sweep_dir)
+    assert "flags: 4 runs: 2 done, 2 pending" in every.stdout, every.stdout     # --only submitted those alone
+    # --force takes one value: the spec after it stays the spec
+    forced = cli("submit", "--force", "seed=1,act=ok", path, "--root", root, "--executor", "debug")
+    assert forced.returncode == 0 and "submitted 3 runs" in forced.stdout, forced.stdout + forced.stderr
+    agg = cli("aggregate", sweep_dir, "--only", "act=ok", "--format", "csv")
+    assert agg.returncode == 0, agg.stderr
+    rows = (sweep_dir / "analysis" / "runs.csv").read_text().splitlines()
+    assert len(rows) == 3 and all("ok" in r for r in rows[1:]), rows
+    for command in ("plan", "status", "cancel", "run", "export", "aggregate", "resume"):
+        bad = cli(command, path, "--root", root, "--only", "act=nope", *(["--name", "x"] if command == "export" else []))
+        assert bad.returncode == 2 and "--only act=nope: no run of flags matches" in bad.stderr, (command, bad.stderr)
+        unknown = cli(command, path, "--bogus")
+        assert unknown.returncode == 2 and f"usage: python main.py {command} " in unknown.stderr, (command, unknown.stderr)
+    nodir = cli("status", tmp_path)
+    assert nodir.returncode == 2 and "not a sweep dir" in nodir.stderr
+
+
+FAILS = '''
+CONFIG = {"x": 3}
+
+
+def train(cfg, ctx):
+    some_local = cfg["x"] * 14
+    raise ValueError(f"boom {some_local - 42}")
+'''
+
+
+def test_run_pdb_stops_in_the_failing_frame_at_a_terminal(tmp_path):
+    import os
+    import pty
+    import select
+    (tmp_path / "fails.py").write_text(FAILS)
+    path = tmp_path / "fails.yaml"
+    path.write_text(json.dumps({"name": "fails", "task": "fails.py:train"}))
+    master, worker = pty.openpty()
+    proc = subprocess.Popen([sys.executable, str(REPO / "main.py"), "run", str(path), "--root", str(tmp_path / "root"),
+                             "--pdb"], cwd=REPO, stdin=worker, stdout=worker, stderr=worker)
+    os.close(worker)
+    seen = b""
+
+    def until(text, timeout=60):
+        nonlocal seen
+        end = time.time() + timeout
+        while text not in seen and time.time() < end and proc.poll() is None:
+            if select.select([master], [], [], 0.5)[0]:
+                try:
+                    seen += os.read(master, 65536)
+                except OSError:
+                    break
+        return text in seen
+    assert until(b"(Pdb)"), seen.decode(errors="replace")
+    os.write(master, b"p some_local\n")
+    assert until(b"42\r\n(Pdb)"), seen.decode(errors="replace")      # the task's own frame, its local
+    os.write(master, b"q\n")
+    assert proc.wait(timeout=60) == 1
+    os.close(master)
+    assert b"boom 0" in seen

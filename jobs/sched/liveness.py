@@ -27,7 +27,7 @@ from datetime import datetime
 from typing import NamedTuple
 
 from jobs.sched import local, slurm
-from jobs.store import SweepDir
+from jobs.store import SweepDir, Where
 
 GRACE_S = 30.0       # how long a job just submitted may be missing from squeue and sacct
 ENDING_WAIT_S = 60.0  # how long submit waits for cancelled jobs to finish completing
@@ -164,4 +164,42 @@ def _local_drivers(entries) -> dict:
             continue
         for run_id in e.get("runs", []):
             out[run_id] = e.get("submission")
+    return out
+
+
+def placement(sweep_dir: SweepDir, view: View, run_ids) -> dict:
+    """run_id -> {where, job_id, reason, node} for the runs of `run_ids` that `view` says are live:
+    queued (with squeue's reason), running (on which node), or requeued. From the same cached
+    squeue answer `look` used; the run's attempts say whether it started in its current job."""
+    details = slurm.queue_details([slurm.Job(job, [], "", "", "") for job, _ in view.jobs.values()]) if view.jobs else {}
+    out = {}
+    for run_id in run_ids:
+        if run_id not in view.live:
+            continue
+        starts = sweep_dir.run(run_id).starts()
+        last = starts[-1] if starts else {}
+        if run_id in view.jobs:
+            job, state = view.jobs[run_id]
+            reason, node = details.get(job, ("", ""))
+            ran_here = str(last.get("job_id")) == job
+            ended = ran_here and any(a.get("event") == "end" and a.get("attempt") == last.get("attempt")
+                                     for a in sweep_dir.run(run_id).read_attempts())
+            if state == "RUNNING" and ran_here and not ended:
+                where, reason = Where.RUNNING, ""
+            elif state.startswith("REQUEUE") or (ran_here and state == "PENDING"):
+                where, node = Where.REQUEUED, ""
+            elif state == "RUNNING":      # its job runs the runs of its pack before this one
+                where, reason, node = Where.QUEUED, "its pack's earlier runs", ""
+            else:
+                where, node = Where.QUEUED, ""
+            out[run_id] = {"where": where, "job_id": job, "reason": reason, "node": node}
+        else:                              # a local driver, or a lock holder (a process on some host)
+            holder = view.live[run_id] if isinstance(view.live[run_id], dict) else sweep_dir.run(run_id).read_holder()
+            if holder and holder.get("pid") and (holder.get("host") != socket.gethostname()
+                                                 or local.process_alive(holder["pid"], holder.get("process_started"))):
+                out[run_id] = {"where": Where.RUNNING, "job_id": str(holder.get("job_id") or ""), "reason": "",
+                               "node": str(holder.get("host") or "")}
+            else:
+                out[run_id] = {"where": Where.QUEUED, "job_id": "", "reason": "local driver: waits for a slot or "
+                               "an upstream run", "node": ""}
     return out

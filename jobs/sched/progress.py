@@ -8,12 +8,13 @@ import dataclasses
 import json
 import os
 import time
+from typing import NamedTuple
 
 from rich import box
 from rich.console import Console
 from rich.table import Table
 
-from jobs.store import RunState
+from jobs.store import RunState, Where
 
 TAIL_BYTES = 1 << 16          # the last metrics line is looked for in the file's last 64 KB, then further
 SETTLE_NS = 2_000_000_000     # a run dir changed this recently is looked at again (coarse or skewed clocks)
@@ -21,6 +22,12 @@ SETTLE_NS = 2_000_000_000     # a run dir changed this recently is looked at aga
 
 def last_json_line(path, tail_bytes=TAIL_BYTES):
     """The last complete JSON line of a (possibly large) jsonl file, reading only its tail."""
+    rows = last_json_lines(path, 1, tail_bytes)
+    return rows[-1] if rows else None
+
+
+def last_json_lines(path, n, tail_bytes=TAIL_BYTES) -> list:
+    """The last `n` complete JSON lines (mappings) of a jsonl file, oldest first, reading only its tail."""
     try:
         with open(path, "rb") as f:
             size = f.seek(0, 2)
@@ -30,18 +37,21 @@ def last_json_line(path, tail_bytes=TAIL_BYTES):
                 lines = f.read().split(b"\n")
                 if size > chunk:
                     lines = lines[1:]          # the first piece may be the middle of a line
+                rows = []
                 for line in reversed(lines):
                     try:
                         row = json.loads(line)
                     except ValueError:
                         continue
                     if isinstance(row, dict):
-                        return row
+                        rows.append(row)
+                        if len(rows) == n:
+                            return rows[::-1]
                 if chunk >= size:
-                    return None
+                    return rows[::-1]
                 chunk *= 4
     except OSError:
-        return None
+        return []
 
 
 class Watch:
@@ -111,14 +121,69 @@ class Watch:
         return self.states
 
 
-def run_row(sweep_dir, run, state, failure="", note="") -> dict:
+RATE_LINES = 50          # the steps/s of a running run: over its last this many metrics lines (this attempt's)
+
+
+def rate(rows, since=None):
+    """Steps per second over `rows` (metrics lines, oldest first) logged after `since` (the attempt's
+    start: a resumed run's rate is its own, not the gap across the requeue); None when unknown."""
+    rows = [r for r in rows if isinstance(r.get("time"), (int, float)) and isinstance(r.get("step"), int)
+            and (since is None or r["time"] >= since)]
+    if len(rows) < 2 or rows[-1]["time"] <= rows[0]["time"] or rows[-1]["step"] <= rows[0]["step"]:
+        return None
+    return (rows[-1]["step"] - rows[0]["step"]) / (rows[-1]["time"] - rows[0]["time"])
+
+
+class Look(NamedTuple):
+    """What status and watch show, read at one moment: one squeue and one sacct call (the cached poller)."""
+    states: dict     # run_id -> RunState
+    places: dict     # run_id -> liveness.placement's record, for the in-flight runs asked about
+    failures: dict   # run_id -> what the scheduler says killed it
+    notes: dict      # run_id -> what the scheduler says stopped its last attempt
+
+
+def look(sweep, sweep_dir, runs=None) -> Look:
+    """The states of every run of `sweep`, and where the in-flight ones of `runs` (default: all) are."""
+    from jobs.sched import liveness, submit
+    entries = sweep_dir.read_journal()
+    view = liveness.look(sweep_dir, [r.run_id for r in sweep.runs], entries)
+    states = submit.states(sweep, sweep_dir, view)
+    asked = [r.run_id for r in (sweep.runs if runs is None else runs) if states[r.run_id] == RunState.IN_FLIGHT]
+    return Look(states, liveness.placement(sweep_dir, view, asked), submit.scheduler_failures(sweep_dir, entries),
+                submit.scheduler_notes(sweep_dir, entries))
+
+
+def counts(seen: Look, runs) -> dict:
+    """state -> how many of `runs`, an in-flight run counted where it is (queued, running, requeued)."""
+    out = {}
+    for r in runs:
+        state = seen.states[r.run_id]
+        if state == RunState.IN_FLIGHT and r.run_id in seen.places:
+            state = seen.places[r.run_id]["where"]
+        out[str(state)] = out.get(str(state), 0) + 1
+    return out
+
+
+def describe(by_state: dict) -> str:
+    """"2 running, 28 queued, 3 done (30 in flight)": the in-flight sub-states summed, as before."""
+    text = ", ".join(f"{n} {s}" for s, n in sorted(by_state.items())) or "no runs"
+    flying = sum(n for s, n in by_state.items() if s in {str(w) for w in Where} | {str(RunState.IN_FLIGHT)})
+    parts = sum(1 for s in by_state if s in {str(w) for w in Where})
+    return text + (f" ({flying} in flight)" if parts > 1 else "")
+
+
+def run_row(sweep_dir, run, state, failure="", note="", place=None) -> dict:
     """One line of the status table; `failure`: what the scheduler says killed the run (not yet in its
-    dir); `note`: what it says stopped the run's last attempt (a time limit, a preemption)."""
+    dir); `note`: what it says stopped the run's last attempt (a time limit, a preemption); `place`:
+    where an in-flight run is (liveness.placement: queued and why, running where, requeued)."""
     run_dir = sweep_dir.run(run.run_id)
     attempts = run_dir.read_attempts()
     starts = [a for a in attempts if a.get("event") == "start" and isinstance(a.get("started"), (int, float))]
     ends = {a.get("attempt"): a for a in attempts if a.get("event") == "end"}
-    last = last_json_line(run_dir.metrics) or {}
+    place = place or {}
+    running = place.get("where") == Where.RUNNING
+    tail = last_json_lines(run_dir.metrics, RATE_LINES if running else 1)
+    last = tail[-1] if tail else {}
     elapsed, unknown = 0.0, False
     for a in starts:
         end = ends.get(a.get("attempt"))
@@ -152,10 +217,28 @@ def run_row(sweep_dir, run, state, failure="", note="") -> dict:
     result = run_dir.read_result() if state == RunState.DONE else None
     if result and isinstance(result.get("wall_time_s"), (int, float)):
         elapsed = result["wall_time_s"]
-    return {"label": run.label or run.run_id, "run_id": run.run_id, "state": str(state), "attempts": len(starts),
+    speed = rate(tail, starts[-1]["started"] if starts else None) if running else None
+    eta = (total - step) / speed if speed and isinstance(total, int) and isinstance(step, int) and total >= step else None
+    shown = str(place.get("where") or state)
+    if place.get("reason"):
+        shown += f" ({place['reason']})"
+    elif running and place.get("node"):
+        shown += f" ({place['node']})"
+    metrics = {k: v for k, v in last.items() if k not in ("step", "time", "total_steps")}
+    return {"label": run.label or run.run_id, "run_id": run.run_id, "state": str(state), "shown": shown,
+            "where": str(place["where"]) if place.get("where") else None, "job_id": place.get("job_id") or _last_job(starts),
+            "reason": place.get("reason", ""), "node": place.get("node", ""), "attempts": len(starts),
+            "step": step, "total_steps": total, "steps_per_s": speed, "eta_s": eta, "elapsed_s": elapsed if starts else None,
+            "last_metrics": metrics,
             "progress": "" if step is None else (f"{step}/{total}" if total else str(step)),
+            "rate": "" if speed is None else f"{speed:.3g}/s", "eta": "" if eta is None else duration(eta),
             "elapsed": (duration(elapsed) + ("+?" if unknown else "") if elapsed or not unknown else "?") if starts else "",
             "error": error}
+
+
+def _last_job(starts) -> str:
+    """The job of the run's last attempt (a run no live job holds: where its logs are)."""
+    return str(starts[-1].get("job_id") or "") if starts else ""
 
 
 def _last_line(path):
@@ -171,27 +254,31 @@ def duration(s) -> str:
     return f"{s // 3600}h{s % 3600 // 60:02d}m" if s >= 3600 else (f"{s // 60}m{s % 60:02d}s" if s >= 60 else f"{s}s")
 
 
-COLUMNS = (("label", "label"), ("state", "state"), ("attempts", "att"), ("progress", "step"),
-           ("elapsed", "elapsed"), ("error", "last error"))
+COLUMNS = (("label", "label"), ("shown", "state"), ("job_id", "job"), ("attempts", "att"), ("progress", "step"),
+           ("rate", "steps/s"), ("eta", "eta"), ("elapsed", "elapsed"), ("error", "last error"))
+FIXED = ("shown", "job_id", "attempts", "progress", "rate", "eta", "elapsed")     # keep their width
 
 
 def table(rows, width=120) -> str:
-    """The rows as aligned columns within `width` characters: state, attempts, step and elapsed keep
-    their width; the label and the error give way (cut with an ellipsis)."""
+    """The rows as aligned columns within `width` characters: state, job, attempts, step, rate, eta
+    and elapsed keep their width; the label and the error give way (cut with an ellipsis). A column
+    empty in every row (no run is running: no rate, no eta) is left out."""
     if not rows:
         return ""
-    need = {k: max(len(h), *(len(str(r[k])) for r in rows)) for k, h in COLUMNS}
-    fixed = sum(need[k] + 2 for k in ("state", "attempts", "progress", "elapsed"))
+    columns = [(k, h) for k, h in COLUMNS if k in ("label", "shown") or any(str(r[k]) for r in rows)]
+    need = {k: max(len(h), *(len(str(r[k])) for r in rows)) for k, h in columns}
+    fixed = sum(need[k] + 2 for k in FIXED if k in need)
     label = min(need["label"], max(12, (width - fixed) // 2))
-    error = max(10, width - fixed - label - 2)
-    widths = {**need, "label": label, "error": min(need["error"], error)}
+    widths = {**need, "label": label}
+    if "error" in need:
+        widths["error"] = min(need["error"], max(10, width - fixed - label - 2))
     t = Table(box=None, pad_edge=False, show_edge=False, header_style="bold", padding=(0, 2, 0, 0))
-    for key, header in COLUMNS:
+    for key, header in columns:
         t.add_column(header, justify="right" if key == "attempts" else "left", overflow="ellipsis",
                      no_wrap=True, width=widths[key])
     for r in rows:
-        t.add_row(*(str(r[k]) for k, _ in COLUMNS))
-    return render(t, max(width, sum(widths.values()) + 2 * len(COLUMNS)))
+        t.add_row(*(str(r[k]) for k, _ in columns))
+    return render(t, max(width, sum(widths.values()) + 2 * len(columns)))
 
 
 def render(renderable, width=120) -> str:
@@ -228,3 +315,59 @@ def next_step(counts, command, prog="python main.py") -> str:
     if counts.get(RunState.PENDING) or counts.get(RunState.NEW):
         return f"next: runs are unfinished and nothing is running them: {prog} resume {command}"
     return f"next: every run is done: {prog} aggregate {command}"
+
+
+LAST_ERRORS = 5
+
+
+def live_view(sweep, sweep_dir, seen: Look, runs, width=120, when=""):
+    """What `watch` shows (a rich renderable): per stage the counts by state; the running runs with
+    step, rate, ETA and last metric; the last errors. Built from one `look`."""
+    from rich.console import Group
+    from rich.text import Text
+    parts = [Text(f"{sweep.name}: {len(runs)} runs: {describe(counts(seen, runs))}   {when}", style="bold")]
+    if len(sweep.stages) > 1:
+        for stage in sweep.stages:
+            mine = [r for r in runs if r.stage == stage.name]
+            if mine:
+                parts.append(Text(f"  stage {stage.name}: {describe(counts(seen, mine))}"))
+    flying = [r for r in runs if r.run_id in seen.places]
+    rows = [run_row(sweep_dir, r, seen.states[r.run_id], place=seen.places[r.run_id]) for r in flying]
+    rows.sort(key=lambda row: row["where"] != str(Where.RUNNING))
+    running = [row for row in rows if row["where"] == str(Where.RUNNING)]
+    if running:
+        t = Table(box=box.SIMPLE_HEAD, pad_edge=False, header_style="bold", title="running", title_justify="left")
+        for header in ("label", "job", "node", "step", "steps/s", "eta", "last metric"):
+            t.add_column(header, no_wrap=True, overflow="ellipsis")
+        for row in running[:20]:
+            metric = ", ".join(f"{k}={_short(v)}" for k, v in list(row["last_metrics"].items())[:2])
+            t.add_row(row["label"], row["job_id"], row["node"], row["progress"], row["rate"], row["eta"], metric)
+        parts.append(t)
+        if len(running) > 20:
+            parts.append(Text(f"... {len(running) - 20} more running"))
+    queued = len(rows) - len(running)
+    if queued:
+        reasons = {}
+        for row in rows:
+            if row["where"] != str(Where.RUNNING):
+                reasons[row["reason"] or row["where"]] = reasons.get(row["reason"] or row["where"], 0) + 1
+        parts.append(Text("waiting: " + ", ".join(f"{n} {why}" for why, n in sorted(reasons.items()))))
+    failed = [r for r in runs if seen.states[r.run_id] == RunState.FAILED]
+    if failed:
+        parts.append(Text("last errors:", style="bold"))
+        newest = sorted(failed, key=lambda r: _mtime(sweep_dir.run(r.run_id).error), reverse=True)[:LAST_ERRORS]
+        for r in newest:
+            text = seen.failures.get(r.run_id, "").strip().splitlines()[-1:] or [_last_line(sweep_dir.run(r.run_id).error)]
+            parts.append(Text(f"  {r.label or r.run_id}: {text[0]}", overflow="ellipsis", no_wrap=True))
+    return Group(*parts)
+
+
+def _short(v) -> str:
+    return f"{v:.4g}" if isinstance(v, float) else str(v)
+
+
+def _mtime(path) -> float:
+    try:
+        return os.stat(path).st_mtime
+    except OSError:
+        return 0.0

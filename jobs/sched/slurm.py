@@ -14,6 +14,7 @@ decided in jobs/sched/liveness.py, not here.
 """
 from __future__ import annotations
 
+import contextlib
 import getpass
 import os
 import re
@@ -335,15 +336,27 @@ class _SchedulerPoller:
     read shares them. (queue states, accounting states)."""
 
     def __init__(self):
-        self.key, self.at, self.answer = None, 0.0, ({}, {})
+        self.key, self.at, self.answer, self.pinned = None, 0.0, ({}, {}, {}), 0
 
     def __call__(self, job_ids, since) -> tuple:
         key = (tuple(sorted(job_ids)), since)
-        if key == self.key and time.monotonic() - self.at < SACCT_MIN_INTERVAL_S:
+        if self.key is not None and (self.pinned and set(key[0]) <= set(self.key[0]) or key == self.key
+                                     and time.monotonic() - self.at < SACCT_MIN_INTERVAL_S):
             return self.answer
-        answer = (squeue_states(job_ids), sacct_states(job_ids, since))
+        queue, details = squeue_details(job_ids)
+        answer = (queue, sacct_states(job_ids, since), details)
         self.key, self.at, self.answer = key, time.monotonic(), answer
         return answer
+
+    @contextlib.contextmanager
+    def one_look(self):
+        """Within the block, every read of the jobs already asked about reuses one answer, however long
+        the block takes (a live view's refresh: one squeue and one sacct call, then all it shows)."""
+        self.key, self.pinned = None, self.pinned + 1
+        try:
+            yield
+        finally:
+            self.pinned -= 1
 
 
 poll = _SchedulerPoller()
@@ -360,9 +373,15 @@ def queue_states(jobs) -> dict:
     return _polled(jobs)[0]
 
 
+def queue_details(jobs) -> dict:
+    """job id -> (reason, node) for those of `jobs` the controller holds: why a pending job waits
+    (Priority, Resources, Dependency, BeginTime...) and where a running one runs; the same squeue call."""
+    return _polled(jobs)[2]
+
+
 def _polled(jobs) -> tuple:
     if not jobs:
-        return {}, {}
+        return {}, {}, {}
     return poll([j.job_id for j in jobs], _clamped(min(j.since or "" for j in jobs)))
 
 
@@ -397,10 +416,23 @@ def _ask(cmd) -> str:
 
 def squeue_states(job_ids) -> dict:
     """job id (`A_i` for array tasks, one line each) -> state, for the jobs the controller holds, from ONE squeue call."""
+    return squeue_details(job_ids)[0]
+
+
+def squeue_details(job_ids) -> tuple:
+    """({job id: state}, {job id: (reason, node)}) for the jobs the controller holds, from ONE squeue
+    call (`A_i` for array tasks, one line each). The reason is squeue's %r (None for a running job)."""
     if not job_ids:
-        return {}
+        return {}, {}
     roots = sorted({str(j).split("_")[0] for j in job_ids})
-    return parse_sacct(_ask(["squeue", "-h", "-r", "-o", "%i|%T", "-j", ",".join(roots)]))
+    text = _ask(["squeue", "-h", "-r", "-o", "%i|%T|%r|%N", "-j", ",".join(roots)])
+    details = {}
+    for line in text.splitlines():
+        parts = line.strip().split("|")
+        if len(parts) >= 4 and parts[0]:
+            reason = "" if parts[2] in ("None", "(null)") else parts[2]
+            details[parts[0]] = (reason, parts[3].strip())
+    return parse_sacct(text), details
 
 
 def sacct_states(job_ids, since: str) -> dict:

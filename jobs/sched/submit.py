@@ -32,6 +32,7 @@ from pathlib import Path
 
 from filelock import FileLock
 
+import jobs.spec.selection as selection
 import jobs.spec.tasks as tasks
 from jobs.sched import liveness, local, slurm
 from jobs.sched.packing import pack_job
@@ -264,10 +265,12 @@ def new_submission_id() -> str:
 
 
 def submit(sweep, sweep_dir: SweepDir, *, job_class, executor=None, force=(), retry_failed=False, cluster=None,
-           profiles=None, log=print) -> dict:
+           profiles=None, log=print, only=None) -> dict:
     """Submit every run that is neither done nor in flight (plus `force`d ones); the journal entry.
 
     `job_class` is what a job executes (jobs.runtime.runner.PackJob: the CLI hands it in).
+    `only`: a set of run ids (--only / --stage): submit none but these and the runs downstream of them
+    (a downstream run still waits for its upstream runs, which are not submitted unless named too).
     """
     executor = executor or default_executor()
     if executor not in EXECUTORS:
@@ -300,11 +303,15 @@ def submit(sweep, sweep_dir: SweepDir, *, job_class, executor=None, force=(), re
             said = [f"{x} (held by pid {h['pid']} on {h['host']}: {h.get('command', '')[:80]})"
                     if isinstance(h := view.live.get(r.run_id), dict) else x for x, r in zip(said, busy)]
             raise SubmitError("cannot --force runs that are in flight: " + ", ".join(said) + " (cancel them first)")
-        for r in forced + [r for r in sweep.runs if run_states[r.run_id] == RunState.STALE]:
+        for r in forced + [r for r in sweep.runs if run_states[r.run_id] == RunState.STALE
+                           and (only is None or r.run_id in only)]:
             _set_aside(sweep_dir, r)      # a stale run's result is kept beside, as a forced one's
             run_states[r.run_id] = RunState.NEW
         wanted = {RunState.NEW, RunState.PENDING, RunState.CORRUPT} | ({RunState.FAILED} if retry_failed else set())
         todo = _todo(sweep, run_states, wanted)
+        if only is not None:
+            named = _with_downstream(sweep, set(only) | {f.run_id for f in forced})
+            todo = [r for r in todo if r.run_id in named]
         if executor == "slurm":
             todo = _rewire(sweep, run_states, wanted, todo, view, log)
         counts = count(run_states.values())
@@ -352,6 +359,16 @@ def _todo(sweep, run_states, wanted) -> list:
             todo.append(r)
             going.add(r.run_id)
     return todo
+
+
+def _with_downstream(sweep, run_ids) -> set:
+    """`run_ids` and every run that consumes one of them, transitively: resuming a run whose job was
+    cancelled brings back the downstream runs its cancel left without an upstream job to wait on."""
+    out = set(run_ids)
+    for r in sweep.runs:              # stage order: an upstream is decided before its downstream
+        if any(u["run_id"] in out for u in r.upstream.values()):
+            out.add(r.run_id)
+    return out
 
 
 def _rewire(sweep, run_states, wanted, todo, view, log) -> list:
@@ -412,13 +429,18 @@ def _hint(counts, retry_failed) -> str:
 
 
 def _resolve_force(sweep, force):
-    out = []
+    """The runs `force` names: Runs (the CLI selects them), or run ids / labels / key=value pairs."""
+    out = {}
     for name in force:
-        r = next((r for r in sweep.runs if name in (r.run_id, r.label)), None)
-        if r is None:
-            raise SubmitError(f"--force {name}: no run of {sweep.name} has that label or run_id")
-        out.append(r)
-    return out
+        if hasattr(name, "run_id"):
+            out[name.run_id] = name
+            continue
+        found = [r for r in sweep.runs if selection.matches(r, name)]
+        if not found:
+            raise SubmitError(f"--force {name}: no run of {sweep.name} has that label or run_id "
+                              "(or matches those key=value pairs)")
+        out.update((r.run_id, r) for r in found)
+    return list(out.values())
 
 
 def _set_aside(sweep_dir, run):
@@ -510,14 +532,17 @@ def _run_debug(job_class, sweep, sweep_dir, submission, waves, log):
 
 # ---------------------------------------------------------------- cancel
 
-def cancel(sweep_dir: SweepDir, log=print) -> int:
-    """Stop every live submission of the sweep: its runs checkpoint and stay resumable."""
+def cancel(sweep_dir: SweepDir, log=print, runs=None) -> int:
+    """Stop every live submission of the sweep, or (`runs`: run ids) the jobs of exactly those runs:
+    their runs checkpoint and stay resumable. How many jobs (or drivers) were told to stop."""
     if not sweep_dir.exists():
         log("nothing in flight to cancel (nothing was submitted here)")
         return 0
     with FileLock(str(sweep_dir.submit_lock)):
         reconcile(sweep_dir)          # the jobs of an interrupted submit are journaled, so cancelled too
     entries = sweep_dir.read_journal()
+    if runs is not None:
+        return _cancel_runs(sweep_dir, entries, list(runs), log)
     n = local.cancel(entries, log)
     jobs = slurm.jobs_in(entries)
     if jobs:
@@ -531,3 +556,34 @@ def cancel(sweep_dir: SweepDir, log=print) -> int:
     if not n:
         log("nothing in flight to cancel")
     return n
+
+
+def _cancel_runs(sweep_dir, entries, run_ids, log) -> int:
+    """scancel the live jobs (array tasks) that hold `run_ids`, and nothing else. A job whose pack
+    holds other runs too is refused: cancelling it would stop those as well."""
+    view = liveness.look(sweep_dir, run_ids, entries)
+    packs = {job.job_id: job.runs for job in liveness.slurm_jobs(entries)}
+    wanted, idle, local_runs = {}, [], []
+    for run_id in run_ids:
+        if run_id in view.jobs:
+            wanted.setdefault(view.jobs[run_id][0], []).append(run_id)
+        elif run_id in view.live:
+            local_runs.append(run_id)
+        else:
+            idle.append(run_id)
+    if local_runs:
+        raise SubmitError(f"{len(local_runs)} of these runs are run by the local executor ({', '.join(local_runs[:5])}), "
+                          "whose driver cannot stop one run yet: cancel without --only stops the whole submission")
+    shared = {job: sorted(set(packs.get(job, ())) - set(mine)) for job, mine in wanted.items()}
+    shared = {job: others for job, others in shared.items() if others}
+    if shared:
+        job, others = next(iter(shared.items()))
+        raise SubmitError(f"job {job} runs a pack of runs: cancelling it would also stop {', '.join(others[:5])}"
+                          f"{' ...' if len(others) > 5 else ''}; name those with --only too, or cancel the sweep")
+    if idle:
+        log(f"not in flight, nothing to stop: {', '.join(idle[:10])}{' ...' if len(idle) > 10 else ''}")
+    if wanted:
+        slurm.cancel(sorted(wanted))
+        log(f"cancelled {len(wanted)} SLURM jobs: " + ", ".join(f"{job} ({', '.join(rids)})" for job, rids in
+                                                                 sorted(wanted.items())[:10]))
+    return len(wanted)

@@ -7,7 +7,8 @@ Imports nothing else of the repository (and neither torch nor pandas): `plan` st
 """
 from jobs.spec.errors import SpecError, did_you_mean
 from jobs.spec.grammar import DEFAULT_MAX_RUNS, Run, Sweep, format_value, load_sweep, task_schema
+from jobs.spec.selection import matches, select
 from jobs.spec.settings import Checkpoint, ClusterProfile, Logging, Resources
 
 __all__ = ["SpecError", "did_you_mean", "DEFAULT_MAX_RUNS", "Run", "Sweep", "format_value", "load_sweep",
-           "task_schema", "Checkpoint", "ClusterProfile", "Logging", "Resources"]
+           "task_schema", "matches", "select", "Checkpoint", "ClusterProfile", "Logging", "Resources"]

@@ -628,15 +628,18 @@ def format_value(v):
 
 # ---------------------------------------------------------------- the whole spec
 
-def load_sweep(path, *, models_dir=MODELS_DIR, max_runs=None, registry=None, overrides=()) -> Sweep:
+def load_sweep(path, *, models_dir=MODELS_DIR, max_runs=None, registry=None, overrides=(), spec_dir=None) -> Sweep:
     """The sweep a spec file means: every run with its id, label and full config, stage by stage.
 
     `registry`: name -> entry of the checkpoint registry (checkpoints_manifest.yaml), for stages
     that take `from_manifest:`; the CLI passes it (this layer reads no file but the spec).
     `overrides`: ["base.lr=0.1", "stages.1.grid.k=[1, 2]", ...] (the CLI's --set), applied to the
     spec before it is checked; values are YAML.
+    `spec_dir`: where task files are looked for (default: the spec's folder). A sweep dir's frozen
+    spec.yaml is read with the folder of the spec it was submitted from.
     """
     path = Path(path)
+    spec_dir = Path(spec_dir).resolve() if spec_dir is not None else path.resolve().parent
     where = _Where()
     spec = _read_with_extends(path, where)
     for text in overrides:
@@ -661,7 +664,7 @@ def load_sweep(path, *, models_dir=MODELS_DIR, max_runs=None, registry=None, ove
 
     if not pipeline:
         where.attempt(_check_sections, spec, where)
-        stage = where.attempt(_stage, name, spec, where, models_dir, None, None, path.resolve().parent)
+        stage = where.attempt(_stage, name, spec, where, models_dir, None, None, spec_dir)
         where.raise_noted()
         return Sweep(name, stage.task, path, spec, stage.runs, stage.axes, stage.defaults, [stage])
     where.raise_noted()
@@ -699,7 +702,7 @@ def load_sweep(path, *, models_dir=MODELS_DIR, max_runs=None, registry=None, ove
             upstream = [(r, {r.stage: {"run_id": r.run_id}, **r.upstream}) for r in before[raw["after"]].runs]
         elif "from_manifest" in raw:
             upstream = _registry_upstream(raw["from_manifest"], registry, at)
-        stage = _stage(stage_name, merged, at, models_dir, upstream, after=raw.get("after"), spec_dir=path.resolve().parent)
+        stage = _stage(stage_name, merged, at, models_dir, upstream, after=raw.get("after"), spec_dir=spec_dir)
         stage.from_manifest = [raw["from_manifest"]] if isinstance(raw.get("from_manifest"), str) else list(raw.get("from_manifest") or [])
         _check_sections(merged, at)
         stages.append(stage)

@@ -205,6 +205,8 @@ class ClusterProfile(Settings):
     array_limit: Optional[int] = Field(None, ge=1)
     requeue: bool = True
     setup: list[str] = Field(default_factory=list, description="shell lines run before the job")
+    watch_every_s: float = Field(10.0, gt=0, description="`watch` refreshes at most this often (each refresh: one "
+                                 "squeue and one sacct call; a shared login node thanks you for a long one)")
     root: Optional[str] = None
     partitions: dict[str, Partition] = Field(default_factory=dict)
     sbatch: Sbatch = Field(default_factory=Sbatch)

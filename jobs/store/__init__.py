@@ -7,7 +7,8 @@
 Imports nothing else of the repository: every other layer reads the on-disk format through here.
 """
 from jobs.store import atomic, registry
-from jobs.store.sweepdir import DEFAULT_ROOT, Outcome, RunDir, RunState, SweepDir, absolute, now_iso, project_top, root_dir
+from jobs.store.sweepdir import (DEFAULT_ROOT, Outcome, RunDir, RunState, SweepDir, Where, absolute, now_iso,
+                                 project_top, root_dir)
 
-__all__ = ["atomic", "registry", "DEFAULT_ROOT", "Outcome", "RunDir", "RunState", "SweepDir", "absolute", "now_iso",
-           "project_top", "root_dir"]
+__all__ = ["atomic", "registry", "DEFAULT_ROOT", "Outcome", "RunDir", "RunState", "SweepDir", "Where", "absolute",
+           "now_iso", "project_top", "root_dir"]

@@ -41,6 +41,18 @@ class RunState(StrEnum):
     DONE = "done"                # result.json, readable: the run's last act
 
 
+class Where(StrEnum):
+    """Where a run that is `in flight` is, as `status`, `watch` and `status --json` show it.
+
+    Sub-states of RunState.IN_FLIGHT, not states of their own: every decision (what submit and resume
+    send, what a downstream run may consume) needs only "a live job holds it", while where the job is
+    changes by the second and is read from the scheduler's queue, never from the run dir. Kept beside
+    RunState so the words have one owner; RunState.IN_FLIGHT stays their sum."""
+    QUEUED = "queued"            # a job holds it but the run has not started (squeue's reason says why)
+    RUNNING = "running"          # its attempt runs (on a node, or in a local worker)
+    REQUEUED = "requeued"        # an attempt of the same job ran, and the job waits in the queue again
+
+
 class Outcome(StrEnum):
     """How one attempt of a run ended (attempts.jsonl's `outcome`)."""
     DONE = "done"
@@ -300,6 +312,13 @@ class SweepDir:
     def job_stderr(self, job_id) -> Path:
         """submitit's stderr log of a SLURM job (array task `A_i` or plain id)."""
         return self.logs / job_id / f"{job_id}_0_log.err"
+
+    def job_log(self, job_id, err=False) -> Path:
+        """submitit's stdout (or stderr) log of a job: logs/<id>/ for a SLURM job (one file across its
+        requeues: sbatch appends), logs/ itself for a local one (submitit's LocalExecutor folder)."""
+        name = f"{job_id}_0_log.{'err' if err else 'out'}"
+        slurm = self.logs / str(job_id) / name
+        return slurm if slurm.exists() or not (self.logs / name).exists() else self.logs / name
 
     def exists(self) -> bool:
         """Was anything ever submitted here?"""
