@@ -525,13 +525,14 @@ def cmd_aggregate(args) -> int:
     if not target.exists():
         print(f"error: {target}: file not found (give a sweep spec or a sweep dir)", file=sys.stderr)
         return 2
-    if target.is_file() or SweepDir(target).spec.is_file():
+    # a sweep dir is read as it is; its frozen spec is loaded (its task resolved) only to pick runs
+    if target.is_file() or (SweepDir(target).spec.is_file() and (args.only or args.stage or args.set)):
         sweep = _load(args)
         sweep_dir = _sweep_dir(args, sweep)
         runs = _chosen(args, sweep)
         if target.is_file():
             analysis = sweep.spec.get("analysis")   # the spec file's `analysis:` as it is now (edited after submit too)
-    else:                                 # a sweep dir of an old layout, without its spec.yaml: read as it is
+    else:                                 # a sweep dir (an old layout's too, without spec.yaml): read as it is
         sweep_dir = SweepDir(target)
     if not sweep_dir.is_sweep_dir():
         hint = "; submit the spec first" if target.is_file() else " (no spec.yaml, plan.json or runs/)"

@@ -288,10 +288,12 @@ def test_newcomer_path(tmp_path):
         assert "optim.lr" in table and "| 0.1 | 2/2 |" in table and "| 0.3 | 2/2 |" in table, table
         assert len((out / "runs.csv").read_text().strip().splitlines()) == RUNS + 1
 
-        # what ran is what the newcomer cloned: the clone's commit, clean (installing dirtied nothing)
+        # what ran is what the newcomer cloned: hpcsweep at the clone's commit, clean (installing dirtied
+        # nothing); the task's own folder is no git repository, so it has no commit
         versions = [json.loads(f.read_text()) for f in (sweep_dir / "code").glob("*.json")]
-        assert versions and all(v["commit"] == head and v["dirty"] is False for v in versions), \
-            [(v.get("commit"), v.get("dirty")) for v in versions]
+        assert versions and all(v["hpcsweep"]["commit"] == head and v["hpcsweep"]["dirty"] is False
+                                and v["commit"] is None for v in versions), \
+            [(v["hpcsweep"], v.get("commit")) for v in versions]
     finally:
         for q in sweep_processes(sweep_dir):          # never leave this test's processes behind
             try:

@@ -219,8 +219,9 @@ def load_task(ref: str, sweep_dir=None, submission=""):
             path = copy if copy.is_file() else path
         name = "hpcsweep_task_" + hashlib.sha256(str(path).encode()).hexdigest()[:12]
         if name not in sys.modules:
-            if str(Path(m["file"]).parent) not in sys.path:
-                sys.path.insert(0, str(Path(m["file"]).parent))      # its sibling modules import as at home
+            # its sibling modules import as at home: from the snapshot beside the copy (taken with it)
+            if str(path.parent) not in sys.path:
+                sys.path.insert(0, str(path.parent))
             spec = importlib.util.spec_from_file_location(name, path)
             module = importlib.util.module_from_spec(spec)
             sys.modules[name] = module
@@ -228,6 +229,16 @@ def load_task(ref: str, sweep_dir=None, submission=""):
         return getattr(sys.modules[name], m["func"])
     m = tasks.MODULE_REF.match(ref)
     return getattr(importlib.import_module(m["module"]), m["func"])
+
+
+def as_written(text: str, sweep_dir, submission, ref) -> str:
+    """A traceback with the snapshot's paths put back to the files the user edits (the same code:
+    the snapshot is a copy of them as submitted)."""
+    m = tasks.FILE_REF.match(ref or "")
+    copy = _snapshot_of(sweep_dir, submission, ref) if (m and sweep_dir is not None and submission) else None
+    if copy is None:
+        return text
+    return text.replace(str(copy.parent) + os.sep, str(Path(m["file"]).parent) + os.sep)
 
 
 def _snapshot_of(sweep_dir, submission, ref):
@@ -298,10 +309,12 @@ def _attempt(sweep_dir, run_dir, deadline, margin_s, device, checkpoint, on_ctx,
         outcome = INTERRUPTED
     except SystemExit as e:          # the task left before returning: never taken for success
         outcome, detail = Outcome.EXITED, f"the task called sys.exit({e.code!r}) before returning its metrics"
-        write_error(run_dir, f"{traceback.format_exc()}\n{detail}\n", ranks)
+        write_error(run_dir, as_written(f"{traceback.format_exc()}\n{detail}\n", sweep_dir, submission,
+                                        locals().get("meta", {}).get("task")), ranks)
     except Exception as e:  # a task's own exception (or an unreadable config): recorded, shown, not retried blindly
         detail = f"{type(e).__name__}: {e}".splitlines()[0][:300]
-        write_error(run_dir, traceback.format_exc(), ranks)
+        write_error(run_dir, as_written(traceback.format_exc(), sweep_dir, submission,
+                                        locals().get("meta", {}).get("task")), ranks)
         if reraise:
             raise
     except BaseException:            # KeyboardInterrupt in-process: resumable, not failed

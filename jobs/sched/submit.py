@@ -37,7 +37,7 @@ import jobs.spec.tasks as tasks
 from jobs.sched import liveness, local, slurm
 from jobs.sched.packing import pack_job
 from jobs.spec.settings import Checkpoint, Resources
-from jobs.store import RunState, SweepDir, atomic, now_iso
+from jobs.store import RunState, SweepDir, atomic, now_iso, project_top
 
 REPO = Path(__file__).resolve().parent.parent.parent
 PACKAGES = ("torch", "submitit", "PyYAML", "pandas", "matplotlib", "filelock", "numpy", "scikit-learn", "pydantic")
@@ -65,9 +65,10 @@ def default_executor() -> str:
 
 # ---------------------------------------------------------------- the sweep dir
 
-def prepare(sweep, sweep_dir: SweepDir, submission: str, runs=None) -> None:
-    """Write the frozen spec, the plan, the code version and each run's config.yaml. `runs` (a command
-    about some runs, e.g. `run --only`): their configs only, and the plan only where there is none."""
+def prepare(sweep, sweep_dir: SweepDir, submission: str, runs=None, code=True) -> None:
+    """Write the frozen spec, the plan, the code record (record_code; `code=False`: the caller records
+    it once it knows something runs) and each run's config.yaml. `runs` (a command about some runs,
+    e.g. `run --only`): their configs only, and the plan only where there is none."""
     for folder in (sweep_dir.runs, sweep_dir.logs, sweep_dir.code):
         folder.mkdir(parents=True, exist_ok=True)
     atomic.write_yaml(sweep_dir.spec, sweep.spec)
@@ -78,11 +79,8 @@ def prepare(sweep, sweep_dir: SweepDir, submission: str, runs=None) -> None:
                         "runs": len(st.runs)} for st in sweep.stages],
             "runs": [{"run_id": r.run_id, "label": r.label, "config": r.config, "varied": r.varied, "stage": r.stage,
                       "task": r.task, **({"upstream": r.upstream} if r.upstream else {})} for r in sweep.runs]})
-    version, diff = code_version()
-    version["tasks"] = snapshot_tasks(sweep, sweep_dir, submission)
-    atomic.write_json(sweep_dir.code_version(submission), version)
-    if diff:
-        atomic.write_text(sweep_dir.code_diff(submission), diff)
+    if code:
+        record_code(sweep, sweep_dir, submission)
     for r in sweep.runs if runs is None else runs:
         sweep_dir.write_run_config(r, r.task, stage=r.stage, **({"upstream": r.upstream} if r.upstream else {}))
 
@@ -90,8 +88,22 @@ def prepare(sweep, sweep_dir: SweepDir, submission: str, runs=None) -> None:
 UNTRACKED_MAX_BYTES = 1 << 20      # an untracked file larger than this is named in the diff, not copied
 
 
+def record_code(sweep, sweep_dir: SweepDir, submission: str) -> None:
+    """code/<submission>.json (and .diff): the state of the repository the sweep's task lives in, the
+    task files and the modules they import from their own tree copied (what the jobs import), and
+    hpcsweep's own version apart."""
+    snapshot = snapshot_tasks(sweep, sweep_dir, submission)
+    first = tasks.resolve(sweep.stages[0].task, Path(sweep.path).resolve().parent)
+    version, diff = code_version(first.file.parent, exclude=sweep_dir.path.parent)
+    version["tasks"] = snapshot
+    atomic.write_json(sweep_dir.code_version(submission), version)
+    if diff:
+        atomic.write_text(sweep_dir.code_diff(submission), diff)
+
+
 def about() -> dict:
-    """hpcsweep's own version and, run from a git checkout, its commit (None from an installed wheel)."""
+    """hpcsweep's own version and, run from a git checkout, its commit and whether its tree is dirty
+    (None from an installed wheel)."""
     try:
         version = metadata.version("hpcsweep")
     except metadata.PackageNotFoundError:
@@ -100,39 +112,56 @@ def about() -> dict:
             version = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["version"]
         except (OSError, KeyError, ValueError):
             version = None
-    commit = None
+    commit = dirty = None
     if (REPO / ".git").exists():
-        try:
-            commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=REPO, capture_output=True, text=True,
-                                    timeout=30).stdout.strip() or None
-        except (OSError, subprocess.TimeoutExpired):
-            pass
-    return {"version": version, "commit": commit}
+        commit, dirty, _ = _git_state(REPO, with_diff=False)
+    return {"version": version, "commit": commit, "dirty": dirty}
 
 
-def code_version():
-    """(git commit, dirty flag, package versions) and the diff of a dirty tree, untracked files included."""
+def _git_state(folder, exclude=None, with_diff=True):
+    """(commit, dirty, diff) of the git repository `folder` lies in ((None, None, "") outside one). The
+    diff holds untracked files; those under `exclude` (the sweeps' root, which hpcsweep itself writes
+    into a project) count for nothing."""
     def git(*args):
         try:
-            return subprocess.run(["git", *args], cwd=REPO, capture_output=True, text=True, timeout=30).stdout
+            return subprocess.run(["git", *args], cwd=folder, capture_output=True, text=True, timeout=30).stdout
         except (OSError, subprocess.TimeoutExpired):
             return ""
+    top = git("rev-parse", "--show-toplevel").strip()
+    if not top:
+        return None, None, ""
     commit = git("rev-parse", "HEAD").strip() or None
-    dirty = bool(git("status", "--porcelain").strip())
-    diff = git("diff", "HEAD") if dirty else ""
-    for name in git("ls-files", "--others", "--exclude-standard").splitlines():
-        path = REPO / name
+    skip = str(Path(exclude).resolve()) + os.sep if exclude else None
+    untracked = [n for n in git("ls-files", "--others", "--exclude-standard", "--full-name", ":/").splitlines()
+                 if not (skip and (str(Path(top, n)) + os.sep).startswith(skip))]
+    changed = git("diff", "HEAD", "--stat").strip()
+    dirty = bool(changed or untracked)
+    if not with_diff or not dirty:
+        return commit, dirty, ""
+    diff = git("diff", "HEAD")
+    for name in untracked:
+        path = Path(top, name)
         if path.is_file() and path.stat().st_size <= UNTRACKED_MAX_BYTES:
-            diff += git("diff", "--no-index", "--", "/dev/null", name)
+            diff += subprocess.run(["git", "diff", "--no-index", "--", "/dev/null", name], cwd=top,
+                                   capture_output=True, text=True, timeout=30).stdout
         elif path.is_file():
             diff += f"# untracked, {path.stat().st_size} bytes, not copied: {name}\n"
+    return commit, dirty, diff
+
+
+def code_version(folder=REPO, exclude=None):
+    """(the record, the diff): the git commit, dirty flag and repository of `folder` (the task's; by
+    default hpcsweep's own), hpcsweep's version, package versions; the diff of a dirty tree, untracked
+    files included (but those under `exclude`)."""
+    commit, dirty, diff = _git_state(folder, exclude)
     packages = {}
     for p in PACKAGES:
         try:
             packages[p] = metadata.version(p)
         except metadata.PackageNotFoundError:
             packages[p] = None
-    return {"commit": commit, "dirty": dirty, "python": sys.version.split()[0], "packages": packages,
+    return {"commit": commit, "dirty": dirty, "repository": str(project_top(folder)) if commit else None,
+            "python": sys.version.split()[0], "packages": packages,
             "hpcsweep": about(), "host": socket.gethostname(), "time": now_iso()}, diff
 
 
@@ -146,9 +175,18 @@ def snapshot_tasks(sweep, sweep_dir, submission) -> dict:
         data = ref.file.read_bytes()
         out[stage.task] = {"file": str(ref.file), "sha256": hashlib.sha256(data).hexdigest(), "ref": ref.ref}
         if ref.kind == "file":
-            copy = sweep_dir.task_snapshot(submission, tasks.in_project(ref.file, spec_dir), out[stage.task]["sha256"])
+            digest = out[stage.task]["sha256"]
+            copy = sweep_dir.task_snapshot(submission, tasks.in_project(ref.file, spec_dir), digest)
             atomic.write_bytes(copy, data)
             out[stage.task]["snapshot"] = copy.relative_to(sweep_dir.code).as_posix()
+            # the modules it imports from its own folder go beside the copy: the job imports those too
+            helpers = {}
+            for module in tasks.local_imports(ref.file):
+                helper = sweep_dir.task_snapshot(submission, tasks.in_project(module, spec_dir), digest)
+                atomic.write_bytes(helper, module.read_bytes())
+                helpers[str(module)] = helper.relative_to(sweep_dir.code).as_posix()
+            if helpers:
+                out[stage.task]["modules"] = helpers
     return out
 
 
@@ -288,7 +326,7 @@ def submit(sweep, sweep_dir: SweepDir, *, job_class, executor=None, force=(), re
     with FileLock(str(sweep_dir.submit_lock)):
         submission = new_submission_id()
         forced = _resolve_force(sweep, force)
-        prepare(sweep, sweep_dir, submission)
+        prepare(sweep, sweep_dir, submission, code=False)
         reconcile(sweep_dir)
         view = liveness.settle(sweep_dir, [r.run_id for r in sweep.runs], log=log)
         for run_id, job in view.ending.items():        # still completing after the wait: not twice at once
@@ -320,6 +358,7 @@ def submit(sweep, sweep_dir: SweepDir, *, job_class, executor=None, force=(), re
         if not todo:
             log(f"nothing to submit: {describe(counts)}" + _hint(counts, retry_failed))
             return {}
+        record_code(sweep, sweep_dir, submission)          # a snapshot only of what is submitted
         waves = _waves(sweep, todo)
         entry = {"event": "submit", "submission": submission, "time": now_iso(), "executor": executor,
                  "host": socket.gethostname(), "runs": [r.run_id for r in todo],

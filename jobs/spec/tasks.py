@@ -89,6 +89,31 @@ def in_project(file: Path, spec_dir: Path) -> Path:
     return Path(file.name)
 
 
+def local_imports(file: Path) -> list:
+    """The modules a task file imports from its own folder (sibling .py files and packages, and what
+    they import in turn), found by reading, not importing: what a snapshot of the task must hold."""
+    root = Path(file).resolve().parent
+    seen, todo, out = set(), [Path(file).resolve()], []
+    while todo:
+        current = todo.pop()
+        try:
+            tree = ast.parse(current.read_text(encoding="utf-8"), str(current))
+        except (OSError, SyntaxError, ValueError):
+            continue
+        names = [a.name for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names]
+        names += [n.module for n in ast.walk(tree) if isinstance(n, ast.ImportFrom) and n.module and not n.level]
+        for name in names:
+            base = root.joinpath(*name.split(".")[:1])
+            found = [base.with_suffix(".py")] if base.with_suffix(".py").is_file() else \
+                sorted(base.rglob("*.py")) if (base / "__init__.py").is_file() else []
+            for module in found:
+                if module not in seen and module != Path(file).resolve():
+                    seen.add(module)
+                    out.append(module)
+                    todo.append(module)
+    return out
+
+
 def find_module(name: str):
     """The source file of module `name` on sys.path, found without importing anything."""
     parts = name.split(".")
