@@ -211,7 +211,10 @@ def aggregate(sweep_dir, out=None, formats=None, log=print, timings=None, analys
         finally:
             _FIGURE_JOB = None
         written, warnings = [], []
-        for files, warning, error in rendered:
+        for (files, warning, error), name in zip(rendered, names):
+            if not files:                 # not drawn this time: an image of an earlier call would mislead
+                for fmt in ("png", "pdf"):
+                    (out / f"{name}.{fmt}").unlink(missing_ok=True)
             if error:
                 errors.append(error)
             if warning:

@@ -592,7 +592,8 @@ def curves(sweep, fig, logged=None, **_):
     if len(handles) > 1 or hue:
         _legend(f, handles, _legend_title(sweep, lines))
     n, over = agg["n"], _over(sweep, _pooled(sweep, runs, keys))
-    word = (f"line: mean over {over}; band: ± {ERROR_WORDS[kind].split(' ± ')[-1]} ({_n_text(n)})"
+    word = ("line: one run per point (n = 1): no band" if _one_each(n) else
+            f"line: mean over {over}; band: ± {ERROR_WORDS[kind].split(' ± ')[-1]} ({_n_text(n)})"
             if kind != "none" else f"line: mean over {over} ({_n_text(n)})")
     if partial:
         word += f"; {PARTIAL}: fewer runs have logged than planned"
@@ -754,6 +755,12 @@ def _flat(v):
         yield v
 
 
+def _one_each(n) -> bool:
+    """Does every point stand for one run (no spread to show, "mean ± std (n = 1)" would mislead)?"""
+    n = [int(v) for v in n if v == v and v > 0] if n is not None else []
+    return bool(n) and max(n) == 1
+
+
 def _n_text(n) -> str:
     n = [int(v) for v in n if v == v and v > 0] if n is not None else []
     if not n:
@@ -770,7 +777,8 @@ def _finish(f, fig, partial, kind, note=True, n=None, extra=None, over="seeds", 
     if extra:
         parts.append(extra)
     if note:
-        parts.append(f"{bars}: {ERROR_WORDS[kind]} over {over} ({_n_text(n)})" if kind != "none"
+        parts.append(f"one run per point (n = 1): no {bars}" if _one_each(n) else
+                     f"{bars}: {ERROR_WORDS[kind]} over {over} ({_n_text(n)})" if kind != "none"
                      else f"points: mean over {over} ({_n_text(n)})")
         if partial:
             parts.append("hollow: fewer finished runs than planned")

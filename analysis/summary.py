@@ -147,6 +147,9 @@ def _decimals(sweep, metric) -> int:
 def _metric_text(sweep, table, m) -> pd.Series:
     """The cells of metric `m`: `0.617 ± 0.002`, then `(k NaN/inf)` or `(n=…)` where that applies."""
     d = _decimals(sweep, m)
+    means, stds = table[f"{m}_mean"].dropna(), table[f"{m}_std"].fillna(0)
+    if len(means) and all(float(v).is_integer() for v in means) and (stds == 0).all():
+        d = 0                         # a count (steps, epochs): 200, not 200.000 ± 0.000
     text = pd.Series([cell(mu, sd, d) for mu, sd in zip(table[f"{m}_mean"], table[f"{m}_std"])],
                      index=table.index, dtype=object)
     bad = table.get(f"{m}_nonfinite", pd.Series(0, index=table.index)).fillna(0).astype(int)

@@ -270,13 +270,15 @@ class RunContext:
         """True when the task should call ctx.save(step, ...) now.
 
         That is: a stop was requested, time is running out (time_left() < margin_s),
-        every_min minutes passed since the last save (or the start), or every_steps steps did.
+        every_min minutes passed since the last save (or the start), or a multiple of every_steps was reached.
         Called every step, so it only reads the clock.
         """
         now = self._clock()
         due = (self._stop or (self.deadline is not None and self.deadline - now < self.margin_s)
                or now - self._last_save_time >= self._every_s
-               or (bool(self._every_steps) and step - self._last_save_step >= self._every_steps))
+               # at every multiple of every_steps, wherever the last save fell (a restore, a save on
+               # time): an interrupted run keeps the checkpoint steps of an uninterrupted one
+               or (bool(self._every_steps) and step // self._every_steps > self._last_save_step // self._every_steps))
         if self.world_size == 1:
             return due
         due, stop = self._agree(due, self._stop)

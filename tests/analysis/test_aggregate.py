@@ -197,3 +197,30 @@ def test_analysis_imports_no_model_code():
             "bad = [m for m in sys.modules if m == 'torch' or m == 'models' or m.startswith(('models.', 'torch.'))]; "
             "assert not bad, bad")
     subprocess.run([sys.executable, "-c", code], cwd=REPO, check=True)
+
+
+def test_a_figure_not_drawn_any_more_leaves_no_old_image_behind(tmp_path):
+    good = {**ANALYSIS, "figures": [{"kind": "ladder", "x": "k", "y": "test_acc"}]}
+    sdir, _ = make_sweep(tmp_path, analysis=good)
+    aggregate(sdir, formats="png", log=lambda *_: None)
+    image = sdir / "analysis" / "ladder.png"
+    assert image.exists()
+    broken = {**ANALYSIS, "figures": [{"kind": "ladder", "x": "k", "y": "test_acc", "where": {"k": 9}}]}
+    aggregate(sdir, formats="png", log=lambda *_: None, analysis=broken)
+    assert not image.exists()          # "not drawn" with yesterday's picture beside it would mislead
+
+
+def test_counts_read_as_counts_and_one_run_per_point_shows_no_spread(tmp_path):
+    runs = grid({"k": [0, 1]}, seeds=[1])
+    for r in runs:
+        r["metrics"] = {"steps": 200, "test_acc": 0.5 + 0.1 * r["config"]["k"]}
+    sdir = write_sweep(tmp_path / "counts", runs, analysis={"group_by": ["k"], "metrics": ["steps", "test_acc"],
+                                                            "figures": [{"kind": "ladder", "x": "k", "y": "test_acc"}]})
+    aggregate(sdir, formats="md", log=lambda *_: None)
+    table = squeezed(sdir / "analysis" / "summary.md")
+    assert "| 200 |" in table and "200.000" not in table and "0.500" in table, table
+    from analysis import figures as figures_mod
+    from analysis.load import load
+    f, _ = figures_mod.draw(load(sdir), {"kind": "ladder", "x": "k", "y": "test_acc"})
+    caption = " ".join(t.get_text() for t in f.texts)
+    assert "one run per point (n = 1)" in caption and "± std" not in caption, caption

@@ -381,3 +381,13 @@ def test_log_closes_a_torn_last_line_when_the_task_never_restores(tmp_path):
 def test_log_refuses_a_metric_named_run_id(tmp_path):
     with pytest.raises(ValueError, match="'run_id' is the run's own name"):
         RunContext(tmp_path, {}).log(1, run_id=3)
+
+
+def test_every_steps_saves_at_its_multiples_whatever_step_the_run_resumed_from(tmp_path):
+    plan = {"every_min": None, "every_steps": 5, "keep_last": 10}
+    ctx = RunContext(tmp_path, {}, checkpoint=plan)
+    assert ctx.restore() is None
+    ctx.save(7, {"step": 7})                     # a save on a stop request, between multiples
+    resumed = RunContext(tmp_path, {}, checkpoint=plan)
+    assert resumed.restore()["step"] == 7
+    assert [s for s in range(8, 21) if resumed.should_checkpoint(s) and resumed.save(s, {"step": s})] == [10, 15, 20]
