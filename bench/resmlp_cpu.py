@@ -35,9 +35,14 @@ class EpochClock:
     """A ctx that never checkpoints and notes when each epoch ends (ctx.log is called once per epoch;
     on CUDA after the queued work is done). bench/resmlp_gpu.py uses it too."""
 
+    rank, world_size, rank_state = 0, 1, None      # one process: what a task asks of a distributed run's ctx
+
     def __init__(self, device="cpu"):
         self.device = device
         self.ends = []
+
+    def sum_over_ranks(self, value):
+        return value
 
     def restore(self):
         return None
@@ -90,10 +95,13 @@ def plain(cfg, data):
 def main():
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--shape", choices=["digits", "cifar", "both"], default="both")
-    p.add_argument("--epochs", type=int, default=0, help="epochs per measurement (default: 6 digits, 3 cifar)")
+    p.add_argument("--epochs", type=int, default=0, help="epochs per measurement, at least 2: the first warms up "
+                                                         "(default: 6 digits, 3 cifar)")
     p.add_argument("--repeats", type=int, default=2)
     p.add_argument("--threads", type=int, default=0, help="torch intra-op threads (default: torch's choice)")
     args = p.parse_args()
+    if args.epochs == 1:
+        p.error("--epochs: at least 2 (the first epoch warms up and is not timed)")
     if args.threads:
         torch.set_num_threads(args.threads)
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, batch 128, AdamW, cosine lr; "
