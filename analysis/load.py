@@ -1,6 +1,6 @@
 """A sweep dir -> one table with a row per run, and the sweep's analysis settings.
 
-Reads only what the sweep wrote (README, "The sweep dir"): spec.yaml, plan.json and, per run,
+Reads only what the sweep wrote (docs/format.md, "The sweep dir"): spec.yaml, plan.json and, per run,
 config.yaml, result.json and error.txt, through jobs.store.SweepDir. States are jobs.store.RunState:
 `done` (result.json parses), `corrupt result` (it does not), `failed` (error.txt, no result),
 `pending` (config.yaml, nothing else: submitted, unfinished), `new` (no run dir yet). Analysis

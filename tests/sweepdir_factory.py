@@ -1,4 +1,4 @@
-"""Synthetic sweep dirs in the on-disk format of README.md ("The sweep dir"), for analysis tests.
+"""Synthetic sweep dirs in the on-disk format of docs/format.md, for analysis tests.
 
     from tests.sweepdir_factory import grid, write_sweep
     runs = grid({"method": ["bp", "dfa"], "k": [0, 1]}, seeds=[1, 2, 3])

@@ -643,7 +643,7 @@ def starter_profiles(info: dict, where: str) -> str:
         rows += [(f"  {k}: {{max_time_min: {v['max_time_min']}}}", "") for k, v in others.items()]
     lines = [f"# Cluster profiles for hpcsweep, read off {where} by `hpcsweep init` on {time.strftime('%Y-%m-%d')}.",
              f"# Use it with --cluster {info['name']} (or export HPCSWEEP_CLUSTER={info['name']}); edit freely.",
-             "# A spec's resources: override these; the README's cluster profiles section lists every key.", "",
+             "# A spec's resources: override these; docs/clusters.md lists every key.", "",
              f"{info['name']}:"]
     lines += [f"  {row:<34}# {why}" if why else f"  {row}" for row, why in rows]
     text = "\n".join(lines) + "\n"

@@ -3,7 +3,7 @@
     sweep = load_sweep("sweeps/depth_ladder.yaml")
     sweep.runs[0].run_id, sweep.runs[0].label, sweep.runs[0].config
 
-The grammar (README, "Writing a sweep spec") extends DESIGN.md's: `base` fixed values,
+The grammar (docs/spec.md, "Writing a sweep spec") extends DESIGN.md's: `base` fixed values,
 `grid` axes crossed with each other, an axis whose value is a list of mappings is a union of
 sub-grids, `zip` pairs lists element-wise, `seeds`, `random` search, `include`/`exclude`
 filters, and `extends` to inherit from another spec. Every mistake is a SpecError that names

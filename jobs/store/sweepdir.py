@@ -1,6 +1,6 @@
 """The sweep dir: every path of a sweep and of its runs, and the state a run is in.
 
-This module is the only place that spells a file name of the on-disk format (README, "The sweep
+This module is the only place that spells a file name of the on-disk format (docs/format.md, "The sweep
 dir"). Everyone else asks a `SweepDir` or a `RunDir` for a path:
 
     sweep_dir = SweepDir.under(root, "depth_ladder")

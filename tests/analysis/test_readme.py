@@ -1,4 +1,5 @@
-"""The README's DataFrame example runs as written, on a sweep dir of the spec it names."""
+"""The DataFrame example of docs/analysis.md (the analysis API page) runs as written, on a sweep dir of the spec
+it names. (tests/test_docs.py runs every python block of the docs; this one checks what the example computes.)"""
 import json
 import re
 from pathlib import Path
@@ -11,12 +12,11 @@ REPO = Path(__file__).resolve().parents[2]
 
 
 def example() -> str:
-    text = (REPO / "README.md").read_text()
-    section = text[text.index("## Analysis"):]
-    return re.search(r"```python\n(.*?)```", section, re.S).group(1)
+    text = (REPO / "docs" / "analysis.md").read_text()
+    return re.search(r"```python\n(.*?)```", text, re.S).group(1)
 
 
-def test_the_readme_dataframe_example_runs(tmp_path, monkeypatch):
+def test_the_analysis_page_dataframe_example_runs(tmp_path, monkeypatch):
     code = example()
     spec = re.search(r'analysis\.runs\("([^"]+)"\)', code).group(1)
     name = yaml.safe_load((REPO / spec).read_text()).get("name") or Path(spec).stem
@@ -28,7 +28,7 @@ def test_the_readme_dataframe_example_runs(tmp_path, monkeypatch):
     monkeypatch.setenv("HPCSWEEP_ROOT", str(tmp_path))
     monkeypatch.chdir(tmp_path)                   # "from any directory"
     scope = {}
-    exec(compile(code.replace(f'"{spec}"', json.dumps(str(REPO / spec))), "README.md", "exec"), scope)
+    exec(compile(code.replace(f'"{spec}"', json.dumps(str(REPO / spec))), "docs/analysis.md", "exec"), scope)
     assert len(scope["runs"]) == len(runs) and {"run_id", "state", "method", "k", "test_acc"} <= set(scope["runs"])
     assert len(scope["curves"]) == 4 * len(runs)
     assert list(scope["curves"].columns[:3]) == ["run_id", "step", "time"]
