@@ -301,7 +301,8 @@ def cmd_status(args) -> int:
     shown = selected if args.all else [selected[i] for i in sorted(sorted(
         range(len(selected)), key=lambda i: order.get(st[selected[i].run_id], 5))[:max(5, size.lines - 8)])]
     # a row reads the run's files: only for the runs shown (a 10,000-run sweep shows a screenful)
-    print(progress.table([row(r) for r in shown], size.columns))
+    # cut to the terminal's width at a terminal; whole rows into a pipe or a file (grep, scripts, logs)
+    print(progress.table([row(r) for r in shown], size.columns if sys.stdout.isatty() else 1_000))
     if len(shown) < len(selected):
         print(f"... {len(selected) - len(shown)} more runs (--all shows every run)")
     print(progress.next_step(counts, _named(args), PROG))

@@ -165,11 +165,11 @@ def counts(seen: Look, runs) -> dict:
 
 
 def describe(by_state: dict) -> str:
-    """"2 running, 28 queued, 3 done (30 in flight)": the in-flight sub-states summed, as before."""
+    """"2 running, 28 queued, 3 done (30 in flight)": the in-flight sub-states summed, always said the
+    same way (scripts and people look for "in flight")."""
     text = ", ".join(f"{n} {s}" for s, n in sorted(by_state.items())) or "no runs"
-    flying = sum(n for s, n in by_state.items() if s in {str(w) for w in Where} | {str(RunState.IN_FLIGHT)})
-    parts = sum(1 for s in by_state if s in {str(w) for w in Where})
-    return text + (f" ({flying} in flight)" if parts > 1 else "")
+    flying = sum(n for s, n in by_state.items() if s in {str(w) for w in Where})
+    return text + (f" ({flying} in flight)" if flying else "")
 
 
 def run_row(sweep_dir, run, state, failure="", note="", place=None) -> dict:
