@@ -15,9 +15,11 @@ The process group is nccl on GPUs, gloo on CPU.
 from __future__ import annotations
 
 import datetime
+import io
 import multiprocessing
 import os
 import socket
+import sys
 import time
 from dataclasses import dataclass
 
@@ -101,6 +103,18 @@ def barrier(device: str) -> None:
         dist.barrier()
 
 
+def _whole_lines(target, *args):
+    """A spawned rank: its stdout written a line at a time (the ranks share the job's log; a block-
+    buffered stdout let one rank's half line meet another's), then target(*args)."""
+    for name in ("stdout", "stderr"):
+        stream = getattr(sys, name)
+        stream.flush()
+        # buffered, flushed at each newline: print's text and its newline leave in one write
+        setattr(sys, name, io.TextIOWrapper(open(stream.fileno(), "wb", closefd=False), encoding=stream.encoding,
+                                            errors=stream.errors, line_buffering=True))
+    return target(*args)
+
+
 def spawn(world_size: int, target, args: tuple, ok_codes, started=None) -> tuple[list, int | None]:
     """Run target(ranks, *args) in world_size fresh processes on this machine; (their exit codes,
     the rank that failed first or None).
@@ -112,8 +126,8 @@ def spawn(world_size: int, target, args: tuple, ok_codes, started=None) -> tuple
     """
     ctx = multiprocessing.get_context("spawn")
     port = free_port()
-    procs = [ctx.Process(target=target, args=(Ranks(r, r, world_size, "127.0.0.1", port), *args), daemon=False)
-             for r in range(world_size)]
+    procs = [ctx.Process(target=_whole_lines, args=(target, Ranks(r, r, world_size, "127.0.0.1", port), *args),
+                         daemon=False) for r in range(world_size)]
     for p in procs:
         p.start()
     if started:

@@ -1,6 +1,7 @@
 """Distributed runs on this machine: 2 real processes with gloo, spawned as the local executor and
 `main.py run` do. The same run on the real SLURM (srun ranks) is in tests/sched/test_slurm_distributed.py."""
 import json
+import re
 import os
 import signal
 import subprocess
@@ -128,3 +129,32 @@ def test_a_killed_rank_fails_the_run_within_seconds(tmp_path):
     assert outcome(stdout) == "failed"
     assert "rank 1" in run.error.read_text() and not run.result.exists()
     assert [e["outcome"] for e in run.read_attempts() if e["event"] == "end"] == ["failed"]
+
+
+RANKS_PRINT = '''
+import sys, time
+sys.path.insert(0, {repo!r})
+from jobs.runtime import distributed
+
+def target(ranks):
+    end, i = time.time() + 1.0, 0
+    while time.time() < end:
+        print(f"rank {{ranks.rank}} line {{i}} " + "x" * 40)
+        i += 1
+        if i % 20 == 0:
+            time.sleep(0.001)
+
+if __name__ == "__main__":
+    sys.exit(max(distributed.spawn(2, target, (), ok_codes={{0}})[0]))
+'''
+
+
+def test_ranks_sharing_a_log_write_whole_lines(tmp_path):
+    script = tmp_path / "ranks_print.py"
+    script.write_text(RANKS_PRINT.format(repo=str(REPO)))
+    log = tmp_path / "job.log"
+    with open(log, "wb") as f:          # as a job's log: one file both ranks inherit, unbuffered Python (-u)
+        subprocess.run([sys.executable, "-u", str(script)], stdout=f, check=True, timeout=120)
+    lines = log.read_text().splitlines()
+    bad = [line for line in lines if not re.fullmatch(r"rank [01] line \d+ x{40}", line)]
+    assert len(lines) > 1000 and not bad, bad[:3]
