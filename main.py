@@ -400,13 +400,15 @@ def cmd_logs(args) -> int:
         job = place.get("job_id") or (str(starts[-1].get("job_id") or "") if starts else "")
         return job, seen.states[run.run_id] == RunState.IN_FLIGHT
     job, flying = current()
+    if args.metrics:
+        job = job or "-"                     # the run's own file: no job needed to read it
     if not job:
         print(f"error: {run.label or run.run_id} has no job yet ({'queued' if flying else 'never started'}); "
               f"`{PROG} status {_named(args)}` says where it is", file=sys.stderr)
         return 2 if not (flying and args.follow) else _follow_start(args, current)
     offset, shown = 0, None
     while True:
-        path = sweep_dir.job_log(job, args.err)
+        path = sweep_dir.run(run.run_id).metrics if args.metrics else sweep_dir.job_log(job, args.err)
         if path != shown:                    # a chained job: its own file, from its start
             if shown is not None:
                 print(f"--- job {job} ({path})", file=sys.stderr)
@@ -423,7 +425,7 @@ def cmd_logs(args) -> int:
             sys.stdout.flush()
         if not args.follow:
             if shown is not None and not path.exists():
-                print(f"error: {path}: no log yet (job {job})", file=sys.stderr)
+                print(f"error: {path}: nothing logged yet" + ("" if args.metrics else f" (job {job})"), file=sys.stderr)
                 return 1
             return 0
         job_now, flying = current()
@@ -669,6 +671,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     sp = add("logs", "print a run's job output (its current attempt's, across requeues); --only names the run", cmd_logs)
     sp.add_argument("--err", action="store_true", help="the job's stderr (tracebacks, warnings) instead of its stdout")
+    sp.add_argument("--metrics", action="store_true", help="the run's metrics lines (metrics.jsonl, every attempt) "
+                                                          "instead of its job's output")
     sp.add_argument("--follow", "-f", action="store_true", help="keep printing lines as they come, until the run ends")
 
     sp = add("watch", "a live view of the sweep: counts by state per stage, running runs with rate and ETA, the "

@@ -193,3 +193,15 @@ def test_run_pdb_stops_in_the_failing_frame_at_a_terminal(tmp_path):
     assert proc.wait(timeout=60) == 1
     os.close(master)
     assert b"boom 0" in seen
+
+
+def test_logs_metrics_prints_the_runs_metric_lines(tmp_path):
+    path = spec(tmp_path, "logged", {"base": {"steps": 3}, "seeds": [1, 2]})
+    root = tmp_path / "root"
+    assert cli("submit", path, "--root", root, "--executor", "debug").returncode == 0
+    sweep = load_sweep(path)
+    run = next(r for r in sweep.runs if r.config["seed"] == 2)
+    out = cli("logs", path, "--root", root, "--only", "seed=2", "--metrics", "--follow")     # a run that ended: returns
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.splitlines() == SweepDir.under(root, sweep.name).run(run.run_id).metrics.read_text().splitlines()
+    assert len(out.stdout.splitlines()) >= 3
