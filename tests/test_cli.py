@@ -205,3 +205,32 @@ def test_logs_metrics_prints_the_runs_metric_lines(tmp_path):
     assert out.returncode == 0, out.stderr
     assert out.stdout.splitlines() == SweepDir.under(root, sweep.name).run(run.run_id).metrics.read_text().splitlines()
     assert len(out.stdout.splitlines()) >= 3
+
+
+def test_cancel_only_on_the_local_executor_stops_exactly_those_runs(tmp_path):
+    # one run at a time: seed 1 runs while 2 and 3 wait in the driver's queue
+    path = spec(tmp_path, "localcancel", {"base": {"steps": 400, "sleep_s": 0.05}, "seeds": [1, 2, 3],
+                                          "resources": {"max_parallel": 1}})
+    root = tmp_path / "root"
+    assert "submitted 3 runs" in cli("submit", path, "--root", root, "--executor", "local").stdout
+    sweep = load_sweep(path)
+    sweep_dir = SweepDir.under(root, sweep.name)
+    first, second, third = sweep.runs
+    deadline = time.time() + 120
+    while len(sweep_dir.run(first.run_id).read_attempts()) < 1 or not sweep_dir.run(first.run_id).metrics.exists():
+        assert time.time() < deadline, "the first run never started"
+        time.sleep(0.2)
+    out = cli("cancel", path, "--root", root, "--only", "seed=1", "--only", "seed=2")
+    assert out.returncode == 0 and "cancelled 2 runs of the local executor" in out.stdout, out.stdout + out.stderr
+    states = sched.states(sweep, sweep_dir)
+    assert states[second.run_id] != "in flight"                    # taken out of the queue at once
+    while not sweep_dir.run(third.run_id).result.exists():       # the other run goes on, on its own
+        assert time.time() < deadline + 120, "the third run never finished"
+        time.sleep(0.2)
+    ends = [a for a in sweep_dir.run(first.run_id).read_attempts() if a["event"] == "end"]
+    assert [a["outcome"] for a in ends] == ["interrupted"]          # checkpointed, resumable
+    assert not sweep_dir.run(second.run_id).read_attempts()         # never started
+    states = sched.states(sweep, sweep_dir)
+    assert [states[r.run_id] for r in sweep.runs] == ["pending", "pending", "done"], states
+    out = cli("resume", path, "--root", root, "--executor", "local", "--wait", timeout=600)
+    assert out.returncode == 0 and "submitted 2 runs" in out.stdout, out.stdout + out.stderr

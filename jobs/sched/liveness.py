@@ -27,7 +27,7 @@ from datetime import datetime
 from typing import NamedTuple
 
 from jobs.sched import local, slurm
-from jobs.store import SweepDir, Where
+from jobs.store import SweepDir, Where, atomic
 
 GRACE_S = 30.0       # how long a job just submitted may be missing from squeue and sacct
 ENDING_WAIT_S = 60.0  # how long submit waits for cancelled jobs to finish completing
@@ -101,7 +101,7 @@ def look(sweep_dir: SweepDir, run_ids, entries=None) -> View:
                 held[run_id] = (job.job_id, queue.get(job.job_id, ""))
             elif verdicts[job.job_id] == ENDING:
                 ending.setdefault(run_id, job.job_id)
-    live.update(_local_drivers(entries))
+    live.update(_local_drivers(entries, sweep_dir))
     here = socket.gethostname()
     for run_id, h in holders.items():
         job = _holder_job(h, known | {j.job_id for j in extra})
@@ -143,8 +143,9 @@ def _holder_job(holder: dict, known) -> str:
     return ""
 
 
-def _local_drivers(entries) -> dict:
-    """run_id -> submission, for the local executor's drivers that are alive."""
+def _local_drivers(entries, sweep_dir) -> dict:
+    """run_id -> submission, for the local executor's drivers that are alive (but the runs `cancel --only`
+    took out of them: a driver starts none of those)."""
     ended = {e.get("submission") for e in entries if e.get("event") == "driver_end"}
     started = {e.get("submission"): e for e in entries if e.get("event") == "driver_start"}
     submitted = {e.get("submission") for e in entries if e.get("event") == "submit"}
@@ -162,8 +163,10 @@ def _local_drivers(entries) -> dict:
             continue
         if e.get("host") == here and not local.driver_alive(e.get("driver_pid", -1), e.get("submission", "")):
             continue
+        dropped = {c.get("run_id") for c in atomic.read_jsonl(sweep_dir.cancelled_runs(e.get("submission", "")))}
         for run_id in e.get("runs", []):
-            out[run_id] = e.get("submission")
+            if run_id not in dropped:
+                out[run_id] = e.get("submission")
     return out
 
 

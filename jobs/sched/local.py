@@ -94,10 +94,14 @@ def drive(sweep_dir: SweepDir, submission: str) -> None:
     def done(run_id):
         return sweep_dir.run(run_id).result.exists()
 
+    def cancelled():                    # what `cancel --only` took out of this submission, as of now
+        return {e.get("run_id") for e in atomic.read_jsonl(sweep_dir.cancelled_runs(submission))}
+
     # the submitting command journals the pid after starting us; say it ourselves too, in case it died first
     record("driver_start", driver_pid=os.getpid(), host=socket.gethostname())
     try:
         while (queue or running) and not stopping:
+            out = cancelled()
             # a pack of a later stage starts once the upstream runs it needs are done; it is blocked
             # when one of them ended without a result and no job of this driver will run it again
             coming = {r for _, p, _ in queue for r in p.run_ids} | {r for _, _, p, _ in running.values() for r in p.run_ids}
@@ -105,6 +109,14 @@ def drive(sweep_dir: SweepDir, submission: str) -> None:
                 if len(running) >= parallel:
                     break
                 i, pack, chain = item
+                if out & set(pack.run_ids):
+                    queue.remove(item)
+                    record("cancelled", pack=i, runs=[r for r in pack.run_ids if r in out])
+                    if not set(pack.run_ids) - out:
+                        continue
+                    item = (i, dataclasses.replace(pack, run_ids=[r for r in pack.run_ids if r not in out]), chain)
+                    queue.append(item)
+                    i, pack, chain = item
                 waiting = [u for u in pack.needs if not done(u)]
                 if waiting and not set(waiting) & coming:
                     queue.remove(item)
@@ -126,6 +138,7 @@ def drive(sweep_dir: SweepDir, submission: str) -> None:
                 except Exception as e:            # the job itself died (killed, out of memory)
                     out, left = {"error": f"{type(e).__name__}: {str(e)[-500:]}"}, []
                 record("job_end", job_id=job_id, pack=i, **out)
+                left = [r for r in left if r not in cancelled()]      # a cancelled run goes on only by resume
                 if left and chain < max_chain:
                     # the requeue budget is spent: chain a fresh job
                     queue.append((i, dataclasses.replace(pack, run_ids=list(left)), chain + 1))

@@ -610,9 +610,7 @@ def _cancel_runs(sweep_dir, entries, run_ids, log) -> int:
             local_runs.append(run_id)
         else:
             idle.append(run_id)
-    if local_runs:
-        raise SubmitError(f"{len(local_runs)} of these runs are run by the local executor ({', '.join(local_runs[:5])}), "
-                          "whose driver cannot stop one run yet: cancel without --only stops the whole submission")
+    stopped = _cancel_local_runs(sweep_dir, entries, local_runs, view, log) if local_runs else 0
     shared = {job: sorted(set(packs.get(job, ())) - set(mine)) for job, mine in wanted.items()}
     shared = {job: others for job, others in shared.items() if others}
     if shared:
@@ -625,4 +623,40 @@ def _cancel_runs(sweep_dir, entries, run_ids, log) -> int:
         slurm.cancel(sorted(wanted))
         log(f"cancelled {len(wanted)} SLURM jobs: " + ", ".join(f"{job} ({', '.join(rids)})" for job, rids in
                                                                  sorted(wanted.items())[:10]))
-    return len(wanted)
+    return len(wanted) + stopped
+
+
+def _cancel_local_runs(sweep_dir, entries, run_ids, view, log) -> int:
+    """Take runs out of their local submissions: the driver starts and chains none of them, and a run
+    executing now is told to stop (SIGTERM to its process: it checkpoints and stays resumable). A run
+    packed with others that keep going is refused, as on SLURM. How many runs were stopped or dropped."""
+    import signal
+    by_submission, running = {}, []
+    packs = {}                       # run_id -> the runs of the local job that holds it now (the driver's "job" events)
+    for e in entries:
+        if e.get("event") == "job" and isinstance(e.get("runs"), list):
+            for rid in e["runs"]:
+                packs[rid] = e["runs"]
+    for run_id in run_ids:
+        who = view.live[run_id]
+        holder = sweep_dir.run(run_id).read_holder() if sweep_dir.run(run_id).holder.exists() else None
+        submission = who if isinstance(who, str) else None
+        if holder:
+            others = sorted(set(packs.get(run_id, [run_id])) - set(run_ids))
+            if others:
+                raise SubmitError(f"{run_id} runs in one local job with {', '.join(others[:5])}: stopping it would "
+                                  "stop those too; name them with --only as well, or cancel the sweep")
+            running.append(holder)
+        submission = submission or next((e.get("submission") for e in reversed(entries) if e.get("event") == "job"
+                                         and run_id in (e.get("runs") or [])), None)
+        if submission:
+            by_submission.setdefault(submission, []).append(run_id)
+    for submission, rids in by_submission.items():
+        for rid in rids:
+            atomic.append_jsonl(sweep_dir.cancelled_runs(submission), {"run_id": rid, "time": now_iso()})
+    for holder in running:
+        if holder.get("host") == socket.gethostname() and local.process_alive(holder.get("pid", -1), holder.get("process_started")):
+            os.kill(holder["pid"], signal.SIGTERM)
+    log(f"cancelled {len(run_ids)} runs of the local executor ({', '.join(run_ids[:10])}): "
+        f"{len(running)} stopping (they checkpoint), the rest will not start; resume brings them back")
+    return len(run_ids)

@@ -302,6 +302,11 @@ class SweepDir:
         """What the local driver of a submission reads: its job objects, pickled by the submitting command."""
         return self.logs / f"{submission}.jobs.pkl"
 
+    def cancelled_runs(self, submission) -> Path:
+        """The runs `cancel --only` took out of a local submission (one {"run_id"} line each): its driver
+        starts and chains none of them."""
+        return self.logs / f"{submission}.cancelled.jsonl"
+
     def driver_log(self, submission) -> Path:
         return self.logs / f"driver-{submission}.log"
 
