@@ -170,6 +170,7 @@ def test_resume_wait_after_a_corrupt_result_waits_for_the_rerun(tmp_path):
     sweep_dir = SweepDir.under(root, sweep.name)
     assert cli("submit", path, *slurm_args(root), "--wait", timeout=600).returncode == 0
     ev = next(r for r in sweep.runs if r.stage == "eval")
+    wait_for(lambda: quiet(sweep_dir), 60, "the finished jobs gone from the queue")   # no live job holds it now
     sweep_dir.run(ev.run_id).result.write_text('{"metrics": {"sc')
     out = cli("resume", path, *slurm_args(root), "--wait", timeout=600)
     assert out.returncode == 0, out.stdout + out.stderr
