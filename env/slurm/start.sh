@@ -13,7 +13,8 @@
 # requeue allowed, MaxArraySize 1001. Settings chosen for fast tests (measured on this kind of machine):
 # cred_expire=10 and a 5 s scheduling interval (a requeued job runs again after ~10 s, not ~3 min),
 # KillWait=5, DefMemPerCPU (else one job takes the node), more CPUs advertised than exist (small
-# test jobs side by side).
+# test jobs side by side). Accounting gathers as real clusters do (jobacct_gather/linux: sacct's
+# MaxRSS and TotalCPU are filled), sampling every 2 s so that short test jobs are measured.
 set -euo pipefail
 
 STATE=${HPCSWEEP_SLURM_STATE:-/var/lib/hpcsweep-slurm}
@@ -78,7 +79,8 @@ CredType=cred/munge
 MpiDefault=none
 ProctrackType=proctrack/linuxproc
 TaskPlugin=task/none
-JobAcctGatherType=jobacct_gather/none
+JobAcctGatherType=jobacct_gather/linux
+JobAcctGatherFrequency=task=2
 ReturnToService=2
 SlurmctldPidFile=/run/slurm/slurmctld.pid
 SlurmdPidFile=/run/slurm/slurmd.pid
