@@ -74,6 +74,9 @@ CONFIG = {
     "k": 4,                       # the last k blocks are trained, the first num_blocks - k stay at init
     "mlp_ratio": 4,
     "epochs": 100,
+    "schedule_epochs": 0,         # epochs the cosine learning rate spans (0: epochs). A search that raises
+                                  # `epochs` by promotion sets it to its largest budget: a trial promoted to
+                                  # the end trains exactly as a full-length run would
     "batch_size": 128,
     "lr": 1e-3,
     "weight_decay": 0.01,
@@ -114,6 +117,8 @@ def resolve(cfg):
     for key in ("d_hidden", "mlp_ratio", "epochs", "batch_size", "eval_every"):
         if not (isinstance(cfg[key], int) and cfg[key] >= 1):
             raise ValueError(f"resmlp: {key} must be an integer >= 1, got {cfg[key]!r}")
+    if not (isinstance(cfg["schedule_epochs"], int) and cfg["schedule_epochs"] >= 0):
+        raise ValueError(f"resmlp: schedule_epochs must be an integer >= 0, got {cfg['schedule_epochs']!r}")
     return cfg
 
 
@@ -264,7 +269,7 @@ def fit(cfg, ctx, data):
     x, y = data["x_train"], data["y_train"]
     n, bs = len(y), cfg["batch_size"]
     per_epoch = math.ceil(n / bs)
-    total = cfg["epochs"] * per_epoch
+    total = (cfg["schedule_epochs"] or cfg["epochs"]) * per_epoch
     gen = torch.Generator().manual_seed(seed)      # shuffling only: its state is the data position
 
     step, epoch, batch, perm, spent = 0, 0, 0, None, 0.0
@@ -320,6 +325,17 @@ def fit(cfg, ctx, data):
             metrics["test_loss"], metrics["test_acc"] = evaluate(model, data["x_test"], data["y_test"])
             model.train()
         ctx.log(step, total_steps=total, **metrics)
+        if epoch == cfg["epochs"] and step > ctx.start_step:
+            # the end of the budget: saved after the epoch's line, so a run trained on later (a promoted
+            # search trial) continues from here and trains no step twice
+            ctx.save(step, {
+                "model": model.state_dict(),
+                "optimizers": {name: opt.state_dict() for name, opt in opts.items()},
+                "feedback": fb,
+                "data": {"epoch": epoch, "batch": 0, "perm": perm.cpu(), "generator": gen.get_state(),
+                         "sums": {k: v.cpu() for k, v in _zero_sums(device).items()}},
+                "step": step, "train_time_s": spent + time.time() - resumed_at, "config": cfg},
+                rank_state={"sums": {k: v.cpu() for k, v in _zero_sums(device).items()}} if ctx.world_size > 1 else None)
 
     model.eval()
     test_loss, test_acc = evaluate(model, data["x_test"], data["y_test"])
