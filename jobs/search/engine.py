@@ -221,3 +221,48 @@ def _number(v):
 def _plain(v):
     v = _number(v)
     return v if math.isfinite(v) else str(v)
+
+
+def summary(engine: Engine, labels: dict | None = None) -> dict:
+    """What `status` says of a search: per rung its results and promotions, who runs, who is paused, the best."""
+    state, search = engine.state(), engine.search
+    labels = labels or {}
+    reached = {}
+    for rung, results in enumerate(state.results):
+        for trial, _ in results:
+            reached[trial] = max(reached.get(trial, -1), rung)
+    top = len(engine.rungs) - 1
+    running = state.running()
+    paused = sorted(t for t, r in reached.items() if r < top and t not in running and t not in state.failed)
+    best = state.best(search.mode)
+    key = search.budget.key if search.budget else "budget"
+    return {
+        "stage": engine.stage, "method": search.method, "metric": search.metric, "mode": search.mode,
+        "trials": search.trials, "parallel": search.parallel, "started": state.started,
+        "running": sorted(running), "paused": paused, "failed": sorted(state.failed),
+        "rungs": [{"rung": r, key: b, "results": len(state.results[r]), "promoted": len(state.promoted[r])}
+                  for r, b in enumerate(engine.rungs)],
+        "best": None if best is None else {"trial": best[0], "run_id": engine.run_ids[best[0]],
+                                           "label": labels.get(engine.run_ids[best[0]], ""), "rung": best[1],
+                                           key: engine.rungs[best[1]], search.metric: best[2]},
+        "decisions": sum(1 for e in state.events if e.get("event") == "claim"),
+        "finished": not engine.unfinished(state),
+    }
+
+
+def describe(s: dict) -> list:
+    """summary() as lines of text."""
+    key = next(k for k in s["rungs"][0] if k not in ("rung", "results", "promoted")) if s["rungs"] else "budget"
+    head = (f"search {s['stage']}: {s['method']} on {s['metric']} ({s['mode']}), {s['started']}/{s['trials']} trials "
+            f"started, {len(s['running'])} running, {len(s['paused'])} paused"
+            + (f", {len(s['failed'])} failed" if s["failed"] else "")
+            + (f"; finished after {s['decisions']} decisions" if s["finished"] else f"; {s['decisions']} decisions so far"))
+    lines = [head]
+    if s["method"] == "asha":
+        for r in s["rungs"]:
+            lines.append(f"  rung {r['rung']} ({key} {r[key]}): {r['results']} results"
+                         + (f", {r['promoted']} promoted" if r["rung"] < len(s["rungs"]) - 1 else ""))
+    if s["best"]:
+        b = s["best"]
+        lines.append(f"  best: {b['label'] or b['run_id']}: {s['metric']} {b[s['metric']]:.6g} at {key} {b[key]}")
+    return lines
