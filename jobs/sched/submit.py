@@ -541,7 +541,7 @@ def _submit_slurm(job_class, sweep, sweep_dir, submission, waves, profile) -> di
         for run_id in job.runs:
             holder[run_id] = job.job_id
     live = liveness.look(sweep_dir, list(holder)).live
-    job_ids, calls = [], 0
+    job_ids, calls, place = [], 0, {}
     chunk = max(1, slurm.max_array_size() - 1)          # the array *index* must stay below MaxArraySize
     for stage, packs in waves:
         res, ckpt = resources_of(sweep, stage), checkpoint_of(sweep, stage)
@@ -562,6 +562,7 @@ def _submit_slurm(job_class, sweep, sweep_dir, submission, waves, profile) -> di
             job.chain_submit = slurm.submit_chained
             if stage.search:
                 job.search = search_job(stage, slot)
+            place[id(job)] = (stage.name, slot)
             by_deps.setdefault(deps, []).append(job)
         for deps, group in by_deps.items():
             group_params = dict(params)
@@ -582,10 +583,11 @@ def _submit_slurm(job_class, sweep, sweep_dir, submission, waves, profile) -> di
                 for job, sub in zip(jobs, submitted):
                     for run_id in job.run_ids:
                         holder[run_id] = str(sub.job_id)
-                    job_ids.append((str(sub.job_id), job.run_ids))
-    # the journal's packs are in wave order, as job_ids are
-    order = {tuple(p): jid for jid, p in job_ids}
-    return {"cluster": profile.name, "job_ids": [order[tuple(p)] for _, packs in waves for p in packs], "since": since}
+                    job_ids.append((str(sub.job_id), job.run_ids, place[id(job)]))
+    # the journal's packs are in wave order, as job_ids are (a search's packs are alike: by place, not content)
+    order = {at: jid for jid, _, at in job_ids}
+    return {"cluster": profile.name, "job_ids": [order[stage.name, i] for stage, packs in waves for i in range(len(packs))],
+            "since": since}
 
 
 def _run_debug(job_class, sweep, sweep_dir, submission, waves, log):
