@@ -93,6 +93,8 @@ def cmd_plan(args) -> int:
                          **({"state": str(states[r.run_id])} if exists else {})} for r in shown]}
         if exists:
             out["changes"] = {**changes, "config_changed": [r.run_id for r in changed]}
+        if _schedules(sweep):
+            out["search"] = _schedules(sweep)
         json.dump(out, sys.stdout, indent=1, default=list)
         print()
         return 0
@@ -109,6 +111,10 @@ def cmd_plan(args) -> int:
         print("axes:")
         for key, values in sweep.axes.items():
             print(f"  {key:<{width}}  {', '.join(specs.format_value(list(v) if isinstance(v, tuple) else v) for v in values)}")
+    if _schedules(sweep):
+        from jobs.search import engine
+        for s in _schedules(sweep):
+            print("\n".join(engine.schedule_lines(s)))
     if exists:
         counts = {}
         for s in states.values():
@@ -309,6 +315,12 @@ def cmd_status(args) -> int:
         print(f"... {len(selected) - len(shown)} more runs (--all shows every run)")
     print(progress.next_step(counts, _named(args), PROG))
     return 0
+
+
+def _schedules(sweep) -> list:
+    """Each search stage's rung schedule and budget (jobs/search/engine.py), before anything runs."""
+    from jobs.search import engine
+    return [engine.schedule(st.name, st.search, len(st.runs)) for st in sweep.stages if st.search]
 
 
 def _searches(sweep, sweep_dir) -> list:

@@ -266,3 +266,38 @@ def describe(s: dict) -> list:
         b = s["best"]
         lines.append(f"  best: {b['label'] or b['run_id']}: {s['metric']} {b[s['metric']]:.6g} at {key} {b[key]}")
     return lines
+
+
+def schedule(stage_name: str, search: Search, trials: int) -> dict:
+    """What `plan` says before anything runs: the rungs, what the search spends, and that against the
+    full grid (every trial trained to the largest budget)."""
+    key = search.budget.key if search.budget else None
+    top = search.budget.max if search.budget else None
+    out = {"stage": stage_name, "method": search.method, "metric": search.metric, "mode": search.mode,
+           "trials": trials, "parallel": search.parallel, "seed": search.seed, "budget_key": key}
+    if search.method == "asha":
+        rungs, eta = search.rungs(), search.budget.reduction
+        out.update(rungs=rungs, reduction=eta, reach=[trials // eta ** r for r in range(len(rungs))],
+                   nominal=asha.nominal_budget(trials, rungs, eta), largest=asha.largest_budget(trials, rungs, eta))
+    elif top is not None:
+        out.update(rungs=[top], nominal=trials * top, largest=trials * top)
+    if top is not None:
+        out["grid"] = trials * top
+    return out
+
+
+def schedule_lines(s: dict) -> list:
+    lines = [f"search {s['stage']}: {s['method']} on {s['metric']} ({s['mode']}), {s['trials']} trials, "
+             f"{s['parallel']} at once (worker jobs), seed {s['seed']}"]
+    key = s.get("budget_key")
+    if key is None:
+        return lines + ["  no budget key: each trial trains as its config says"]
+    if s["method"] == "asha":
+        lines.append(f"  rungs ({key}): {', '.join(map(str, s['rungs']))} (reduction {s['reduction']}); "
+                     f"nominally {', '.join(map(str, s['reach']))} trials reach them")
+        lines.append(f"  spends {s['nominal']} {key} nominally (synchronous halving), at most {s['largest']} "
+                     f"(asynchronous promotion); the full grid, every trial to {key} {s['rungs'][-1]}: {s['grid']} "
+                     f"({100 * s['nominal'] / s['grid']:.0f} % / {100 * s['largest'] / s['grid']:.0f} % of it)")
+    else:
+        lines.append(f"  each trial trains to {key} {s['rungs'][0]}: {s['nominal']} {key} in all")
+    return lines
