@@ -68,6 +68,9 @@ CONFIG = {
     "dataset": "digits",          # digits (bundled with scikit-learn) | cifar10 (needs data_dir)
     "data_dir": None,             # cifar10: folder with data_batch_1..5 and test_batch
     "test_fraction": 0.2,         # digits only: the held-out share (fixed split, same for every seed)
+    "val_fraction": 0.0,          # share of the training set held out for validation (fixed split, the same
+                                  # for every seed); > 0: val_loss / val_acc each evaluated epoch, what a
+                                  # search selects on, so that test_acc stays a clean estimate
     "method": "bp",               # bp | fa | dfa
     "d_hidden": 256,
     "num_blocks": 4,
@@ -253,7 +256,22 @@ def train(cfg, ctx):
     """The task: load the dataset onto ctx.device, train, return the final metrics."""
     cfg = resolve(cfg)
     data = datasets.load(cfg["dataset"], cfg["data_dir"], ctx.device, cfg["test_fraction"])
+    if cfg["val_fraction"]:
+        data = hold_out(data, cfg["val_fraction"])
     return fit(cfg, ctx, data)
+
+
+def hold_out(data, fraction, seed=20181204):
+    """`data` with a validation split (x_val, y_val) taken from its training set: a fixed permutation,
+    independent of the run's seed, so every run of a sweep is selected on the same examples."""
+    if not 0.0 < fraction < 1.0:
+        raise ValueError(f"resmlp: val_fraction must be in [0, 1), got {fraction!r}")
+    n = len(data["y_train"])
+    order = torch.randperm(n, generator=torch.Generator().manual_seed(seed)).to(data["y_train"].device)
+    k = max(1, round(fraction * n))
+    val, train = order[:k], order[k:]
+    return {**data, "x_val": data["x_train"][val], "y_val": data["y_train"][val],
+            "x_train": data["x_train"][train], "y_train": data["y_train"][train]}
 
 
 def fit(cfg, ctx, data):
@@ -323,6 +341,8 @@ def fit(cfg, ctx, data):
         if epoch % cfg["eval_every"] == 0 or epoch == cfg["epochs"]:
             model.eval()
             metrics["test_loss"], metrics["test_acc"] = evaluate(model, data["x_test"], data["y_test"])
+            if "x_val" in data:
+                metrics["val_loss"], metrics["val_acc"] = evaluate(model, data["x_val"], data["y_val"])
             model.train()
         ctx.log(step, total_steps=total, **metrics)
         if epoch == cfg["epochs"] and step > ctx.start_step:
@@ -340,8 +360,9 @@ def fit(cfg, ctx, data):
     model.eval()
     test_loss, test_acc = evaluate(model, data["x_test"], data["y_test"])
     train_loss, train_acc = evaluate(model, x, y)
+    val = dict(zip(("val_loss", "val_acc"), evaluate(model, data["x_val"], data["y_val"]))) if "x_val" in data else {}
     # no `epochs` (a config key) nor `wall_time_s` (result.json has it): the tables would rename them
-    return {"test_acc": test_acc, "test_loss": test_loss, "train_acc": train_acc, "train_loss": train_loss,
+    return {"test_acc": test_acc, "test_loss": test_loss, "train_acc": train_acc, "train_loss": train_loss, **val,
             "n_params": sum(p.numel() for p in model.parameters()),
             "n_trainable": sum(p.numel() for p in model.parameters() if p.requires_grad),
             "steps": step, "train_time_s": round(spent + time.time() - resumed_at, 3)}   # all attempts
