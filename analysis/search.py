@@ -69,12 +69,16 @@ def figure(frame: pd.DataFrame, block: dict, stage: str):
         if b is not None:
             ax.plot([b["budget"]], [b["value"]], marker="*", ms=11, color="black", zorder=5, ls="none")
             ax.annotate(f"best: {b['label'] or b['run_id']}\n{metric} = {b['value']:.4g}",
-                        (b["budget"], b["value"]), textcoords="offset points", xytext=(-8, 10), ha="right", fontsize=7)
+                        (b["budget"], b["value"]), textcoords="offset points", xytext=(-6, 30), ha="right", fontsize=7,
+                        arrowprops={"arrowstyle": "-", "lw": 0.5, "color": "0.3"})
         budgets = sorted(frame["budget"].dropna().unique())
         if len(budgets) > 1 and budgets[0] > 0:
             ax.set_xscale("log")
             ax.set_xticks(budgets, [str(int(x)) if float(x).is_integer() else str(x) for x in budgets])
             ax.minorticks_off()
+        values = frame["value"].dropna()
+        if len(values) and values.min() > 0 and values.max() / values.min() > 20:
+            ax.set_yscale("log")         # losses over orders of magnitude: the rungs' differences stay visible
         ax.set_xlabel(f"budget ({key})")
         ax.set_ylabel(metric)
         n = frame["trial"].nunique()

@@ -59,6 +59,19 @@ def test_asha_on_the_local_executor(tmp_path):
     assert counts["promoted"][0] >= 27 // 3
     p = cli("status", spec, "--root", tmp_path / "res")
     assert "search curve: asha" in p.stdout and "rung 3 (epochs 27)" in p.stdout, p.stdout
+    # plan: the rungs and the budget against the full grid's; aggregate: the search's figure and table
+    p = cli("plan", spec, "--root", tmp_path / "res")
+    assert "rungs (epochs): 1, 3, 9, 27 (reduction 3)" in p.stdout and "spends 81 epochs nominally" in p.stdout, p.stdout
+    p = cli("aggregate", spec, "--root", tmp_path / "res")
+    assert p.returncode == 0, p.stdout + p.stderr
+    out = tmp_path / "res" / "curve" / "analysis"
+    import pandas as pd
+    table = pd.read_csv(out / "search_curve.csv")
+    assert len(table) == sum(counts["results"]) and (out / "search_curve.png").stat().st_size > 10_000
+    import analysis
+    runs = analysis.runs(str(tmp_path / "res" / "curve"))
+    reached = table.groupby("run_id")["budget"].max()
+    assert (runs.set_index("run_id")["budget"].astype(int) == reached.reindex(runs["run_id"]).values).all()
     # a finished search submits nothing again
     p = cli("resume", spec, "--root", tmp_path / "res", "--executor", "local")
     assert p.returncode == 0 and "nothing to submit" in p.stdout, p.stdout + p.stderr
