@@ -93,6 +93,8 @@ def cmd_plan(args) -> int:
                          **({"state": str(states[r.run_id])} if exists else {})} for r in shown]}
         if exists:
             out["changes"] = {**changes, "config_changed": [r.run_id for r in changed]}
+        if _schedules(sweep):
+            out["search"] = _schedules(sweep)
         json.dump(out, sys.stdout, indent=1, default=list)
         print()
         return 0
@@ -109,6 +111,10 @@ def cmd_plan(args) -> int:
         print("axes:")
         for key, values in sweep.axes.items():
             print(f"  {key:<{width}}  {', '.join(specs.format_value(list(v) if isinstance(v, tuple) else v) for v in values)}")
+    if _schedules(sweep):
+        from jobs.search import engine
+        for s in _schedules(sweep):
+            print("\n".join(engine.schedule_lines(s)))
     if exists:
         counts = {}
         for s in states.values():
@@ -286,7 +292,7 @@ def cmd_status(args) -> int:
                     seen.notes.get(r.run_id, ""), seen.places.get(r.run_id))
     if args.json:
         json.dump({"name": sweep.name, "sweep_dir": str(sweep_dir.path), "runs_total": len(sweep.runs),
-                   "counts": by_state, "runs": [{k: v for k, v in row(r).items() if k not in ("shown",)} for r in selected]},
+                   "counts": by_state, **({"search": _searches(sweep, sweep_dir)} if _searches(sweep, sweep_dir) else {}), "runs": [{k: v for k, v in row(r).items() if k not in ("shown",)} for r in selected]},
                   sys.stdout, indent=1, default=str)
         print()
         return 0
@@ -295,6 +301,8 @@ def cmd_status(args) -> int:
     if len(sweep.stages) > 1 and not args.stage:
         for stage in sweep.stages:
             print(f"  stage {stage.name}: {progress.describe(progress.counts(seen, [r for r in selected if r.stage == stage.name]))}")
+    for line in _search_lines(sweep, sweep_dir):
+        print(line)
     size = shutil.get_terminal_size((120, 40))
     order = {RunState.FAILED: 0, RunState.CORRUPT: 0, RunState.UNREADABLE: 0, RunState.IN_FLIGHT: 1, RunState.BLOCKED: 2,
              RunState.STALE: 2, RunState.PENDING: 2, RunState.NEW: 3, RunState.DONE: 4}
@@ -307,6 +315,24 @@ def cmd_status(args) -> int:
         print(f"... {len(selected) - len(shown)} more runs (--all shows every run)")
     print(progress.next_step(counts, _named(args), PROG))
     return 0
+
+
+def _schedules(sweep) -> list:
+    """Each search stage's rung schedule and budget (jobs/search/engine.py), before anything runs."""
+    from jobs.search import engine
+    return [engine.schedule(st.name, st.search, len(st.runs)) for st in sweep.stages if st.search]
+
+
+def _searches(sweep, sweep_dir) -> list:
+    """Each search stage's summary (jobs/search/engine.py): rungs, running and paused trials, the best."""
+    from jobs.search import engine
+    return [engine.summary(engine.Engine(sweep_dir, st.name, st.search, [r.run_id for r in st.runs]),
+                           {r.run_id: r.label for r in st.runs}) for st in sweep.stages if st.search]
+
+
+def _search_lines(sweep, sweep_dir) -> list:
+    from jobs.search import engine
+    return [line for s in _searches(sweep, sweep_dir) for line in engine.describe(s)]
 
 
 def _row(progress, sweep_dir, run, state, failure, note, place=None) -> dict:

@@ -229,10 +229,33 @@ def aggregate(sweep_dir, out=None, formats=None, log=print, timings=None, analys
             write_if_changed(index_path, json.dumps(index, sort_keys=True).encode())
         lap("figures")
 
+    if formats & {"png", "pdf", "csv"}:
+        _search_outputs(sweep, formats, emit)
+        lap("search")
+
     report(results, sweep.warnings, log)
     if errors:
         raise FigureErrors("\n".join(errors))
     return [p for p, _ in results]
+
+
+def _search_outputs(sweep, formats, emit) -> None:
+    """A search stage's rung results (search_<stage>.csv) and its figure (search_<stage>.png/.pdf)."""
+    from analysis import search as search_mod
+    labels = {}
+    for frame in (sweep.all_runs, sweep.runs):
+        if frame is not None and len(frame):
+            labels.update(zip(frame["run_id"], frame["label"]))
+    for stage, block in search_mod.searches(sweep.spec):
+        frame = search_mod.rung_results(sweep.dir, stage, labels)
+        if frame.empty:
+            continue
+        if "csv" in formats:
+            emit(f"search_{stage}.csv", frame.to_csv(index=False).encode())
+        f = search_mod.figure(frame, block, stage)
+        for fmt in ("png", "pdf"):
+            if fmt in formats:
+                emit(f"search_{stage}.{fmt}", figures_mod.to_bytes(f, fmt))
 
 
 def logged_reader(sweep, curve_table=None):

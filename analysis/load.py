@@ -32,6 +32,8 @@ from jobs.store import RunState, SweepDir, atomic
 
 SEED = "seed"
 BASE_COLUMNS = ["run_id", "label", "state", "stage", "attempts", "wall_time_s", "finished"]
+# a search's trials (result.json's `search`): the rung a trial's result is from and the budget it trained to
+SEARCH_COLUMNS = ["rung", "budget"]
 DONE, FAILED, PENDING = RunState.DONE, RunState.FAILED, RunState.PENDING
 CORRUPT, NEW = RunState.CORRUPT, RunState.NEW
 NOT_FINISHED = (PENDING, CORRUPT, NEW, RunState.IN_FLIGHT, RunState.BLOCKED)
@@ -187,6 +189,8 @@ def load(sweep_dir, analysis=None) -> Sweep:
                 row["attempts"] = result.get("attempts")
                 row["wall_time_s"] = result.get("wall_time_s")
                 row["finished"] = result.get("finished")
+                if isinstance(result.get("search"), dict):      # a search trial: how far it trained
+                    row["rung"], row["budget"] = result["search"].get("rung"), result["search"].get("budget")
                 metrics = result.get("metrics")
                 if not isinstance(metrics, dict):
                     warnings.append(("result", f"runs/{rid}/result.json ({row['label']}): no `metrics` mapping"))
@@ -273,7 +277,7 @@ def _label_order(varied, entries):
 
 def _frame(rows, config_keys, metric_names, warnings):
     """The runs table with plain column names: config keys as they are, metrics renamed on a clash."""
-    taken = set(BASE_COLUMNS) | {"error", "in_plan"} | set(config_keys)
+    taken = set(BASE_COLUMNS) | set(SEARCH_COLUMNS) | {"error", "in_plan"} | set(config_keys)
     rename, metrics = {}, []
     for name in metric_names:
         col = name if name not in taken else f"metrics.{name}"
@@ -283,8 +287,12 @@ def _frame(rows, config_keys, metric_names, warnings):
         rename[f"metric:{name}"] = col
         metrics.append(col)
     rename.update({f"config:{k}": k for k in config_keys})
-    columns = BASE_COLUMNS + [f"config:{k}" for k in config_keys] + [f"metric:{m}" for m in metric_names] + ["error", "in_plan"]
+    searched = SEARCH_COLUMNS if any("rung" in r for r in rows) else []
+    columns = (BASE_COLUMNS + searched + [f"config:{k}" for k in config_keys] + [f"metric:{m}" for m in metric_names]
+               + ["error", "in_plan"])
     runs = pd.DataFrame.from_records(rows, columns=columns).rename(columns=rename)
+    for col in searched:
+        runs[col] = pd.to_numeric(runs[col], errors="coerce").astype("Int64")
     runs["attempts"] = pd.to_numeric(runs["attempts"], errors="coerce").astype("Int64")
     runs["wall_time_s"] = pd.to_numeric(runs["wall_time_s"], errors="coerce").astype(float)
     runs["in_plan"] = runs["in_plan"].astype(bool)

@@ -109,10 +109,13 @@ def cosine_lr(step, total_steps, base_lr, final_lr=0.0):
 
 def restore_same_config(ctx, cfg, task):
     """ctx.restore(): the state last saved (None on a fresh run), refused when it was saved with
-    another config. Every task's state carries the `config` it was trained with."""
+    another config. Every task's state carries the `config` it was trained with. A search trial's
+    budget key (ctx.budget_key) may grow: promotion trains the same run further."""
     state = ctx.restore()
     if state is not None:
-        changed = sorted(k for k in cfg if state["config"].get(k) != cfg[k])
+        raised = getattr(ctx, "budget_key", None)
+        changed = sorted(k for k in cfg if state["config"].get(k) != cfg[k]
+                         and not (k == raised and cfg[k] >= state["config"].get(k, cfg[k])))
         if changed:
             raise ValueError(f"{task}: the checkpoint was saved with other values of {changed}; "
                              f"a run's config cannot change once it has checkpoints")

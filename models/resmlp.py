@@ -68,12 +68,18 @@ CONFIG = {
     "dataset": "digits",          # digits (bundled with scikit-learn) | cifar10 (needs data_dir)
     "data_dir": None,             # cifar10: folder with data_batch_1..5 and test_batch
     "test_fraction": 0.2,         # digits only: the held-out share (fixed split, same for every seed)
+    "val_fraction": 0.0,          # share of the training set held out for validation (fixed split, the same
+                                  # for every seed); > 0: val_loss / val_acc each evaluated epoch, what a
+                                  # search selects on, so that test_acc stays a clean estimate
     "method": "bp",               # bp | fa | dfa
     "d_hidden": 256,
     "num_blocks": 4,
     "k": 4,                       # the last k blocks are trained, the first num_blocks - k stay at init
     "mlp_ratio": 4,
     "epochs": 100,
+    "schedule_epochs": 0,         # epochs the cosine learning rate spans (0: epochs). A search that raises
+                                  # `epochs` by promotion sets it to its largest budget: a trial promoted to
+                                  # the end trains exactly as a full-length run would
     "batch_size": 128,
     "lr": 1e-3,
     "weight_decay": 0.01,
@@ -114,6 +120,8 @@ def resolve(cfg):
     for key in ("d_hidden", "mlp_ratio", "epochs", "batch_size", "eval_every"):
         if not (isinstance(cfg[key], int) and cfg[key] >= 1):
             raise ValueError(f"resmlp: {key} must be an integer >= 1, got {cfg[key]!r}")
+    if not (isinstance(cfg["schedule_epochs"], int) and cfg["schedule_epochs"] >= 0):
+        raise ValueError(f"resmlp: schedule_epochs must be an integer >= 0, got {cfg['schedule_epochs']!r}")
     return cfg
 
 
@@ -248,7 +256,22 @@ def train(cfg, ctx):
     """The task: load the dataset onto ctx.device, train, return the final metrics."""
     cfg = resolve(cfg)
     data = datasets.load(cfg["dataset"], cfg["data_dir"], ctx.device, cfg["test_fraction"])
+    if cfg["val_fraction"]:
+        data = hold_out(data, cfg["val_fraction"])
     return fit(cfg, ctx, data)
+
+
+def hold_out(data, fraction, seed=20181204):
+    """`data` with a validation split (x_val, y_val) taken from its training set: a fixed permutation,
+    independent of the run's seed, so every run of a sweep is selected on the same examples."""
+    if not 0.0 < fraction < 1.0:
+        raise ValueError(f"resmlp: val_fraction must be in [0, 1), got {fraction!r}")
+    n = len(data["y_train"])
+    order = torch.randperm(n, generator=torch.Generator().manual_seed(seed)).to(data["y_train"].device)
+    k = max(1, round(fraction * n))
+    val, train = order[:k], order[k:]
+    return {**data, "x_val": data["x_train"][val], "y_val": data["y_train"][val],
+            "x_train": data["x_train"][train], "y_train": data["y_train"][train]}
 
 
 def fit(cfg, ctx, data):
@@ -264,7 +287,7 @@ def fit(cfg, ctx, data):
     x, y = data["x_train"], data["y_train"]
     n, bs = len(y), cfg["batch_size"]
     per_epoch = math.ceil(n / bs)
-    total = cfg["epochs"] * per_epoch
+    total = (cfg["schedule_epochs"] or cfg["epochs"]) * per_epoch
     gen = torch.Generator().manual_seed(seed)      # shuffling only: its state is the data position
 
     step, epoch, batch, perm, spent = 0, 0, 0, None, 0.0
@@ -318,14 +341,28 @@ def fit(cfg, ctx, data):
         if epoch % cfg["eval_every"] == 0 or epoch == cfg["epochs"]:
             model.eval()
             metrics["test_loss"], metrics["test_acc"] = evaluate(model, data["x_test"], data["y_test"])
+            if "x_val" in data:
+                metrics["val_loss"], metrics["val_acc"] = evaluate(model, data["x_val"], data["y_val"])
             model.train()
         ctx.log(step, total_steps=total, **metrics)
+        if epoch == cfg["epochs"] and step > ctx.start_step:
+            # the end of the budget: saved after the epoch's line, so a run trained on later (a promoted
+            # search trial) continues from here and trains no step twice
+            ctx.save(step, {
+                "model": model.state_dict(),
+                "optimizers": {name: opt.state_dict() for name, opt in opts.items()},
+                "feedback": fb,
+                "data": {"epoch": epoch, "batch": 0, "perm": perm.cpu(), "generator": gen.get_state(),
+                         "sums": {k: v.cpu() for k, v in _zero_sums(device).items()}},
+                "step": step, "train_time_s": spent + time.time() - resumed_at, "config": cfg},
+                rank_state={"sums": {k: v.cpu() for k, v in _zero_sums(device).items()}} if ctx.world_size > 1 else None)
 
     model.eval()
     test_loss, test_acc = evaluate(model, data["x_test"], data["y_test"])
     train_loss, train_acc = evaluate(model, x, y)
+    val = dict(zip(("val_loss", "val_acc"), evaluate(model, data["x_val"], data["y_val"]))) if "x_val" in data else {}
     # no `epochs` (a config key) nor `wall_time_s` (result.json has it): the tables would rename them
-    return {"test_acc": test_acc, "test_loss": test_loss, "train_acc": train_acc, "train_loss": train_loss,
+    return {"test_acc": test_acc, "test_loss": test_loss, "train_acc": train_acc, "train_loss": train_loss, **val,
             "n_params": sum(p.numel() for p in model.parameters()),
             "n_trainable": sum(p.numel() for p in model.parameters() if p.requires_grad),
             "steps": step, "train_time_s": round(spent + time.time() - resumed_at, 3)}   # all attempts

@@ -1,8 +1,9 @@
 """The architecture holds: the layers of jobs/ import one way, and login-node commands stay light.
 
     spec, store   import nothing else of the repository
-    sched         spec, store (the job object it submits is handed in by the CLI)
-    runtime       spec, store (chaining gets its submit function handed in)
+    search        spec, store (pure decisions over the recorded rung results)
+    sched         spec, store, search (the job object it submits is handed in by the CLI)
+    runtime       spec, store, search (chaining gets its submit function handed in)
     analysis      spec, store
     models        nothing of jobs/ (a task sees only the ctx it is handed)
 """
@@ -17,8 +18,9 @@ REPO = Path(__file__).resolve().parents[1]
 ALLOWED = {
     "jobs.spec": {"jobs.spec"},
     "jobs.store": {"jobs.store"},
-    "jobs.sched": {"jobs.sched", "jobs.spec", "jobs.store"},
-    "jobs.runtime": {"jobs.runtime", "jobs.spec", "jobs.store"},
+    "jobs.search": {"jobs.search", "jobs.spec", "jobs.store"},
+    "jobs.sched": {"jobs.sched", "jobs.spec", "jobs.store", "jobs.search"},
+    "jobs.runtime": {"jobs.runtime", "jobs.spec", "jobs.store", "jobs.search"},
     "analysis": {"analysis", "jobs.spec", "jobs.store"},
     "models": {"models"},
 }

@@ -130,8 +130,10 @@ class RunContext:
 
     def __init__(self, run_dir, cfg, *, run_id="", device="cpu", checkpoint=None, deadline=None,
                  margin_s=60.0, manifest=None, attempt=0, clock=time.time, rank=0, local_rank=0, world_size=1,
-                 upstream=None, logging=None):
+                 upstream=None, logging=None, budget_key=None):
         self.run_dir = RunDir(run_dir).path      # absolute: a task's os.chdir moves nothing of the run
+        # a search trial: the config key promotion raises (its checkpoints were saved at a smaller value)
+        self.budget_key = budget_key
         self.rank, self.local_rank, self.world_size = int(rank), int(local_rank), int(world_size)
         self.upstream = dict(upstream or {})     # stage -> UpstreamRun, every ancestor stage of a pipeline run
         self.cfg = cfg

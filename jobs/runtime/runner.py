@@ -280,7 +280,7 @@ def _attempt(sweep_dir, run_dir, deadline, margin_s, device, checkpoint, on_ctx,
         upstream = {stage: UpstreamRun(stage, record, sweep_dir.runs) for stage, record in (meta.get("upstream") or {}).items()}
         ctx = RunContext(run_dir.path, meta["config"], run_id=run_id, device=device, checkpoint=checkpoint or {},
                          deadline=deadline, margin_s=margin_s, manifest=sweep_dir.manifest, attempt=attempt,
-                         upstream=upstream,
+                         upstream=upstream, budget_key=(meta.get("search") or {}).get("key"),
                          **({} if ranks is None else {"rank": ranks.rank, "local_rank": ranks.local_rank,
                                                       "world_size": world}))
         if on_ctx:
@@ -303,6 +303,7 @@ def _attempt(sweep_dir, run_dir, deadline, margin_s, device, checkpoint, on_ctx,
                 **({"world_size": world} if world > 1 else {}),
                 # what a later stage consumes, and what this run consumed (lineage: stale when it changes)
                 **({"checkpoint": final} if final else {}),
+                **({"search": meta["search"]} if meta.get("search") else {}),     # a trial: its rung and budget
                 **({"upstream": {stage: up.lineage() for stage, up in upstream.items()}} if upstream else {})})
         outcome = DONE
     except Interrupted:
@@ -437,13 +438,18 @@ class PackJob:
     world_size: int = 1              # processes per run: nodes x tasks_per_node (> 1: a distributed run)
     needs: list = field(default_factory=list)   # upstream runs (of an earlier stage) that must be done first
     fail_fast: int = 0               # start no run once this many of the submission failed alike (0: never)
+    # a search's worker: {"stage", "slot", "settings"}; run_ids are every trial of the stage, and the
+    # job trains whichever the search hands it (jobs/search/engine.py) until it has nothing left
+    search: dict = field(default_factory=dict)
 
     def __call__(self) -> dict:
         started = time.time()
         deadline = started + 60 * self.time_min if self.time_min else None
         stop = Stop()
         stop.install()
-        if self.concurrent and len(self.run_ids) > 1:
+        if self.search:
+            outcomes = self._search(deadline, stop)
+        elif self.concurrent and len(self.run_ids) > 1:
             outcomes = self._run_concurrently(deadline, stop)
         else:
             outcomes = {}
@@ -479,8 +485,42 @@ class PackJob:
             self._chain(left)
         return {"outcomes": outcomes, "unfinished": left}
 
+    def _search(self, deadline, stop) -> dict:
+        """A search's worker: ask the search, train the trial it hands over to its rung's budget
+        (resuming from its checkpoint), record the rung result, ask again; until the search has nothing
+        for a free worker, or time runs out (the claim stays this slot's: requeued or chained, the job
+        takes it up first)."""
+        from jobs.search.engine import Engine
+        from jobs.spec.settings import Search
+        engine = Engine(self.sweep_dir, self.search["stage"], Search.model_validate(self.search["settings"]),
+                        self.run_ids)
+        sweep_dir, outcomes, me = SweepDir(self.sweep_dir), {}, job_id()
+        while not stop.requested:
+            claim = engine.next(self.search["slot"], me)
+            if claim is None:
+                break
+            outcome = run_any(self.sweep_dir, claim.run_id, world_size=self.world_size, stop=stop,
+                              deadline=deadline, margin_s=self.margin_s, gpus=self.gpus, cpus=self.cpus,
+                              checkpoint=self.checkpoint, reraise=self.reraise, submission=self.submission)
+            stop.detach()
+            outcomes[claim.run_id] = outcome
+            run_dir = sweep_dir.run(claim.run_id)
+            if outcome == DONE:
+                engine.landed(claim, engine.value_of(run_dir, run_dir.read_result()), job=me)
+            elif outcome in (FAILED, Outcome.EXITED):
+                ends = [a for a in run_dir.read_attempts() if a.get("event") == "end"]
+                engine.landed(claim, error=str((ends[-1].get("error") if ends else "") or outcome), job=me)
+            else:                        # interrupted, busy, blocked: this slot's claim waits for its next attempt
+                if outcome != INTERRUPTED:
+                    print(f"hpcsweep: search worker {self.search['slot']}: run {claim.run_id} {outcome}; "
+                          "the claim stays open for resume", file=sys.stderr, flush=True)
+                break
+        return outcomes
+
     def _chain(self, left):
         """The requeue budget is spent (or the site forbids requeue): go on in a fresh job."""
+        if self.search:
+            left = self.run_ids          # a search's worker goes on as the same slot, over every trial
         nxt = replace(self, run_ids=list(left), chain={**self.chain, "left": self.chain["left"] - 1})
         new_id = self.chain_submit(self.sweep_dir, nxt)
         SweepDir(self.sweep_dir).append_journal({
@@ -490,6 +530,10 @@ class PackJob:
     def _may_requeue(self) -> bool:
         me = job_id()
         sweep_dir = SweepDir(self.sweep_dir)
+        if self.search:      # a worker starts many trials: count only its interrupted attempts
+            mine = 1 + sum(1 for rid in self.run_ids for a in sweep_dir.run(rid).read_attempts()
+                           if a.get("event") == "end" and a.get("job_id") == me and a.get("outcome") == INTERRUPTED)
+            return mine <= self.max_requeue + 1 and requeue_supported()
         mine = max(sum(1 for a in sweep_dir.run(rid).starts() if a.get("job_id") == me)
                    for rid in self.run_ids)
         return mine <= self.max_requeue and requeue_supported()

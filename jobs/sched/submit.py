@@ -350,6 +350,7 @@ def submit(sweep, sweep_dir: SweepDir, *, job_class, executor=None, force=(), re
         if only is not None:
             named = _with_downstream(sweep, set(only) | {f.run_id for f in forced})
             todo = [r for r in todo if r.run_id in named]
+        todo = _search_todo(sweep, sweep_dir, run_states, todo)
         if executor == "slurm":
             todo = _rewire(sweep, run_states, wanted, todo, view, log)
         counts = count(run_states.values())
@@ -371,7 +372,8 @@ def submit(sweep, sweep_dir: SweepDir, *, job_class, executor=None, force=(), re
             sweep_dir.append_journal({"event": "intent", "submission": submission, "time": entry["time"],
                                       "executor": executor, "host": entry["host"], "runs": entry["runs"]})
         if executor == "local":
-            jobs = [_job(job_class, sweep, sweep_dir, stage, pack, "local", submission) for stage, packs in waves for pack in packs]
+            jobs = [_job(job_class, sweep, sweep_dir, stage, pack, "local", submission, slot)
+                    for stage, packs in waves for slot, pack in enumerate(packs)]
             entry["driver_pid"] = local.start_driver(sweep_dir, submission, jobs,
                                                      max(resources_of(sweep, st).parallel_jobs("local") for st, _ in waves),
                                                      max(resources_of(sweep, st).max_chain for st, _ in waves))
@@ -432,12 +434,39 @@ def _rewire(sweep, run_states, wanted, todo, view, log) -> list:
     return todo
 
 
+def _search_todo(sweep, sweep_dir, run_states, todo) -> list:
+    """A search stage goes as a whole (its workers pick the trials) when it has work left and no
+    worker of it is live: a trial unfinished, or a decision the journal allows (an open claim of a
+    worker that died, a promotion); else none of its trials goes."""
+    from jobs.search.engine import Engine
+    going = {r.run_id for r in todo}
+    out = [r for r in todo if not sweep.stage_of(r).search]
+    for st in sweep.stages:
+        if not st.search:
+            continue
+        live = any(run_states[r.run_id] == RunState.IN_FLIGHT for r in st.runs)
+        if not live and (any(r.run_id in going for r in st.runs)
+                         or Engine(sweep_dir, st.name, st.search, [r.run_id for r in st.runs]).unfinished()):
+            out.extend(st.runs)
+    order = {r.run_id: i for i, r in enumerate(sweep.runs)}
+    return sorted(out, key=lambda r: order[r.run_id])
+
+
+def search_job(stage, slot) -> dict:
+    """What a search's worker job carries (jobs/runtime/runner.py PackJob.search)."""
+    return {"stage": stage.name, "slot": slot, "settings": stage.search.model_dump()}
+
+
 def _waves(sweep, todo) -> list:
-    """[(stage, packs)] in stage order; a stage's packs hold runs that wait on the same upstream runs."""
+    """[(stage, packs)] in stage order; a stage's packs hold runs that wait on the same upstream runs.
+    A search stage: one pack per worker (search.parallel), each over every trial."""
     out = []
     for st in sweep.stages:
         runs = [r for r in todo if r.stage == st.name]
         if not runs:
+            continue
+        if st.search:
+            out.append((st, [[r.run_id for r in runs] for _ in range(st.search.parallel)]))
             continue
         size = resources_of(sweep, st).pack
         groups = {}
@@ -453,9 +482,11 @@ def _needs(sweep, pack) -> list:
     return sorted({u["run_id"] for r in sweep.runs if r.run_id in ids for u in r.upstream.values() if "run_dir" not in u})
 
 
-def _job(job_class, sweep, sweep_dir, stage, pack, executor, submission=""):
+def _job(job_class, sweep, sweep_dir, stage, pack, executor, submission="", slot=0):
     job = pack_job(job_class, sweep_dir, pack, resources_of(sweep, stage), checkpoint_of(sweep, stage), executor)
     job.needs, job.submission = _needs(sweep, pack), submission
+    if stage.search:
+        job.search = search_job(stage, slot)
     return job
 
 
@@ -510,7 +541,7 @@ def _submit_slurm(job_class, sweep, sweep_dir, submission, waves, profile) -> di
         for run_id in job.runs:
             holder[run_id] = job.job_id
     live = liveness.look(sweep_dir, list(holder)).live
-    job_ids, calls = [], 0
+    job_ids, calls, place = [], 0, {}
     chunk = max(1, slurm.max_array_size() - 1)          # the array *index* must stay below MaxArraySize
     for stage, packs in waves:
         res, ckpt = resources_of(sweep, stage), checkpoint_of(sweep, stage)
@@ -518,10 +549,10 @@ def _submit_slurm(job_class, sweep, sweep_dir, submission, waves, profile) -> di
         signal_delay = job_res.get("signal_delay_s") or int(ckpt.margin_s_for(job_res["time_min"]))
         params = slurm.executor_params({**job_res, "signal_delay_s": signal_delay}, res, profile,
                                        job_name=sweep.name if len(sweep.stages) == 1 else f"{sweep.name}.{stage.name}",
-                                       pack_size=len(packs[0]))
+                                       pack_size=1 if stage.search else len(packs[0]))
         max_requeue = res.max_requeue if job_res["requeue"] else 0
         by_deps = {}
-        for pack in packs:
+        for slot, pack in enumerate(packs):
             needs = _needs(sweep, pack)
             deps = tuple(sorted({holder[u] for u in needs
                                  if u in holder and (u in live or u in {x for p in job_ids for x in p[1]})}))
@@ -529,6 +560,9 @@ def _submit_slurm(job_class, sweep, sweep_dir, submission, waves, profile) -> di
             job.max_requeue, job.submission, job.needs = max_requeue, submission, needs
             job.chain = {"params": params, "left": res.max_chain}
             job.chain_submit = slurm.submit_chained
+            if stage.search:
+                job.search = search_job(stage, slot)
+            place[id(job)] = (stage.name, slot)
             by_deps.setdefault(deps, []).append(job)
         for deps, group in by_deps.items():
             group_params = dict(params)
@@ -549,10 +583,11 @@ def _submit_slurm(job_class, sweep, sweep_dir, submission, waves, profile) -> di
                 for job, sub in zip(jobs, submitted):
                     for run_id in job.run_ids:
                         holder[run_id] = str(sub.job_id)
-                    job_ids.append((str(sub.job_id), job.run_ids))
-    # the journal's packs are in wave order, as job_ids are
-    order = {tuple(p): jid for jid, p in job_ids}
-    return {"cluster": profile.name, "job_ids": [order[tuple(p)] for _, packs in waves for p in packs], "since": since}
+                    job_ids.append((str(sub.job_id), job.run_ids, place[id(job)]))
+    # the journal's packs are in wave order, as job_ids are (a search's packs are alike: by place, not content)
+    order = {at: jid for jid, _, at in job_ids}
+    return {"cluster": profile.name, "job_ids": [order[stage.name, i] for stage, packs in waves for i in range(len(packs))],
+            "since": since}
 
 
 def _run_debug(job_class, sweep, sweep_dir, submission, waves, log):
@@ -560,7 +595,7 @@ def _run_debug(job_class, sweep, sweep_dir, submission, waves, log):
     ex = submitit.DebugExecutor(folder=sweep_dir.logs)
     for stage, packs in waves:
         for i, pack in enumerate(packs):
-            job = _job(job_class, sweep, sweep_dir, stage, pack, "debug", submission)
+            job = _job(job_class, sweep, sweep_dir, stage, pack, "debug", submission, i)
             if not all(sweep_dir.run(u).result.exists() for u in job.needs):
                 log(f"{stage.name} pack {i + 1}/{len(packs)}: blocked (an upstream run did not finish)")
                 continue

@@ -27,19 +27,19 @@ from pydantic import ValidationError
 import jobs.spec.figures as figures
 import jobs.spec.tasks as tasks
 from jobs.spec.errors import SpecError, did_you_mean
-from jobs.spec.settings import Checkpoint, Logging, Resources, known_keys, model_at, settings_error
+from jobs.spec.settings import Checkpoint, Logging, Resources, Search, known_keys, model_at, settings_error
 
 REPO = Path(__file__).resolve().parent.parent.parent
 MODELS_DIR = tasks.MODELS_DIR
 DEFAULT_MAX_RUNS = 10_000
 
-TOP_KEYS = ("name", "task", "extends", "description", "base", "grid", "zip", "seeds", "random",
+TOP_KEYS = ("name", "task", "extends", "description", "base", "grid", "zip", "seeds", "random", "search",
             "include", "exclude", "resources", "checkpoint", "analysis", "logging", "max_runs")
 # a pipeline: `stages:` instead of the single sweep's keys; resources / checkpoint are every stage's defaults
 PIPELINE_KEYS = ("name", "extends", "description", "stages", "resources", "checkpoint", "analysis", "logging",
                  "max_runs")
 STAGE_KEYS = ("name", "task", "after", "from_manifest", "description", "base", "grid", "zip", "seeds", "random",
-              "include", "exclude", "resources", "checkpoint")
+              "search", "include", "exclude", "resources", "checkpoint")
 # Sections a child spec merges key by key into its parent's; the rest replace wholesale.
 MERGED_SECTIONS = ("base", "grid", "resources", "checkpoint", "analysis", "logging")
 FORMS = ("range", "linspace", "logspace", "geomspace")
@@ -75,6 +75,7 @@ class Stage:
     axes: dict
     defaults: dict = field(default_factory=dict)
     from_manifest: list = field(default_factory=list)
+    search: Search | None = None     # a `search:` stage: its runs are the trials, run by worker jobs
 
 
 @dataclass
@@ -798,6 +799,8 @@ def _stage(name, spec, where, models_dir, upstream, after=None, spec_dir=Path(".
     base = spec.get("base") or {}
     if not isinstance(base, dict):
         raise where.error(("base",), "expected a mapping of key -> value")
+    if "search" in spec:
+        return _search_stage(name, task, spec, base, defaults, choices, where, upstream, after)
     noted = len(where.problems)
     base = {k: where.attempt(_coerce, k, v, defaults, choices, where, ("base", k)) for k, v in base.items()}
     axes = where.attempt(_grid_axes, spec.get("grid") or {}, ("grid",), where)
@@ -861,6 +864,74 @@ def _stage(name, spec, where, models_dir, upstream, after=None, spec_dir=Path(".
     if not runs:
         raise where.error(("grid",), "the stage has no runs" + (" left after include/exclude" if include or exclude else ""))
     return Stage(name, task, after, spec, runs, own_axes, defaults)
+
+
+def _search_stage(name, task, spec, base, defaults, choices, where, upstream, after) -> Stage:
+    """A stage whose runs are a search's trials (docs/search.md). asha: `trials` configurations drawn
+    from `space` with the search's seed, known before anything runs; a trial's id leaves out the
+    budget key, so the same run trains on when promoted. tpe: `trials` numbered slots whose values
+    the sampler chooses when a worker asks (trial=i in the id and label: the values are not known
+    before), each training to budget.max."""
+    block = spec["search"]
+    if not isinstance(block, dict):
+        raise where.error(("search",), "expected {method, metric, mode, budget, trials, parallel, seed, space}")
+    try:
+        search = Search.model_validate(block)
+    except ValidationError as e:
+        loc, message = settings_error(e)
+        if message == "unknown key":
+            message += did_you_mean(loc[-1], known_keys(model_at(Search, loc[:-1])))
+        raise where.error(("search",) + loc, message)
+    for key in ("grid", "zip", "random"):
+        if key in spec:
+            raise where.error((key,), f"a search stage samples its `space`; `{key}` cannot vary it too "
+                              "(fix values in base, or search them)")
+    if upstream:
+        raise where.error(("search",), "a search stage takes no `after:`/`from_manifest:` (it is a first stage; "
+                          "later stages may follow it)")
+    budget = search.budget
+    if budget is not None:
+        if budget.key not in defaults:
+            raise where.error(("search", "budget", "key"), f"unknown key {budget.key!r}{did_you_mean(budget.key, defaults)}"
+                              f" (the task's config key that says how far a run trains)")
+        if not (isinstance(defaults[budget.key], int) and not isinstance(defaults[budget.key], bool)):
+            raise where.error(("search", "budget", "key"), f"{budget.key!r} is not an integer key of the task")
+    for key in search.space:
+        if key not in defaults:
+            raise where.error(("search", "space", key), f"unknown key {key!r}{did_you_mean(key, defaults)}")
+        if budget is not None and key == budget.key:
+            raise where.error(("search", "space", key), "the budget key is raised by promotion, not searched")
+        if key in base:
+            raise where.error(("base", key), f"{key!r} is both fixed in base and searched")
+    space = _random_axis({"samples": search.trials, "seed": search.seed, "params": search.space},
+                         ("search",), where)
+    seeds = [{"seed": s} for s in _values(spec["seeds"], ("seeds",), where)] if "seeds" in spec else []
+    if len(seeds) > 1:
+        raise where.error(("seeds",), "a search takes one seed (a trial is one run); evaluate the best "
+                          "configurations over several seeds in a later stage")
+    fixed = {**defaults, **{k: _coerce(k, v, defaults, choices, where, ("base", k)) for k, v in base.items()
+                            if budget is None or k != budget.key}}
+    fixed.update(seeds[0] if seeds else {})
+    if search.method == "asha":
+        points = list({_json(p): p for p in space.points}.values())       # a repeated draw is one trial
+        axis = _Axis("random", points, space.keys)
+        _check_axis_values([axis], defaults, choices, where)
+        runs, axis_values = _expand(task, [axis], fixed, defaults, [], [], where)
+        for r in runs:
+            r.config[budget.key] = budget.min
+    else:
+        _check_axis_values([space], defaults, choices, where)       # the space's bounds fit the task's keys
+        runs, axis_values = [], {"trial": list(range(search.trials))}
+        if budget is not None:
+            fixed[budget.key] = budget.max
+        overrides = {k: v for k, v in fixed.items() if _differs(k, v, defaults) and (budget is None or k != budget.key)}
+        for i in range(search.trials):
+            blob = json.dumps({"task": task, "config": overrides, "search": {"method": "tpe", "seed": search.seed,
+                                                                             "trial": i}}, sort_keys=True)
+            runs.append(Run(hashlib.sha256(blob.encode()).hexdigest()[:12], f"trial={i}", dict(fixed), {"trial": i}))
+    for r in runs:
+        r.task, r.stage = task, name
+    return Stage(name, task, after, spec, runs, axis_values, defaults, search=search)
 
 
 def _distinct(values):

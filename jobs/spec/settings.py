@@ -176,6 +176,49 @@ class Logging(Settings):
         return value
 
 
+class Budget(Settings):
+    """`search.budget`: the config key that says how far a trial trains, and its rungs."""
+    key: str = Field(..., min_length=1, description="the task's config key raised by promotion (epochs, steps)")
+    min: int = Field(..., ge=1, description="the first rung's budget")
+    max: int = Field(..., ge=1, description="the last rung's budget (a trial never trains beyond it)")
+    reduction: int = Field(3, ge=2, description="eta: a rung keeps its top 1/reduction; budgets grow by this factor")
+
+    @model_validator(mode="after")
+    def _order(self):
+        if self.min >= self.max:
+            raise ValueError(f"min ({self.min}) must be below max ({self.max})")
+        return self
+
+    def rungs(self) -> list[int]:
+        """The budget of each rung: min * reduction**r while below max, then max."""
+        out, b = [], self.min
+        while b < self.max:
+            out.append(b)
+            b *= self.reduction
+        return out + [self.max]
+
+
+class Search(Settings):
+    """`search:` of a stage: adaptive search over `space`, decided where each result lands."""
+    method: Literal["asha", "tpe"] = Field(..., description="asha: asynchronous successive halving; tpe: Optuna's TPE")
+    metric: str = Field(..., min_length=1, description="the metric the task logs with ctx.log (its last value counts)")
+    mode: Literal["min", "max"] = Field("min", description="whether a smaller or a larger metric is better")
+    budget: Optional[Budget] = Field(None, description="asha: the rungs (required); tpe: each trial trains to max")
+    trials: int = Field(..., ge=1, le=100_000, description="configurations sampled")
+    parallel: int = Field(1, ge=1, le=1000, description="at most this many trials run at once (worker jobs)")
+    seed: int = Field(0, description="the sampler's seed: the same spec samples the same trials")
+    space: dict = Field(..., description="key -> {uniform|loguniform|choice|randint: ...}")
+
+    @model_validator(mode="after")
+    def _budget(self):
+        if self.method == "asha" and self.budget is None:
+            raise ValueError("asha needs budget: {key, min, max, reduction}")
+        return self
+
+    def rungs(self) -> list[int]:
+        return self.budget.rungs() if self.budget is not None else []
+
+
 def extra_installed(module: str) -> bool:
     """Is an optional package importable here (looked up, not imported)?"""
     import importlib.util

@@ -127,6 +127,10 @@ class RunDir:
     lock = property(lambda self: self.path / "run.lock")
     holder = property(lambda self: self.path / RunDir.HOLDER)         # who holds the lock (pid, host, command)
 
+    def rung_result(self, rung: int) -> Path:
+        """A search trial's result at an earlier rung, kept when promotion lets it train on."""
+        return self.path / f"result.rung{int(rung)}.json"
+
     def corrupt_result(self, stamp) -> Path:
         """Where an unreadable result.json is kept when the run is rerun."""
         return self.path / f"result.corrupt-{stamp}.json"
@@ -232,6 +236,20 @@ class SweepDir:
     submit_lock = property(lambda self: self.path / "submit.lock")
     analysis = property(lambda self: self.path / "analysis")
     failures = property(lambda self: self.path / "failures")
+
+    search = property(lambda self: self.path / "search")
+
+    def search_journal(self, stage) -> Path:
+        """search/<stage>.jsonl: a search's decisions (claims of a trial at a rung, rung results), in order."""
+        return self.search / f"{stage}.jsonl"
+
+    def search_lock(self, stage) -> Path:
+        """Held while a decision is taken: one decision at a time, whichever job lands a result."""
+        return self.search / f"{stage}.lock"
+
+    def search_optuna(self, stage) -> Path:
+        """search/<stage>.optuna.log: Optuna's journal storage of a TPE search."""
+        return self.search / f"{stage}.optuna.log"
 
     def failures_of(self, submission) -> Path:
         """failures/<submission>/: the submission's failed runs, one small file each under a folder per
