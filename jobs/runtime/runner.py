@@ -263,7 +263,8 @@ def _attempt(sweep_dir, run_dir, deadline, margin_s, device, checkpoint, on_ctx,
     where = {}
     if world > 1:
         from jobs.runtime import distributed
-        where = {"world_size": world, "ranks": distributed.gather_places(ranks)}
+        where = {"world_size": world, "rendezvous": f"{ranks.master_addr}:{ranks.master_port}",
+                 "ranks": distributed.gather_places(ranks)}
         print(f"hpcsweep: run {run_id} attempt {attempt}: rank {ranks.rank} of {world} on {socket.gethostname()} "
               f"(local rank {ranks.local_rank}, {device}, pid {os.getpid()})", file=sys.stderr, flush=True)
     if main:
