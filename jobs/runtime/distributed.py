@@ -22,6 +22,7 @@ import datetime
 import io
 import multiprocessing
 import os
+import re
 import socket
 import sys
 import time
@@ -107,6 +108,31 @@ def gather_places(ranks: Ranks) -> list:
     dist.all_gather_object(places, {"host": socket.gethostname(), "pid": os.getpid(),
                                     "local_rank": ranks.local_rank})
     return places
+
+
+def gone_peers(text: str, places: list, me: int) -> str:
+    """A line naming the ranks whose host's address appears in `text`, the error of a collective that
+    failed on rank `me` ("Connection reset by peer [10.0.0.12]:..."): a peer that went away first
+    (killed, or its node died) leaves no traceback of its own, and this names it. "" if none matches.
+
+    `places`: the attempt's [{"host", ...}] in rank order (gather_places)."""
+    by_host = {}
+    for rank, place in enumerate(places or []):
+        if rank != me:
+            by_host.setdefault(place["host"], []).append(rank)
+    named = []
+    for host, ranks in by_host.items():
+        try:
+            addrs = {info[4][0] for info in socket.getaddrinfo(host, None, socket.AF_INET)}
+        except OSError:
+            continue
+        hit = sorted(a for a in addrs if re.search(rf"(?<![\d.]){re.escape(a)}(?![\d.])", text))
+        if hit:
+            named.append(f"rank{'s' if len(ranks) > 1 else ''} {', '.join(map(str, ranks))} on {host} ({hit[0]})")
+    if not named:
+        return ""
+    return (f"rank {me} lost its connection to {'; '.join(named)}: that peer went away first "
+            "(killed, or its node failed); its job log says why")
 
 
 def barrier(device: str) -> None:
