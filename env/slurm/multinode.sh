@@ -28,6 +28,7 @@
 set -euo pipefail
 
 HERE=$(cd "$(dirname "$0")" && pwd)
+unset SLURM_CONF       # a caller's (this cluster's, say) must not steer start.sh's single-node checks; ctl() sets ours
 N=${HPCSWEEP_SLURM_NODES:-2}
 STATE=${HPCSWEEP_SLURM_NODES_STATE:-/var/lib/hpcsweep-slurm-nodes}
 CONF=$STATE/slurm.conf

@@ -14,6 +14,7 @@ import json
 import os
 import signal
 import subprocess
+from pathlib import Path
 
 import pytest
 
@@ -132,3 +133,42 @@ def test_a_rank_lost_with_its_node_ends_the_job_and_resume_finishes_the_run(tmp_
     ref_dir = reference_dir(tmp_path, ref, sweep)
     assert model_metrics(sweep_dir.path, run) == model_metrics(ref_dir.path, run)
     assert lines(sweep_dir, run) == lines(ref_dir, run)
+
+
+def test_a_node_that_dies_fails_the_job_which_requeues_and_resumes_when_the_node_is_back(tmp_path, slurm_nodes):
+    # node2 dies as a crashed machine does: its processes freeze (SIGSTOP: its peers get no reset, they
+    # hang in the next all-reduce) and its slurmd falls silent (SIGKILL). slurmctld hears nothing from it
+    # for SlurmdTimeout, marks it DOWN and ends the job NODE_FAIL; the job (--requeue) waits for two
+    # nodes, runs again once node2 is back, and the run goes on from its last checkpoint to exactly the
+    # uninterrupted run's metrics
+    _, ref = reference(tmp_path, "nodefail", epochs=12, tasks_per_node=1)
+    sweep, run, sweep_dir, job = submit(tmp_path, spec(tmp_path, "nodefail", epochs=12, tasks_per_node=1))
+    wait_for(lambda: len(lines(sweep_dir, run)) >= 2, 180, "training under way")
+    ranks = sweep_dir.run(run.run_id).starts()[-1]["ranks"]
+    slurmd = Path(slurm_nodes).parent / "slurmd-node2.pid"        # env/slurm/multinode.sh records it there
+    os.kill(next(p["pid"] for p in ranks if p["host"] == "node2"), signal.SIGSTOP)
+    os.kill(int(slurmd.read_text()), signal.SIGKILL)
+    frozen_at = len(lines(sweep_dir, run))
+    try:
+        wait_for(lambda: "NODE_FAIL" in sacct_states(job), 60, "sacct: the job ended NODE_FAIL within a minute")
+        wait_for(lambda: squeue_states(job) == {"PENDING"}, 30, "the job requeued, waiting for its nodes")
+    finally:      # node2 back (start.sh starts only what is not running)
+        sudo = [] if os.geteuid() == 0 else ["sudo", "-n", "-E"]
+        up = subprocess.run([*sudo, "bash", "env/slurm/start.sh"], cwd=REPO, capture_output=True, text=True,
+                            env={**os.environ, "HPCSWEEP_SLURM_NODES": "2"})
+        assert up.returncode == 0, up.stdout + up.stderr
+    assert len(lines(sweep_dir, run)) <= frozen_at + 1           # nothing went on without node2
+    wait_for(lambda: sweep_dir.run(run.run_id).result.exists(), 300, "the run done on the requeued job")
+    starts = sweep_dir.run(run.run_id).starts()
+    assert len(starts) == 2 and {s["job_id"] for s in starts} == {job}
+    assert all({p["host"] for p in s["ranks"]} == NODES for s in starts)
+    ref_dir = reference_dir(tmp_path, ref, sweep)
+    assert model_metrics(sweep_dir.path, run) == model_metrics(ref_dir.path, run)
+    assert lines(sweep_dir, run) == lines(ref_dir, run)
+
+
+def sacct_states(job) -> set:
+    """Every attempt's state of `job` (-D: the requeued ones too)."""
+    out = subprocess.run(["sacct", "-D", "-X", "-n", "-P", "-o", "State", "-j", str(job)], capture_output=True,
+                         text=True).stdout
+    return set(out.split())
