@@ -7,10 +7,10 @@
 #     export SLURM_CONF=/var/lib/hpcsweep-slurm-nodes/slurm.conf   # then sinfo, sbatch, main.py ... use it
 #
 # Why network namespaces: Debian's slurmd (22.05.8) is not built with multiple-slurmd support (several
-# slurmd per host, one Port each). Checked: libslurmfull carries the "Duplicated NodeHostName %s in
-# config file" check that only such a build leaves out, and a second `slurmd -N othernode` on this
-# host answered "killing old slurmd[PID]" and killed the running slurmd (one pid file and one node
-# per host). So each node here is a host of its own: its slurmd runs in its own network namespace
+# slurmd per host, one Port each). Checked (`slurmd -V`: slurm-wlm 22.05.8): a second
+# `slurmd -D -N othernode -f <a config naming two nodes on this host, one Port each>` answered
+# "killing old slurmd[PID]" and ended the slurmd already running (one slurmd per host in this build);
+# its libslurmfull also carries the "Duplicated NodeHostName" check. So each node here is a host of its own: its slurmd runs in its own network namespace
 # (`ip netns`, a veth pair to a bridge this script creates, a private address) and UTS namespace (its
 # own host name). Nothing leaves the machine: the bridge has no route out.
 #
@@ -23,7 +23,7 @@
 # as on a real cluster. The host's own /etc/hosts is never touched.
 #
 # Settings chosen for the multi-node tests: SlurmdTimeout=10 (a node whose slurmd died is DOWN, its
-# jobs NODE_FAIL, within ~20 s rather than 5 min), the fast requeue of start.sh, and
+# jobs NODE_FAIL, ~25 s after it fell silent rather than 5 min), the fast requeue of start.sh, and
 # ReturnToService=2 (a node that comes back is usable again).
 set -euo pipefail
 
