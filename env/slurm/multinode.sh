@@ -30,6 +30,11 @@ set -euo pipefail
 HERE=$(cd "$(dirname "$0")" && pwd)
 unset SLURM_CONF       # a caller's (this cluster's, say) must not steer start.sh's single-node checks; ctl() sets ours
 N=${HPCSWEEP_SLURM_NODES:-2}
+me="env/slurm/$(basename "$0") ($N nodes)"
+say() { echo "$me: $*"; }
+die() { echo "$me: error: $*" >&2; exit 1; }
+case $N in ''|*[!0-9]*) die "HPCSWEEP_SLURM_NODES must be a whole number from 2 to 8, not '$N'";; esac
+[ "$N" -ge 2 ] && [ "$N" -le 8 ] || die "HPCSWEEP_SLURM_NODES must be from 2 to 8, not $N"
 STATE=${HPCSWEEP_SLURM_NODES_STATE:-/var/lib/hpcsweep-slurm-nodes}
 CONF=$STATE/slurm.conf
 CLUSTER=hpcsweepnodes
@@ -42,12 +47,6 @@ HOST=$(hostname -s)
 CPUS=${HPCSWEEP_SLURM_NODE_CPUS:-$(( $(nproc) * 2 ))}
 MEM_MB=$(( $(awk '/^MemTotal:/ {print $2}' /proc/meminfo) / 1024 / 4 / N ))
 
-me="env/slurm/$(basename "$0") ($N nodes)"
-say() { echo "$me: $*"; }
-die() { echo "$me: error: $*" >&2; exit 1; }
-
-case $N in ''|*[!0-9]*) die "HPCSWEEP_SLURM_NODES must be a whole number from 2 to 8, not '$N'";; esac
-[ "$N" -ge 2 ] && [ "$N" -le 8 ] || die "HPCSWEEP_SLURM_NODES must be from 2 to 8, not $N"
 [ "$(id -u)" -eq 0 ] || die "needs root: sudo HPCSWEEP_SLURM_NODES=$N bash env/slurm/start.sh"
 
 node() { echo "node$1"; }                 # node i's name (and host name)
