@@ -17,6 +17,9 @@
 # MaxRSS and TotalCPU are filled), sampling every 2 s so that short test jobs are measured.
 set -euo pipefail
 
+# HPCSWEEP_SLURM_NODES=N (N > 1): a second, N-node cluster beside this one (env/slurm/multinode.sh)
+if [ "${HPCSWEEP_SLURM_NODES:-1}" != 1 ]; then exec bash "$(dirname "$0")/multinode.sh" start; fi
+
 STATE=${HPCSWEEP_SLURM_STATE:-/var/lib/hpcsweep-slurm}
 CLUSTER=hpcsweep
 PARTITION=debug

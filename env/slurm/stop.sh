@@ -9,6 +9,9 @@
 # Nothing is killed by name, and a recorded PID now running another program is left alone.
 set -euo pipefail
 
+# HPCSWEEP_SLURM_NODES=N (N > 1): a second, N-node cluster beside this one (env/slurm/multinode.sh)
+if [ "${HPCSWEEP_SLURM_NODES:-1}" != 1 ]; then exec bash "$(dirname "$0")/multinode.sh" stop; fi
+
 STATE=${HPCSWEEP_SLURM_STATE:-/var/lib/hpcsweep-slurm}
 say() { echo "env/slurm/stop.sh: $*"; }
 

@@ -3,8 +3,12 @@
 A run with resources.nodes x tasks_per_node > 1 executes as that many processes:
 - on SLURM, srun starts one per task (submitit's nodes / ntasks_per_node); each finds its rank,
   local rank and world size in submitit's JobEnvironment, and the allocation's first node hosts
-  the rendezvous (MASTER_ADDR) on a port derived from the job id, so every rank computes the same
-  one without talking to the others;
+  the rendezvous on a port derived from the job id, so every rank computes the same one without
+  talking to the others. MASTER_ADDR is that node's address: the first host of SLURM_JOB_NODELIST
+  (expanded as `scontrol show hostnames` does), resolved here, on each rank, so a name that does
+  not resolve on a node is named in the error rather than in a gloo/nccl timeout ten minutes later.
+  A requeued job gets a new allocation, possibly other nodes in another order: the address is
+  taken afresh in every attempt;
 - on the local executor, in `main.py run` and the debug executor, `spawn` starts N processes on
   this machine with a free port on 127.0.0.1 (what torchrun does), forwards stop signals to them,
   and takes the whole group down as soon as one rank fails, so nothing waits in an all-reduce for
@@ -18,6 +22,7 @@ import datetime
 import io
 import multiprocessing
 import os
+import re
 import socket
 import sys
 import time
@@ -45,7 +50,18 @@ def from_scheduler(world_size: int):
     import submitit
     env = submitit.JobEnvironment()
     port = PORT_BASE + int(os.environ["SLURM_JOB_ID"]) % PORT_SPAN
-    return Ranks(env.global_rank, env.local_rank, env.num_tasks, env.hostnames[0], port)
+    return Ranks(env.global_rank, env.local_rank, env.num_tasks, resolve(env.hostnames[0], port), port)
+
+
+def resolve(host: str, port: int) -> str:
+    """`host`'s IPv4 address (the rendezvous node as every rank reaches it); a clear error if it has none."""
+    try:
+        infos = socket.getaddrinfo(host, port, socket.AF_INET, socket.SOCK_STREAM)
+    except socket.gaierror as e:
+        raise RuntimeError(f"the rendezvous host {host!r} (first node of SLURM_JOB_NODELIST="
+                           f"{os.environ.get('SLURM_JOB_NODELIST', '?')}) does not resolve on "
+                           f"{socket.gethostname()}: {e}") from None
+    return infos[0][4][0]
 
 
 def free_port() -> int:
@@ -92,6 +108,31 @@ def gather_places(ranks: Ranks) -> list:
     dist.all_gather_object(places, {"host": socket.gethostname(), "pid": os.getpid(),
                                     "local_rank": ranks.local_rank})
     return places
+
+
+def gone_peers(text: str, places: list, me: int) -> str:
+    """A line naming the ranks whose host's address appears in `text`, the error of a collective that
+    failed on rank `me` ("Connection reset by peer [10.0.0.12]:..."): a peer that went away first
+    (killed, or its node died) leaves no traceback of its own, and this names it. "" if none matches.
+
+    `places`: the attempt's [{"host", ...}] in rank order (gather_places)."""
+    by_host = {}
+    for rank, place in enumerate(places or []):
+        if rank != me:
+            by_host.setdefault(place["host"], []).append(rank)
+    named = []
+    for host, ranks in by_host.items():
+        try:
+            addrs = {info[4][0] for info in socket.getaddrinfo(host, None, socket.AF_INET)}
+        except OSError:
+            continue
+        hit = sorted(a for a in addrs if re.search(rf"(?<![\d.]){re.escape(a)}(?![\d.])", text))
+        if hit:
+            named.append(f"rank{'s' if len(ranks) > 1 else ''} {', '.join(map(str, ranks))} on {host} ({hit[0]})")
+    if not named:
+        return ""
+    return (f"rank {me} lost its connection to {'; '.join(named)}: that peer went away first "
+            "(killed, or its node failed); its job log says why")
 
 
 def barrier(device: str) -> None:

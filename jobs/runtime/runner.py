@@ -263,7 +263,8 @@ def _attempt(sweep_dir, run_dir, deadline, margin_s, device, checkpoint, on_ctx,
     where = {}
     if world > 1:
         from jobs.runtime import distributed
-        where = {"world_size": world, "ranks": distributed.gather_places(ranks)}
+        where = {"world_size": world, "rendezvous": f"{ranks.master_addr}:{ranks.master_port}",
+                 "ranks": distributed.gather_places(ranks)}
         print(f"hpcsweep: run {run_id} attempt {attempt}: rank {ranks.rank} of {world} on {socket.gethostname()} "
               f"(local rank {ranks.local_rank}, {device}, pid {os.getpid()})", file=sys.stderr, flush=True)
     if main:
@@ -311,11 +312,11 @@ def _attempt(sweep_dir, run_dir, deadline, margin_s, device, checkpoint, on_ctx,
     except SystemExit as e:          # the task left before returning: never taken for success
         outcome, detail = Outcome.EXITED, f"the task called sys.exit({e.code!r}) before returning its metrics"
         write_error(run_dir, as_written(f"{traceback.format_exc()}\n{detail}\n", sweep_dir, submission,
-                                        locals().get("meta", {}).get("task")), ranks)
+                                        locals().get("meta", {}).get("task")), ranks, where.get("ranks"))
     except Exception as e:  # a task's own exception (or an unreadable config): recorded, shown, not retried blindly
         detail = f"{type(e).__name__}: {e}".splitlines()[0][:300]
         write_error(run_dir, as_written(traceback.format_exc(), sweep_dir, submission,
-                                        locals().get("meta", {}).get("task")), ranks)
+                                        locals().get("meta", {}).get("task")), ranks, where.get("ranks"))
         if reraise:
             raise
     except BaseException:            # KeyboardInterrupt in-process: resumable, not failed
@@ -331,13 +332,19 @@ def _attempt(sweep_dir, run_dir, deadline, margin_s, device, checkpoint, on_ctx,
     return outcome
 
 
-def write_error(run_dir, text, ranks=None) -> None:
+def write_error(run_dir, text, ranks=None, places=None) -> None:
     """error.txt; in a distributed run the first rank to fail writes it (its traceback is the cause;
-    the others fail after it, in a collective with a rank that is gone)."""
+    the others fail after it, in a collective with a rank that is gone). A rank killed outright writes
+    nothing: when the traceback shows the address of a peer's host, its last line names that peer
+    (`places`: the attempt's ranks, for their hosts)."""
     if ranks is None:
         atomic.write_text(run_dir.error, text)
         return
+    from jobs.runtime import distributed
     text = f"rank {ranks.rank} of {ranks.world_size} failed:\n{text}"
+    gone = distributed.gone_peers(text, places, ranks.rank)
+    if gone:
+        text = f"{text.rstrip()}\n{gone}\n"     # the last line: what status shows
     tmp = run_dir.path / f".error.rank{ranks.rank}.tmp"
     atomic.write_text(tmp, text)
     try:

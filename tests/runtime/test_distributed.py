@@ -1,5 +1,6 @@
 """Distributed runs on this machine: 2 real processes with gloo, spawned as the local executor and
-`main.py run` do. The same run on the real SLURM (srun ranks) is in tests/sched/test_slurm_distributed.py."""
+`main.py run` do. The same run on the real SLURM (srun ranks) is in tests/sched/test_slurm_stages.py,
+and on two nodes in tests/sched/test_slurm_nodes.py."""
 import json
 import re
 import os
@@ -158,3 +159,13 @@ def test_ranks_sharing_a_log_write_whole_lines(tmp_path):
     lines = log.read_text().splitlines()
     bad = [line for line in lines if not re.fullmatch(r"rank [01] line \d+ x{40}", line)]
     assert len(lines) > 1000 and not bad, bad[:3]
+
+
+def test_a_rank_whose_collective_broke_names_the_peer_that_went_away():
+    from jobs.runtime.distributed import gone_peers
+    places = [{"host": "localhost"}, {"host": "localhost"}, {"host": "no-such-host.invalid"}]
+    gloo = "RuntimeError: [pair.cc:537] Read error [127.0.0.1]:25779: Connection reset by peer."
+    assert gone_peers(gloo, places, 0) == ("rank 0 lost its connection to rank 1 on localhost (127.0.0.1): that "
+                                            "peer went away first (killed, or its node failed); its job log says why")
+    assert gone_peers(gloo.replace("127.0.0.1", "127.0.0.12"), places, 0) == ""     # another address
+    assert gone_peers("ValueError: the task's own bug", places, 0) == ""
