@@ -71,6 +71,9 @@ for _ in $(seq 100); do [ -s "$STATE/sshd.pid" ] && break; sleep 0.05; done
 trap '[ $? -eq 0 ] || bash "$REPO/env/ssh/stop.sh" "$STATE"' EXIT     # a later step failed: no sshd left behind
 
 echo "[127.0.0.1]:$PORT $(cut -d' ' -f1,2 "$STATE/host_ed25519.pub")" > "$STATE/known_hosts"
+# the client side is whoever asked for the rig (sudo's user, else root): its key must be that user's own
+CLIENT=${SUDO_USER:-root}
+chown "$CLIENT" "$STATE/id_ed25519" "$STATE/id_ed25519.pub" "$STATE/known_hosts"
 cat > "$STATE/ssh_config" <<CONF
 Host hpcsweep-rig
     HostName 127.0.0.1
