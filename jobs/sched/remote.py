@@ -36,6 +36,7 @@ import tarfile
 from pathlib import Path
 
 import yaml
+from filelock import FileLock
 
 from jobs.spec.settings import ClusterProfile
 from jobs.store import SweepDir, atomic, project_top, root_dir
@@ -141,8 +142,9 @@ def quoted(word: str) -> str:
 def project_files(top: Path, spec: Path) -> list:
     """The project's files, relative to its top: a git checkout's tracked and untracked files (ignored
     ones left out), else every file of the folder but caches and the local results; the spec always."""
-    listed = subprocess.run(["git", "ls-files", "-z", "-co", "--exclude-standard"], cwd=top, capture_output=True)
-    if (top / ".git").exists() and listed.returncode == 0:
+    listed = subprocess.run(["git", "ls-files", "-z", "-co", "--exclude-standard"], cwd=top, capture_output=True) \
+        if (top / ".git").exists() else None
+    if listed is not None and listed.returncode == 0:
         names = [n for n in listed.stdout.decode().split("\0") if n]
     else:
         skip = {root_dir(None, None, spec).resolve()}
@@ -238,6 +240,12 @@ def _prepare(profile, args, sync: bool) -> tuple:
     cmd = " ".join(quoted(w) for w in profile.remote_command)
     if sync:
         names = project_files(top, Path(args.spec))
+        sizes = {n: (top / n).lstat().st_size for n in names}
+        if sum(sizes.values()) > profile.sync_max_mb * 1e6:
+            largest = ", ".join(f"{n} ({sizes[n] / 1e6:.0f} MB)" for n in sorted(sizes, key=sizes.get)[::-1][:3])
+            raise RemoteError(f"the project {top} holds {sum(sizes.values()) / 1e6:.0f} MB, more than cluster profile "
+                              f"{profile.name}'s sync_max_mb ({profile.sync_max_mb:g}); the largest: {largest}. Keep "
+                              "data out of it (or in .gitignore), or raise sync_max_mb")
         data = _tar(top, names, {PROFILES_FILE: _profile_text(profile)})
         done = run(profile, f"mkdir -p -- {folder} && cd -- {folder} && tar -xf - || exit 96; {cmd} --version", data=data)
         if done.returncode == 96:
@@ -310,13 +318,24 @@ def pull(profile, args, files_parser) -> SweepDir:
         raise RemoteError(f"cluster profile {profile.name}: {profile.ssh} could not list the sweep: "
                           f"{err.splitlines()[-1] if err else done.stdout[:200]!r}")
     mirror = SweepDir(mirror_root(profile, args) / Path(remote).name)
+    mirror.path.mkdir(parents=True, exist_ok=True)
+    with FileLock(str(mirror.mirror_lock)):
+        _update(profile, remote, files, mirror)
+    return mirror
+
+
+def _update(profile, remote: str, files: dict, mirror: SweepDir) -> None:
+    """Copy into the mirror what changed of `files` ({name: [bytes, mtime_ns]} there), drop what went."""
     old = atomic.read_json(mirror.mirror_index) if mirror.mirror_index.exists() else None
-    if old is None and mirror.path.exists() and any(mirror.path.iterdir()):
+    if old is None and any(p.name != mirror.mirror_lock.name for p in mirror.path.iterdir()):
         raise RemoteError(f"{mirror.path} exists and is not a copy of a cluster's sweep dir: set `mirror:` in "
                           f"cluster profile {profile.name} to another folder")
     if old is not None and (old.get("ssh"), old.get("sweep_dir")) != (profile.ssh, remote):
         old = None                                   # another cluster's or sweep's copy: fetched anew
     had = (old or {}).get("files") or {}
+    if old is None:             # claimed before anything is copied: a pull cut short leaves a mirror, not a stranger
+        atomic.write_json(mirror.mirror_index, {"ssh": profile.ssh, "cluster": profile.name, "sweep_dir": remote,
+                                                "files": {}})
     wanted = {name for name, stat in files.items() if _safe(name) and (had.get(name) != stat
                                                                        or not (mirror.path / name).exists())}
     fetched = _fetch(profile, remote, mirror, sorted(wanted)) if wanted else set()
@@ -328,7 +347,6 @@ def pull(profile, args, files_parser) -> SweepDir:
                                             "files": kept})
     print(f"pulled {len(fetched)} changed files of {len(files)} from {profile.ssh}:{remote} into {mirror.path}",
           file=sys.stderr)
-    return mirror
 
 
 def _safe(name: str) -> bool:

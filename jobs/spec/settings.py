@@ -221,6 +221,8 @@ class ClusterProfile(Settings):
                             "copied before a submit (relative to the home, or absolute)")
     remote_command: list[str] = Field(["hpcsweep"], description="on the login host: the command that runs hpcsweep, "
                                       "run in the project's copy (e.g. [~/venv/bin/hpcsweep])")
+    sync_max_mb: float = Field(200.0, gt=0, description="a project larger than this is not copied to the login "
+                               "host (a data file left in it, most likely): the error names the largest files")
     mirror: Optional[str] = Field(None, description="on the laptop: where pull and aggregate keep copies of this "
                                   "cluster's sweep dirs (default: <the local root>/<profile name>)")
 

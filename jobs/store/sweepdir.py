@@ -328,6 +328,7 @@ class SweepDir:
     # a laptop's copy of a sweep dir that lives on a cluster (jobs/sched/remote.py): where it came from and
     # the size and mtime each copied file had there
     mirror_index = property(lambda self: self.path / ".mirror.json")
+    mirror_lock = property(lambda self: self.path / ".mirror.lock")     # one pull at a time into a mirror
 
     def analysis_inputs(self) -> dict:
         """{path relative to the sweep dir: [bytes, mtime_ns]} of the files analysis reads: the spec, the

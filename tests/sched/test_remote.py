@@ -172,6 +172,9 @@ def test_submit_preempt_cancel_resume_and_aggregate_from_a_laptop(tmp_path, rig)
     assert there.returncode == 0, there.stderr
     assert (mirror / "analysis" / "summary.csv").read_text() == there.stdout
 
+    import analysis                                       # `import analysis` on the laptop reads the mirror
+    table = analysis.runs(mirror)
+    assert sorted(table["state"]) == ["done", "done"] and sorted(table["lr"]) == [0.1, 0.3]
     # a second pull copies only what changed: nothing
     done, connections["pull"] = over_ssh(rig, top, "pull", "toy.yaml")
     assert done.returncode == 0 and "pulled 0 changed files" in done.stderr, done.stdout + done.stderr
