@@ -57,7 +57,7 @@ class RemoteError(Exception):
 def profile_of(args):
     """The cluster profile of a command when it names a login host (`ssh:`), else None (the command runs here)."""
     from jobs.sched import slurm
-    if args.command not in FORWARDED + MIRRORED and args.command != "files":
+    if args.command not in FORWARDED + MIRRORED:
         return None
     if not (getattr(args, "cluster", None) or os.environ.get("HPCSWEEP_CLUSTER")):
         return None
@@ -67,7 +67,7 @@ def profile_of(args):
     except slurm.ProfileError as e:
         from jobs.spec import SpecError
         raise SpecError(str(e))
-    return profile if profile.ssh and args.command != "files" else None
+    return profile if profile.ssh else None
 
 
 # ------------------------------------------------------------------ ssh
@@ -194,15 +194,16 @@ def _tar(top: Path, names: list, extra: dict) -> bytes:
 
 def where(args) -> tuple:
     """(project top, the SPEC argument as the cluster side reads it, in the project's copy): a spec
-    file goes as its path in the project; a local mirror as the sweep dir it copies; anything else
-    (a sweep dir's path on the cluster) as it is."""
+    file goes as its path in the project; a local mirror as the sweep dir it copies (of the project it
+    was pulled for); anything else (a sweep dir's path on the cluster) as it is, for the project the
+    command runs in."""
     target = Path(args.spec)
     if target.is_file():
         top = project_top(target)
         return top, target.resolve().relative_to(top).as_posix()
     index = atomic.read_json(SweepDir(target).mirror_index) if target.is_dir() else None
     if isinstance(index, dict) and index.get("sweep_dir"):
-        return project_top(), str(index["sweep_dir"])
+        return Path(index.get("project") or project_top()), str(index["sweep_dir"])
     return project_top(), str(args.spec)
 
 
@@ -308,6 +309,7 @@ def mirror_root(profile, args) -> Path:
 def pull(profile, args, files_parser) -> SweepDir:
     """Bring the local mirror of the sweep up to date (only the files that changed); the mirror."""
     folder, cmd, spec = _prepare(profile, args, sync=False)
+    top = where(args)[0]
     words = " ".join(shlex.quote(w) for w in argv_of("files", files_parser, args, spec, profile))
     done = run(profile, _on_host(folder, cmd, words))
     try:
@@ -320,11 +322,11 @@ def pull(profile, args, files_parser) -> SweepDir:
     mirror = SweepDir(mirror_root(profile, args) / Path(remote).name)
     mirror.path.mkdir(parents=True, exist_ok=True)
     with FileLock(str(mirror.mirror_lock)):
-        _update(profile, remote, files, mirror)
+        _update(profile, remote, files, mirror, top)
     return mirror
 
 
-def _update(profile, remote: str, files: dict, mirror: SweepDir) -> None:
+def _update(profile, remote: str, files: dict, mirror: SweepDir, top: Path) -> None:
     """Copy into the mirror what changed of `files` ({name: [bytes, mtime_ns]} there), drop what went."""
     old = atomic.read_json(mirror.mirror_index) if mirror.mirror_index.exists() else None
     if old is None and any(p.name != mirror.mirror_lock.name for p in mirror.path.iterdir()):
@@ -334,7 +336,7 @@ def _update(profile, remote: str, files: dict, mirror: SweepDir) -> None:
         old = None                                   # another cluster's or sweep's copy: fetched anew
     had = (old or {}).get("files") or {}
     if old is None:             # claimed before anything is copied: a pull cut short leaves a mirror, not a stranger
-        atomic.write_json(mirror.mirror_index, {"ssh": profile.ssh, "cluster": profile.name, "sweep_dir": remote,
+        atomic.write_json(mirror.mirror_index, {"ssh": profile.ssh, "cluster": profile.name, "project": str(top), "sweep_dir": remote,
                                                 "files": {}})
     wanted = {name for name, stat in files.items() if _safe(name) and (had.get(name) != stat
                                                                        or not (mirror.path / name).exists())}
@@ -343,7 +345,7 @@ def _update(profile, remote: str, files: dict, mirror: SweepDir) -> None:
         if name not in files and _safe(name):        # gone there (a run set aside): gone here
             (mirror.path / name).unlink(missing_ok=True)
     kept = {name: stat for name, stat in files.items() if name in fetched or (name not in wanted and name in had)}
-    atomic.write_json(mirror.mirror_index, {"ssh": profile.ssh, "cluster": profile.name, "sweep_dir": remote,
+    atomic.write_json(mirror.mirror_index, {"ssh": profile.ssh, "cluster": profile.name, "project": str(top), "sweep_dir": remote,
                                             "files": kept})
     print(f"pulled {len(fetched)} changed files of {len(files)} from {profile.ssh}:{remote} into {mirror.path}",
           file=sys.stderr)
