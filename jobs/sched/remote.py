@@ -243,8 +243,8 @@ def _prepare(profile, args, sync: bool) -> tuple:
         names = project_files(top, Path(args.spec))
         sizes = {n: (top / n).lstat().st_size for n in names}
         if sum(sizes.values()) > profile.sync_max_mb * 1e6:
-            largest = ", ".join(f"{n} ({sizes[n] / 1e6:.0f} MB)" for n in sorted(sizes, key=sizes.get)[::-1][:3])
-            raise RemoteError(f"the project {top} holds {sum(sizes.values()) / 1e6:.0f} MB, more than cluster profile "
+            largest = ", ".join(f"{n} ({sizes[n] / 1e6:.1f} MB)" for n in sorted(sizes, key=sizes.get)[::-1][:3])
+            raise RemoteError(f"the project {top} holds {sum(sizes.values()) / 1e6:.1f} MB, more than cluster profile "
                               f"{profile.name}'s sync_max_mb ({profile.sync_max_mb:g}); the largest: {largest}. Keep "
                               "data out of it (or in .gitignore), or raise sync_max_mb")
         data = _tar(top, names, {PROFILES_FILE: _profile_text(profile)})

@@ -231,3 +231,25 @@ def test_arguments_reach_the_login_host_word_for_word():
     assert shlex.split(line) == words                 # what the remote shell splits is what was given
     assert remote.quoted("~/venv/bin/hpcsweep") == "~/venv/bin/hpcsweep"
     assert remote.quoted("~/my dir;x") == "~/'my dir;x'"
+
+
+def test_what_ssh_says_is_told_for_people():
+    profile = ClusterProfile.model_validate({"name": "c", "ssh": "me@login"})
+    said = {
+        "me@login: Permission denied (publickey).": "refused the key",
+        "Host key verification failed.": "host key is not known here",
+        "ssh: Could not resolve hostname login: Name or service not known": "unreachable",
+        "ssh: connect to host login port 22: Connection timed out": "unreachable",
+        "kex_exchange_identification: something new": "ssh to me@login failed: kex_exchange_identification",
+    }
+    for stderr, meaning in said.items():
+        assert meaning in str(remote._failure(profile, stderr)), stderr
+
+
+def test_a_project_too_large_to_copy_is_refused_before_any_connection(tmp_path, capsys):
+    (tmp_path / "data.bin").write_bytes(b"x" * 300_000)
+    (tmp_path / "toy.yaml").write_text("name: big\ntask: resmlp\n")
+    (tmp_path / "clusters.yaml").write_text("far: {ssh: nobody@host.invalid, sync_max_mb: 0.1}\n")
+    assert main.main(["submit", str(tmp_path / "toy.yaml"), "--cluster", "far"]) == 2
+    err = capsys.readouterr().err
+    assert "more than cluster profile far's sync_max_mb (0.1)" in err and "data.bin (0.3 MB)" in err, err
