@@ -722,8 +722,50 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--out", help="where to write (default: <sweep dir>/analysis)")
     sp.add_argument("--format", help="comma list of csv,md,tex,png,pdf (default: all)")
     sp.add_argument("--show", action="store_true", help="print the summary table (summary.md) at the end")
+    add("pull", "copy a sweep dir from a cluster reached over ssh (a profile with `ssh:`) into a local mirror: only "
+                "the files analysis reads, only those that changed", cmd_pull, parents=(where,))
+    add("files", "list the files of a sweep dir that analysis reads, with size and mtime, as JSON (what `pull` asks "
+                 "the cluster side)", cmd_files, parents=(where,))
     p.commands = sub.choices         # name -> its parser: an unknown flag is told with that command's usage
     return p
+
+
+def cmd_pull(args) -> int:
+    print("error: pull copies a sweep dir from a cluster reached over ssh: name a cluster profile with `ssh:` "
+          "(--cluster NAME; docs/clusters.md)", file=sys.stderr)
+    return 2
+
+
+def cmd_files(args) -> int:
+    """The files of the sweep dir that analysis reads, with their size and mtime, as JSON (what a laptop's pull asks)."""
+    sweep_dir = _sweep_dir(args, _load(args))
+    json.dump({"sweep_dir": str(sweep_dir.path), "files": sweep_dir.analysis_inputs()}, sys.stdout)
+    print()
+    return 0
+
+
+def _over_ssh(args, parser):
+    """A cluster profile that names a login host (`ssh:`): the scheduler commands run there, and
+    aggregate reads a local copy of the sweep dir (jobs/sched/remote.py). None: the command runs here."""
+    from jobs.sched import remote
+    profile = remote.profile_of(args)
+    if profile is None:
+        return None
+    try:
+        if args.command in remote.FORWARDED:
+            return remote.forward(profile, args, parser.commands[args.command])
+        mirror = remote.pull(profile, args, parser.commands["files"])
+    except remote.RemoteError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    if args.command == "pull":
+        print(f"{mirror.path}\nread it: analysis.runs({str(mirror.path)!r}), or {PROG} aggregate {mirror.path}")
+        return 0
+    args.cluster = None                          # aggregate, here, of the copy
+    args.root = str(mirror.path.parent)
+    if not Path(args.spec).is_file():
+        args.spec = str(mirror.path)
+    return None
 
 
 def main(argv=None) -> int:
@@ -735,7 +777,8 @@ def main(argv=None) -> int:
     if unknown:        # said by the command's own parser, so its usage (not the top-level one) is shown
         parser.commands[args.command].error(f"unrecognized arguments: {' '.join(unknown)}")
     try:
-        return args.func(args)
+        forwarded = _over_ssh(args, parser)
+        return forwarded if forwarded is not None else args.func(args)
     except specs.SpecError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

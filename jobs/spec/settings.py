@@ -30,6 +30,9 @@ MailType = Literal["NONE", "BEGIN", "END", "FAIL", "REQUEUE", "ALL", "INVALID_DE
                    "TIME_LIMIT", "TIME_LIMIT_90", "TIME_LIMIT_80", "TIME_LIMIT_50", "ARRAY_TASKS"]
 MAIL_USER = re.compile(r"^[A-Za-z0-9_.+\-]+@[A-Za-z0-9.\-]+$")
 NODE_LIST = re.compile(r"^[A-Za-z0-9_.,\[\]\-]{1,256}$")
+# an ssh destination: [user@]host, never read as an option (no leading -)
+SSH_HOST = re.compile(r"^([A-Za-z0-9_][A-Za-z0-9_.\-]*@)?[A-Za-z0-9_][A-Za-z0-9_.\-]{0,252}$")
+REMOTE_DIR = re.compile(r"^(~/)?[A-Za-z0-9_./+\-]{1,512}$")
 
 
 class Settings(BaseModel):
@@ -250,15 +253,45 @@ class ClusterProfile(Settings):
     setup: list[str] = Field(default_factory=list, description="shell lines run before the job")
     watch_every_s: float = Field(10.0, gt=0, description="`watch` refreshes at most this often (each refresh: one "
                                  "squeue and one sacct call; a shared login node thanks you for a long one)")
-    root: Optional[str] = None
+    root: Optional[str] = Field(None, description="where sweep dirs live (with `ssh`: on the cluster)")
     partitions: dict[str, Partition] = Field(default_factory=dict)
     sbatch: Sbatch = Field(default_factory=Sbatch)
+    # a cluster reached from a laptop (jobs/sched/remote.py)
+    ssh: Optional[str] = Field(None, description="the login host (user@host, or a Host of ~/.ssh/config): submit, "
+                               "resume, status, cancel, logs and watch run there over one SSH connection")
+    ssh_config: Optional[str] = Field(None, description="an ssh config file to use (ssh -F) instead of ~/.ssh/config")
+    remote_dir: str = Field("hpcsweep-projects", description="on the login host: where the laptop's project is "
+                            "copied before a submit (relative to the home, or absolute)")
+    remote_command: list[str] = Field(["hpcsweep"], description="on the login host: the command that runs hpcsweep, "
+                                      "run in the project's copy (e.g. [~/venv/bin/hpcsweep])")
+    sync_max_mb: float = Field(200.0, gt=0, description="a project larger than this is not copied to the login "
+                               "host (a data file left in it, most likely): the error names the largest files")
+    mirror: Optional[str] = Field(None, description="on the laptop: where pull and aggregate keep copies of this "
+                                  "cluster's sweep dirs (default: <the local root>/<profile name>)")
+
+    @field_validator("remote_command", mode="before")
+    @classmethod
+    def _command_words(cls, value):
+        if isinstance(value, str):          # one line, split as a shell would: `~/venv/bin/python main.py`
+            import shlex
+            try:
+                return shlex.split(value)
+            except ValueError as e:
+                raise ValueError(f"cannot split {value!r} into words: {e}")
+        return value
 
     @model_validator(mode="after")
     def _setup_lines(self):
         for line in self.setup:
             if "\n" in line or line.lstrip().startswith("#SBATCH"):
                 raise ValueError("setup: expected single shell lines (no newline, no #SBATCH lines)")
+        if self.ssh is not None and not SSH_HOST.match(self.ssh):
+            raise ValueError(f"ssh: {self.ssh!r} is not a login host (user@host or a Host name: letters, digits, _.-)")
+        if not REMOTE_DIR.match(self.remote_dir) or ".." in self.remote_dir.split("/"):
+            raise ValueError(f"remote_dir: {self.remote_dir!r} is not a plain path (letters, digits, _./+-, a "
+                             "leading ~/ for the home; no ..)")
+        if not self.remote_command or any(not w or "\n" in w or "\0" in w for w in self.remote_command):
+            raise ValueError(f"remote_command: expected a command (a word list or one line), got {self.remote_command!r}")
         return self
 
     def limits(self, partition) -> tuple[Optional[float], bool]:

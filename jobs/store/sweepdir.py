@@ -343,6 +343,31 @@ class SweepDir:
         slurm = self.logs / str(job_id) / name
         return slurm if slurm.exists() or not (self.logs / name).exists() else self.logs / name
 
+    # a laptop's copy of a sweep dir that lives on a cluster (jobs/sched/remote.py): where it came from and
+    # the size and mtime each copied file had there
+    mirror_index = property(lambda self: self.path / ".mirror.json")
+    mirror_lock = property(lambda self: self.path / ".mirror.lock")     # one pull at a time into a mirror
+
+    def analysis_inputs(self) -> dict:
+        """{path relative to the sweep dir: [bytes, mtime_ns]} of the files analysis reads: the spec, the
+        plan, and each run's config, result, error and metrics (what a laptop's mirror copies; checkpoints,
+        job logs and code copies stay where they are)."""
+        out = {}
+        head = str(self.path) + os.sep
+
+        def add(relative):
+            try:
+                st = os.stat(head + relative)
+            except OSError:
+                return
+            out[relative] = [st.st_size, st.st_mtime_ns]
+        add(self.spec.name)
+        add(self.plan.name)
+        for run_id in self.run_dirs():
+            for name in (RunDir.CONFIG, RunDir.RESULT, RunDir.ERROR, RunDir.METRICS):
+                add(f"{self.runs.name}/{run_id}/{name}")
+        return out
+
     def exists(self) -> bool:
         """Was anything ever submitted here?"""
         return self.plan.exists() or self.journal.exists()
