@@ -12,7 +12,7 @@ A page source is docs/studies/src/<study>.md. Its first line names the specs the
 For each spec (in that order) this runs, from the repository root,
 
     python main.py submit SPEC --root ROOT --executor local --wait
-    python main.py aggregate SPEC --root ROOT --out ROOT/<spec-name>/page --format md,png
+    python main.py aggregate SPEC --root ROOT --out ROOT/pages/<spec-name> --format md,png
 
 with ROOT = results/studies/<study> (ignored by git; --root changes the parent), then writes
 docs/studies/<study>.md from the source: the specs line is dropped, `{{table:<spec-name>}}` becomes
@@ -72,7 +72,7 @@ def spec_name(spec: Path) -> str:
 
 def analysis_dir(root: Path, spec: Path) -> Path:
     """Where this page's aggregate of `spec` goes (apart from the sweep's own analysis/)."""
-    return root / spec_name(spec) / "page"
+    return root / "pages" / spec_name(spec)
 
 
 def run_spec(spec: Path, root: Path, run: bool, python: str) -> Path:
