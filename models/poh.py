@@ -19,7 +19,7 @@ training map to UNK. A ROOT token is put at position 0 so that heads index posit
 Encoder (`encoder`):
     scratch    x = word_emb + upos_emb + sinusoidal position; n_encoder_layers pre-norm Transformer
                layers of width d_model, trained from random initialisation. It trains at lr ~1e-3; at
-               the document's 3e-5 it underfits (dev UAS 0.58 vs 0.94 on the synthetic treebank).
+               the study's 3e-5 it underfits (dev UAS 0.58 vs 0.94 on the synthetic treebank).
     a name or a folder of a pretrained Hugging Face encoder (e.g. distilbert-base-uncased, the
                study's regime, fine-tuned at lr 3e-5): the sentence's words go through its tokenizer
                (is_split_into_words), a word is the encoder's last hidden state at its first subword,
@@ -74,7 +74,7 @@ dev_ent_threshold (the entropy threshold in force), and UAS by gold head distanc
 dev_uas_dist1, dev_uas_dist2, dev_uas_dist3_6, dev_uas_dist7p (|dependent - head| = 1, 2, 3-6, >= 7)
 and dev_uas_root (tokens whose head is ROOT), with dev_uas_iter1_dist{...} the same at iteration 1.
 
-Diagnostics. The controller gradient check (the document's static vs recurrent controller): every
+Diagnostics. The controller gradient check (the study's static vs recurrent controller): every
 logged step, ctrl_grad_static and ctrl_grad_recurrent, the mean |gradient| over the parameters of the
 controller's static MLP_s and recurrent MLP_r branches (before clipping), and their ratio
 ctrl_grad_ratio = static / recurrent; the results hold their means over the last epoch. After

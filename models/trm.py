@@ -45,7 +45,7 @@ of cycle i; 0 for cycles run without gradient), grad_norm (all parameters, befor
 Every eval_every steps and at the end, on eval_batches fixed validation batches (the same windows
 for every run): val_step_{i}_loss, val_loss (last cycle), val_bpb (val_loss / ln 2).
 
-Convergence speed (the document's "faster convergence": steps to reach a loss): with target_loss > 0,
+Convergence speed (the study's "faster convergence": steps to reach a loss): with target_loss > 0,
 steps_to_target is the first optimizer step at which the smoothed training LM loss (L_H, an
 exponential moving average with factor target_smoothing, bias-corrected as in Adam) is <= target_loss,
 and val_steps_to_target the first evaluation step at which val_loss is <= target_loss; both are
@@ -102,7 +102,7 @@ CONFIG = {
     "log_every": 10,
     "eval_every": 500,
     "eval_batches": 8,
-    "target_loss": 1.8,                      # steps_to_target: the document's baseline final loss (0: off)
+    "target_loss": 1.8,                      # steps_to_target: the study's baseline final loss (0: off)
     "target_smoothing": 0.9,                 # EMA factor of the training loss that steps_to_target watches
 }
 
