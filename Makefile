@@ -1,12 +1,13 @@
 # `make demo`: set up and run the embedded default sweep end to end on the local executor (no cluster needed).
 # `make test`: set up and run the test suite.
+# `make study-pages`: run every study's smoke specs on the local executor and regenerate docs/studies/*.md.
 PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 DEMO ?= sweeps/depth_ladder_digits.yaml
 ROOT ?= results
 
-.PHONY: setup demo test bench clean-demo
+.PHONY: setup demo test bench clean-demo study-pages
 
 setup: $(VENV)/.installed
 
@@ -25,6 +26,9 @@ test: setup
 
 bench: setup
 	$(PY) bench/plan.py
+
+study-pages: setup
+	nice -n 10 $(PY) docs/studies/build.py $(STUDIES)
 
 clean-demo:
 	rm -rf $(ROOT)/$(basename $(notdir $(DEMO)))

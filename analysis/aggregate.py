@@ -301,7 +301,7 @@ def _figures_key(sweep, figs, formats, run_ids) -> str:
     h = hashlib.sha256()
     h.update(sweep.runs.to_csv(index=False).encode())
     h.update(json.dumps([figs, sorted(formats), sweep.analysis, sweep.lists], sort_keys=True, default=str).encode())
-    if any(f["kind"] in ("curves", "hist", "logged_hist") for f in figs):
+    if any(f["kind"] in ("curves", "hist", "logged_hist", "logged_heatmap") for f in figs):
         sdir = SweepDir(sweep.dir)
         h.update(json.dumps([curves_mod.stat_of(p) for p in sdir.metrics_files(run_ids).values()]).encode())
     import matplotlib

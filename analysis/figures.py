@@ -854,7 +854,56 @@ def logged_hist(sweep, fig, logged=None, **_):
     return f, {}
 
 
-KINDS = {"logged_hist": logged_hist, "ladder": ladder, "line": line, "pareto": pareto, "curves": curves, "heatmap": heatmap, "hist": hist}
+def logged_heatmap(sweep, fig, logged=None, **_):
+    """A list a run logged on several lines, as a heatmap: a row per value of the logged scalar key
+    `y` (say, an iteration), a column per position of the list-valued key `z` (say, a weight per
+    head); a run's last line per row counts, and each cell is the mean over the runs kept by `where`."""
+    y, z = fig["y"], fig["z"]
+    runs = _runs(sweep, fig)
+    data = logged(list(runs.index), [y, z])[0] if logged else None
+    if data is None or data.empty:
+        raise Skip("no run has logged anything yet")
+    for key in ("y", "z"):
+        if fig[key] not in data.columns:
+            raise _not_logged(logged, data, fig, key)
+    data = data[data["run"].isin(runs.index)]
+    data = data[data[y].notna() & data[z].notna()].drop_duplicates(["run", y], keep="last")
+    if data.empty:
+        raise Skip(f"no run{' matching where: ' + _where_text(fig) if fig.get('where') else ''} "
+                   f"logged both {y!r} and {z!r} on one line")
+    ys = _order(data[y].tolist())
+    width = max(len(v) for v in data[z])
+    grid, ns = np.full((len(ys), width), np.nan), []
+    for i, yv in enumerate(ys):
+        rows = [np.asarray(v, dtype=float) for v in _match(data, [y], [yv])[z]]
+        if any(len(r) != width for r in rows):
+            raise FigureError(f"the lists of {z!r} differ in length", "z")
+        grid[i] = np.mean(rows, axis=0)
+        ns.append(len(rows))
+    f, axs = _axes(1)
+    ax = axs[0]
+    image = ax.imshow(grid, origin="lower", aspect="auto", cmap=fig.get("cmap", "viridis"), interpolation="nearest")
+    if fig.get("annotate", grid.size <= 100):
+        lo, hi = np.nanmin(grid), np.nanmax(grid)
+        for (i, j), v in np.ndenumerate(grid):
+            shade = (v - lo) / (hi - lo) if hi > lo else 0.5
+            ax.text(j, i, f"{v:.3g}", ha="center", va="center", fontsize=6, color="white" if shade < 0.55 else "black")
+    ax.set_xticks(range(width), [str(j) for j in range(width)])
+    ax.set_yticks(range(len(ys)), tick_texts(ys))
+    ax.grid(False)
+    ax.tick_params(length=0)
+    for side in ("top", "right", "left", "bottom"):
+        ax.spines[side].set_visible(False)
+    ax.set_xlabel(label(sweep, z))
+    ax.set_ylabel(label(sweep, y))
+    bar = f.colorbar(image, ax=[ax], shrink=0.9, pad=0.02)
+    bar.outline.set_visible(False)
+    _finish(f, fig, False, "none", note=False,
+            extra=f"cells: mean over the runs that logged the row ({_n_text(ns)}); a run's last line per {y} counts")
+    return f, {}
+
+
+KINDS = {"logged_heatmap": logged_heatmap, "logged_hist": logged_hist, "ladder": ladder, "line": line, "pareto": pareto, "curves": curves, "heatmap": heatmap, "hist": hist}
 
 
 def draw(sweep, fig, **data):

@@ -45,8 +45,17 @@ of cycle i; 0 for cycles run without gradient), grad_norm (all parameters, befor
 Every eval_every steps and at the end, on eval_batches fixed validation batches (the same windows
 for every run): val_step_{i}_loss, val_loss (last cycle), val_bpb (val_loss / ln 2).
 
+Convergence speed (the study's "faster convergence": steps to reach a loss): with target_loss > 0,
+steps_to_target is the first optimizer step at which the smoothed training LM loss (L_H, an
+exponential moving average with factor target_smoothing, bias-corrected as in Adam) is <= target_loss,
+and val_steps_to_target the first evaluation step at which val_loss is <= target_loss; both are
+None (an empty cell, left out of the mean) when the run never gets there, and target_reached says
+whether the training loss did (1.0 / 0.0, so the table's mean is the fraction of seeds that did).
+Each is logged once, on the step it happens.
+
 Results: val_loss, val_bpb, val_step_{i}_loss, train_lm_loss (mean L_H since the previous
-evaluation), n_params, steps, tokens_seen, train_time_s.
+evaluation), steps_to_target, val_steps_to_target, target_reached, n_params, steps, tokens_seen,
+train_time_s.
 
 Checkpoint: weights, optimizer, the batch generator's state, the step, the running sums and the
 training time; ctx restores the global RNG states. A resumed run is bit-identical on CPU.
@@ -93,6 +102,8 @@ CONFIG = {
     "log_every": 10,
     "eval_every": 500,
     "eval_batches": 8,
+    "target_loss": 1.8,                      # steps_to_target: the study's baseline final loss (0: off)
+    "target_smoothing": 0.9,                 # EMA factor of the training loss that steps_to_target watches
 }
 
 CHOICES = {"deep_supervision_schedule": ["constant", "linear_decay", "exponential_decay"]}
@@ -106,9 +117,12 @@ def resolve(cfg):
                 "global_batch_size", "max_steps", "log_every", "eval_every", "eval_batches"):
         if isinstance(cfg[key], bool) or not (isinstance(cfg[key], int) and cfg[key] >= 1):
             raise ValueError(f"trm: {key} must be an integer >= 1, got {cfg[key]!r}")
-    for key in ("lr", "weight_decay", "grad_clip", "deep_supervision_weight"):
+    for key in ("lr", "weight_decay", "grad_clip", "deep_supervision_weight", "target_loss"):
         if isinstance(cfg[key], bool) or not (isinstance(cfg[key], (int, float)) and cfg[key] >= 0):
             raise ValueError(f"trm: {key} must be a number >= 0, got {cfg[key]!r}")
+    s = cfg["target_smoothing"]
+    if isinstance(s, bool) or not (isinstance(s, (int, float)) and 0 <= s < 1):
+        raise ValueError(f"trm: target_smoothing must be a number in [0, 1), got {s!r}")
     if cfg["hidden_size"] % cfg["num_heads"]:
         raise ValueError(f"trm: hidden_size={cfg['hidden_size']} must be a multiple of num_heads={cfg['num_heads']}")
     if cfg["curriculum_end_step"] < cfg["curriculum_start_step"] or cfg["curriculum_start_step"] < 0:
@@ -173,6 +187,29 @@ class TRM(nn.Module):
         return outs
 
 
+def track_target(cfg, track, step, lm, val_loss=None):
+    """Update `track` (the steps-to-target state: ema, steps_to_target, val_steps_to_target) after
+    optimizer step `step` (1-based) with training loss `lm` and, at an evaluation, `val_loss`;
+    the {key: step} pairs first reached at this step (to log)."""
+    if not cfg["target_loss"]:
+        return {}
+    beta, new = cfg["target_smoothing"], {}
+    track["ema"] = beta * track["ema"] + (1 - beta) * lm
+    smoothed = track["ema"] / (1 - beta ** step)
+    if track["steps_to_target"] is None and smoothed <= cfg["target_loss"]:
+        track["steps_to_target"] = new["steps_to_target"] = step
+    if val_loss is not None and track["val_steps_to_target"] is None and val_loss <= cfg["target_loss"]:
+        track["val_steps_to_target"] = new["val_steps_to_target"] = step
+    return new
+
+
+def target_results(cfg, track):
+    if not cfg["target_loss"]:
+        return {}
+    return {"steps_to_target": track["steps_to_target"], "val_steps_to_target": track["val_steps_to_target"],
+            "target_reached": float(track["steps_to_target"] is not None)}
+
+
 def build_model(cfg, vocab):
     torch.manual_seed(cfg["seed"])
     return TRM(vocab, cfg)
@@ -228,12 +265,14 @@ def train(cfg, ctx):
     H, total = cfg["H_cycles"], cfg["max_steps"]
 
     step, spent, window = 0, 0.0, {"lm": 0.0, "n": 0}
+    track = {"ema": 0.0, "steps_to_target": None, "val_steps_to_target": None}
     state = restore_same_config(ctx, cfg, "trm")
     if state is not None:
         model.load_state_dict(state["model"])
         opt.load_state_dict(state["optimizer"])
         gen.set_state(state["generator"])
         step, spent, window = state["step"], state["train_time_s"], dict(state["window"])
+        track = dict(state["track"])
 
     resumed_at = time.time()
     model.train()
@@ -270,11 +309,14 @@ def train(cfg, ctx):
             if keep is not None:
                 row.update({f"step_{i}_grad_norm_mean": (z.grad.norm(dim=-1).mean().item() if z.grad is not None
                                                          else 0.0) for i, z in enumerate(keep)})
-        if step % cfg["eval_every"] == 0 or step == total:
+        evaluating = step % cfg["eval_every"] == 0 or step == total
+        if evaluating:
             model.eval()
             val = evaluate(model, val_data, cfg, device)
             model.train()
             row.update(val, train_lm_loss=window["lm"] / max(window["n"], 1))
+        row.update(track_target(cfg, track, step, lm, val["val_loss"] if evaluating else None))
+        if evaluating:
             last_window = dict(window)
             window = {"lm": 0.0, "n": 0}
             if step == total:
@@ -284,12 +326,13 @@ def train(cfg, ctx):
         if ctx.should_checkpoint(step):
             ctx.save(step, {"model": model.state_dict(), "optimizer": opt.state_dict(),
                             "generator": gen.get_state(), "step": step, "window": dict(window),
+                            "track": dict(track),
                             "train_time_s": spent + time.time() - resumed_at, "config": cfg})
 
     model.eval()
     if val is None:
         val = evaluate(model, val_data, cfg, device)
-    return {**val, "train_lm_loss": window["lm"] / max(window["n"], 1),
+    return {**val, "train_lm_loss": window["lm"] / max(window["n"], 1), **target_results(cfg, track),
             "n_params": sum(p.numel() for p in model.parameters()), "steps": step,
             "tokens_seen": step * cfg["global_batch_size"] * cfg["seq_len"],
             "train_time_s": round(spent + time.time() - resumed_at, 3)}

@@ -11,10 +11,11 @@ from jobs.spec import load_sweep
 REPO = Path(__file__).resolve().parent.parent
 EXPECTED = {
     "ponder.yaml": 4 * 3,
+    "ponder_paper.yaml": 4 * 3,
     "deep_supervision.yaml": 5 * 3,
-    "ds_schedules.yaml": 6 * 2,
+    "ds_schedules.yaml": 8 * 3,
     "poh_paper.yaml": 5 * 3,
-    "trm_paper.yaml": 6 * 3,
+    "trm_paper.yaml": 7 * 3,
     "lambda_grid.yaml": 3 * 3 * 3,
     "depth_ladder.yaml": 3 * (5 + 3) * 3,
     "depth_ladder_digits.yaml": 3 * 5 * 2,

@@ -28,6 +28,8 @@ Figure keys, by kind (required ones first; `name` is the file stem, default deri
     logged_hist   counts, edges hue, facet, logy, density (histograms a run logged already binned: counts
                                 and edges are list-valued keys of one metrics.jsonl line; facet and hue
                                 are scalar keys of the same lines, e.g. facet: step, hue: checkpoint_step)
+    logged_heatmap y, z         annotate, cmap (a list a run logged on several lines: a row per value of the
+                                logged scalar key y, a column per position of the list-valued key z, mean over runs)
     every kind:   kind, name, title, where ({key: value or [values]}: keep only those runs)
 """
 from __future__ import annotations
@@ -50,6 +52,7 @@ FIGURE_KEYS = {
     "heatmap": (("x", "y", "z"), COMMON + ("facet", "annotate", "cmap")),
     "hist": (("y",), COMMON + ("hue", "facet", "logy", "bins", "density")),
     "logged_hist": (("counts", "edges"), COMMON + ("hue", "facet", "logy", "density")),
+    "logged_heatmap": (("y", "z"), COMMON + ("annotate", "cmap")),
 }
 BLOCK_KEYS = ("stage", "group_by", "metrics", "error", "decimals", "units", "labels", "figures")
 

@@ -196,3 +196,54 @@ def test_a_checkpoint_saved_under_another_config_is_refused(tmp_path):
     other = {**cfg, "seed": 8}
     with pytest.raises(ValueError, match=r"poh: .*other values of \['seed'\]"):
         poh.train(other, StoppingContext(tmp_path, other))
+
+
+# ---------------------------------------------------------------- diagnostics
+
+def test_distance_buckets():
+    heads = torch.tensor([[0, 0, 1, 1, 1, 9, 1, 1, 1, 1]])      # position 0 is ROOT itself (masked)
+    mask = torch.ones_like(heads, dtype=torch.bool)
+    mask[0, 0] = False
+    got = poh.distance_bucket(heads, mask)[0].tolist()
+    # token 1 -> ROOT; 2 -> 1 (d 1); 3 -> 1 (2); 4 -> 1 (3); 5 -> 9 (4); 6 -> 1 (5); 7, 8, 9 -> 1 (6, 7, 8)
+    assert got == [-1, 4, 0, 1, 2, 2, 2, 2, 3, 3]
+
+
+def test_uas_by_distance_and_the_calibrated_entropy_threshold():
+    cfg = poh.resolve({**TINY, "ent_quantile": 0.5})
+    data = poh.load_data(cfg)
+    model = poh.build_model(cfg, len(data["vocab"]) + 3).eval()
+    train_set, dev = poh.encode(data["train"], data["vocab"]), poh.encode(data["dev"], data["vocab"])
+    threshold = poh.calibrate_entropy(model, train_set, cfg, "cpu")
+    detail = {}
+    m = poh.evaluate(model, dev, cfg, "cpu", threshold=threshold, detail=detail)
+    assert m["dev_ent_threshold"] == threshold and 0 < threshold <= np.log(4)
+    assert 1.0 < m["dev_iters_entropy_halt"] < 3.0          # about half of the sentences stop at iteration 1
+    # the buckets partition the tokens: their UAS, weighted by their counts, is the overall UAS
+    words, tags, heads, mask, sub = poh.batch_of(dev, "cpu")
+    bucket = poh.distance_bucket(heads, mask)
+    names = ["1", "2", "3_6", "7p", "root"]
+    counts = [int((bucket == b).sum()) for b in range(5)]
+    overall = sum(m[f"dev_uas_dist{n}"] * c for n, c in zip(names, counts) if c) / sum(counts)
+    assert overall == pytest.approx(m["dev_uas"]) and sum(counts) == int(mask.sum())
+    assert detail["uas_by_dist"] == [m[f"dev_uas_dist{n}"] for n in names[:4]]
+    routes = torch.tensor(detail["route_weights"])
+    assert routes.shape == (3, 4) and torch.allclose(routes.sum(-1), torch.ones(3, dtype=routes.dtype))
+    assert poh.calibrate_entropy(model, train_set, poh.resolve({**TINY, "ent_threshold": 0.33}), "cpu") == 0.33
+
+
+def test_training_logs_the_controller_gradients_and_per_iteration_lines(tmp_path):
+    cfg = {**TINY, "epochs": 1}
+    m = poh.train(cfg, RunContext(tmp_path, cfg))
+    logs = metrics_of(tmp_path)
+    steps = [r for r in logs if "ctrl_grad_static" in r]
+    assert steps and all(r["ctrl_grad_static"] > 0 and r["ctrl_grad_recurrent"] > 0 for r in steps)
+    assert all(r["ctrl_grad_ratio"] == pytest.approx(r["ctrl_grad_static"] / r["ctrl_grad_recurrent"]) for r in steps)
+    assert m["ctrl_grad_ratio"] == pytest.approx(m["ctrl_grad_static"] / m["ctrl_grad_recurrent"])
+    per_iter = [r for r in logs if "dev_iter" in r]
+    assert [r["dev_iter"] for r in per_iter] == [1, 2, 3]
+    assert [r["dev_uas_at_iter"] for r in per_iter] == [m[f"dev_uas_iter{t}"] for t in (1, 2, 3)]
+    assert per_iter[0]["head_edges"] == [0.0, 1.0, 2.0, 3.0, 4.0] and len(per_iter[0]["route_weights"]) == 4
+    dist = [r for r in logs if "dist_bucket" in r]
+    assert [r["dist_bucket"] for r in dist] == [1, 2, 3, 7]
+    assert dist[0]["dev_uas_by_dist"] == m["dev_uas_dist1"]

@@ -109,6 +109,32 @@ def test_curriculum_ramps_the_weight_in(tmp_path, data_dir):
     assert rows[0]["supervised_loss"] == 0.0 and rows[-1]["supervised_loss"] > 0
 
 
+def _smoothed(losses, beta):
+    ema, out = 0.0, []
+    for i, loss in enumerate(losses, 1):
+        ema = beta * ema + (1 - beta) * loss
+        out.append(ema / (1 - beta ** i))
+    return out
+
+
+def test_steps_to_target_is_the_first_step_the_smoothed_loss_reaches_it(tmp_path, data_dir):
+    never, rows = _rows(tmp_path / "a", data_dir, log_every=1, target_loss=1e-6)
+    assert never["steps_to_target"] is None and never["val_steps_to_target"] is None
+    assert never["target_reached"] == 0.0
+    smooth = _smoothed([r["lm_loss"] for r in rows], 0.9)
+    target = sorted(smooth)[len(smooth) // 2]                        # reached about half way
+    want = next(i for i, s in enumerate(smooth, 1) if s <= target)
+    m, rows = _rows(tmp_path / "b", data_dir, log_every=1, target_loss=target)
+    assert m["steps_to_target"] == want and m["target_reached"] == 1.0
+    assert [r["step"] for r in metrics_of(tmp_path / "b") if "steps_to_target" in r] == [want]
+    evals = [(r["step"], r["val_loss"]) for r in rows if "val_loss" in r]
+    assert m["val_steps_to_target"] == next((s for s, v in evals if v <= target), None)
+    off, _ = _rows(tmp_path / "c", data_dir, target_loss=0)
+    assert "steps_to_target" not in off
+    with pytest.raises(ValueError, match="target_smoothing"):
+        trm.resolve({"target_smoothing": 1.0})
+
+
 def test_the_default_corpus_is_built_into_the_run_dir(tmp_path):
     cfg = {**TINY, "max_steps": 2, "corpus_max_bytes": 20000}
     m = trm.train(cfg, RunContext(tmp_path, cfg))
@@ -119,7 +145,7 @@ def test_the_default_corpus_is_built_into_the_run_dir(tmp_path):
 
 def test_resume_is_bit_identical(tmp_path, data_dir):
     cfg = {**TINY, "data_dir": data_dir, "deep_supervision_enabled": True, "curriculum_enabled": True,
-           "curriculum_start_step": 2, "curriculum_end_step": 8}
+           "curriculum_start_step": 2, "curriculum_end_step": 8, "target_loss": 5.55}
     straight = tmp_path / "straight"
     expected = trm.train(cfg, StoppingContext(straight, cfg, every_steps=1))
     resumed = tmp_path / "resumed"
@@ -129,6 +155,7 @@ def test_resume_is_bit_identical(tmp_path, data_dir):
         random.seed(999), np.random.seed(999), torch.manual_seed(999)
     got = trm.train(cfg, StoppingContext(resumed, cfg, every_steps=1))     # so that step 12 is saved too
     assert strip_times(got) == strip_times(expected)
+    assert 4 <= got["steps_to_target"] <= 12          # reached after the first interruption: its state was kept
     assert [strip_times(r) for r in metrics_of(resumed)] == [strip_times(r) for r in metrics_of(straight)]
     a = checkpoint.load_latest(straight / "checkpoints")[1]["state"]
     b = checkpoint.load_latest(resumed / "checkpoints")[1]["state"]
