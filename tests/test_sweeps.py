@@ -26,6 +26,8 @@ EXPECTED = {
     "neural_dag_notears.yaml": 3 * 3,
     "cotformer_smoke.yaml": 1 + 2 + (6 + 11),
     "cotformer_paper.yaml": 4 + 34,
+    "resmlp_asha.yaml": 27,                       # the search's trials (worker jobs decide what trains)
+    "resmlp_grid.yaml": 7 * 4 * 2,
 }
 
 
