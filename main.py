@@ -519,6 +519,32 @@ def cmd_export(args) -> int:
     return 0
 
 
+# ---------------------------------------------------------------- usage
+
+def cmd_usage(args) -> int:
+    """What each run used (sacct on SLURM, the jobs' own measurement locally) and what to change."""
+    from jobs.sched import progress, usage
+    sweep = _load(args)
+    sweep_dir = _sweep_dir(args, sweep)
+    if not sweep_dir.exists():
+        print(f"{sweep.name}: not submitted yet ({sweep_dir} does not exist)\nnext: {PROG} submit {_named(args)}")
+        return 0
+    chosen = _chosen(args, sweep)
+    out = usage.collect(sweep, sweep_dir, None if chosen is None else [r for r in sweep.runs if r.run_id in chosen])
+    if args.json:
+        json.dump(out, sys.stdout, indent=1, default=str)
+        print()
+        return 0
+    print(f"{sweep.name}: {progress.usage_totals(out['sweep'])}")
+    if out.get("scheduler_error"):
+        print(f"(sacct could not be asked, the jobs' own measurements stand in: {out['scheduler_error']})")
+    print(progress.usage_table([r for r in out["runs"] if r["source"]], 1_000 if not sys.stdout.isatty() else
+                               __import__("shutil").get_terminal_size((120, 40)).columns))
+    for line in out["suggestions"]:
+        print(f"suggestion: {line}")
+    return 0
+
+
 # ---------------------------------------------------------------- aggregate
 
 def cmd_aggregate(args) -> int:
@@ -541,6 +567,7 @@ def cmd_aggregate(args) -> int:
         hint = "; submit the spec first" if target.is_file() else " (no spec.yaml, plan.json or runs/)"
         print(f"error: {sweep_dir} is not a sweep dir{hint}", file=sys.stderr)
         return 2
+    _record_usage(args, sweep_dir, locals().get("sweep"))
     try:
         paths = aggregate(sweep_dir.path, out=args.out, formats=args.format, analysis=analysis,
                           spec_file=target if target.is_file() else None, runs=runs)
@@ -555,6 +582,18 @@ def cmd_aggregate(args) -> int:
     if args.show and table is not None and table.exists():
         print(f"\n{table}:\n{table.read_text()}", end="")
     return 0
+
+
+def _record_usage(args, sweep_dir, sweep) -> None:
+    """Before aggregate reads the sweep dir: its usage record read anew (sacct, the jobs' own
+    measurements), so runs.csv and report.html carry it. A sweep whose spec cannot be loaded here
+    keeps its last record; a scheduler that cannot be asked leaves the jobs' own measurements."""
+    from jobs.sched import usage
+    try:
+        sweep = sweep or _load(args)
+        usage.collect(sweep, sweep_dir)
+    except (specs.SpecError, OSError, ValueError) as e:
+        print(f"note: usage not read anew ({str(e).splitlines()[0][:200]})", file=sys.stderr)
 
 
 # ---------------------------------------------------------------- parser
@@ -691,6 +730,11 @@ def build_parser() -> argparse.ArgumentParser:
     sp.set_defaults(func=cmd_init)
     sp.add_argument("--out", help="where to write (default: clusters.yaml at the top of this project: the git checkout "
                                   "of the working directory, else the working directory)")
+
+    sp = add("usage", "what each run used: elapsed, CPU efficiency, peak memory against what it asked, GPU-hours, "
+                      "queue waits, requeues (sacct on SLURM; the jobs' own measurement locally), and what to change",
+             cmd_usage)
+    sp.add_argument("--json", action="store_true", help="print an object with `runs`, `sweep` totals and `suggestions`")
 
     sp = add("aggregate", "turn a sweep dir into tables (CSV, Markdown, LaTeX) and figures (PNG, PDF)", cmd_aggregate)
     sp.add_argument("--out", help="where to write (default: <sweep dir>/analysis)")

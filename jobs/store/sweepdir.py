@@ -232,6 +232,7 @@ class SweepDir:
     submit_lock = property(lambda self: self.path / "submit.lock")
     analysis = property(lambda self: self.path / "analysis")
     failures = property(lambda self: self.path / "failures")
+    usage = property(lambda self: self.path / "usage.json")   # what `usage` / `aggregate` last read of the accounting
 
     def failures_of(self, submission) -> Path:
         """failures/<submission>/: the submission's failed runs, one small file each under a folder per
