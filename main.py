@@ -84,8 +84,10 @@ def cmd_plan(args) -> int:
     changes = {"added": [r.run_id for r in sweep.runs if r.run_id not in before],
                "removed": [rid for rid in before if rid not in now],
                "unchanged": [r.run_id for r in sweep.runs if r.run_id in before]}
+    found = _cost(args, sweep, sweep_dir, states)
     if args.json:
         out = {"name": sweep.name, "task": sweep.task, "spec": str(sweep.path), "count": len(sweep.runs),
+               "cost": found,
                "sweep_dir": str(sweep_dir), "exists": exists,
                "axes": sweep.axes,
                "stages": [{"name": st.name, "task": st.task, "after": st.after, "runs": len(st.runs)} for st in sweep.stages],
@@ -140,7 +142,21 @@ def cmd_plan(args) -> int:
         print(f"\nremoved since the last submit ({len(changes['removed'])}): "
               + ", ".join(before[rid] or rid for rid in changes["removed"][:20])
               + (" ..." if len(changes["removed"]) > 20 else ""))
+    from jobs.sched import usage
+    lines = usage.cost_lines(found)
+    if lines:
+        print("\ncost:\n" + "\n".join(f"  {line}" for line in lines))
     return 0
+
+
+def _cost(args, sweep, sweep_dir, states) -> dict:
+    """usage.cost for plan: from the runs done so far in this sweep; SLURM's expected start where sbatch is."""
+    from jobs.sched import slurm, usage
+    try:
+        profile = slurm.load_profile(getattr(args, "cluster", None), getattr(args, "profiles", None), spec=sweep.path)
+    except slurm.ProfileError:
+        profile = None
+    return usage.cost(sweep, sweep_dir, states if sweep_dir.exists() else {}, profile)
 
 
 def _changed_configs(sweep, sweep_dir) -> list:

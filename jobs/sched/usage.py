@@ -21,6 +21,7 @@ runs (a peak cannot be divided). `jobs` in a row says how many jobs it shared.
 from __future__ import annotations
 
 import math
+import shutil
 import statistics
 import time
 
@@ -175,8 +176,9 @@ def suggestions(rows) -> list:
         limit = used[0]["time_min"]
         if limit and longest and longest / 60 < LOW_TIME_USE * limit:
             new = max(5, math.ceil(longest / 60 * HEADROOM))
-            out.append(f"{where}time_min {limit:g}, longest run {longest / 60:.1f} min: set resources.time_min: {new} "
-                       "(a shorter limit starts sooner)")
+            if new < limit:
+                out.append(f"{where}time_min {limit:g}, longest run {longest / 60:.1f} min: set resources.time_min: "
+                           f"{new} (a shorter limit starts sooner)")
         requeues = sum(r["requeues"] for r in used)
         if requeues:
             out.append(f"{where}{requeues} requeues over {n} runs (time limits or preemption): each resumed "
@@ -240,3 +242,42 @@ def _run_seconds(sweep_dir: SweepDir, run_id):
         return float(result["wall_time_s"])
     return sum(_wall_by_job(sweep_dir.run(run_id).read_attempts()).values()) or None
 
+
+
+def cost(sweep, sweep_dir: SweepDir, states: dict, profile=None) -> dict:
+    """What `plan` says a sweep will cost: {"groups": estimate(...), "start": when SLURM would start
+    the first array of runs left ("" : not on SLURM, or nothing left), "cpu_hours"/"gpu_hours": sums
+    (None when some group has no basis)}."""
+    groups = estimate(sweep, sweep_dir, states)
+    start = ""
+    if groups and profile is not None and shutil.which("sbatch"):
+        first = next(r for r in sweep.runs if r.stage == groups[0]["stage"])
+        res = resources_of(sweep, first)
+        start = slurm.expected_start(slurm.resources_for(res, profile), res, math.ceil(groups[0]["runs_left"] / res.pack))
+    known = all(g["basis"] for g in groups)
+    out = {"groups": groups, "start": start}
+    for kind in ("cpu", "gpu"):
+        for s in ("", "_low", "_high"):
+            out[f"{kind}_hours{s}"] = sum(g[f"{kind}_hours{s}"] for g in groups) if known else None
+    return out
+
+
+def cost_lines(found: dict) -> list:
+    """`plan`'s lines about cost: per group runs x time per run, CPU-hours and GPU-hours with their range,
+    or that nothing finished yet to go by; then the expected start."""
+    lines = []
+    for g in found["groups"]:
+        where = f"stage {g['stage']}: " if len({x['stage'] for x in found['groups']}) > 1 else ""
+        if not g["basis"]:
+            lines.append(f"{where}{g['runs_left']} runs left; no basis for an estimate yet (no run of this stage and "
+                         "resources has finished: submit, and plan again once some have)")
+            continue
+        hours = f"{g['cpu_hours']:.3g} CPU-h ({g['cpu_hours_low']:.3g}-{g['cpu_hours_high']:.3g})"
+        if g['gpus']:
+            hours += f", {g['gpu_hours']:.3g} GPU-h ({g['gpu_hours_low']:.3g}-{g['gpu_hours_high']:.3g})"
+        lines.append(f"{where}{g['runs_left']} runs left x {g['seconds_per_run'] / 60:.1f} min per run "
+                     f"({g['seconds_low'] / 60:.1f}-{g['seconds_high'] / 60:.1f}, from {g['basis']} finished) "
+                     f"x {g['cpus']} cpus = {hours}")
+    if found["start"]:
+        lines.append(f"expected start of the first array (sbatch --test-only): {found['start']}")
+    return lines
