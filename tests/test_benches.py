@@ -17,6 +17,7 @@ TINY = {
     "pipeline.py": ["--seeds", "2", "--points", "4"],
     "plan.py": [],
     "resmlp_cpu.py": ["--shape", "digits", "--epochs", "2", "--repeats", "1"],
+    "system_metrics.py": ["--seconds", "1"],
 }
 NEED_SLURM = {"slurm.py": ["--runs", "20", "--single", "3", "--preemptions", "1"]}
 ELSEWHERE = {"scale.py": "tests/sched/test_scale.py runs it", "resmlp_gpu.py": "needs a CUDA device"}
