@@ -754,7 +754,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     sp = add("aggregate", "turn a sweep dir into tables (CSV, Markdown, LaTeX) and figures (PNG, PDF)", cmd_aggregate)
     sp.add_argument("--out", help="where to write (default: <sweep dir>/analysis)")
-    sp.add_argument("--format", help="comma list of csv,md,tex,png,pdf (default: all)")
+    sp.add_argument("--format", help="comma list of csv,md,tex,png,pdf,html (default: all; html: report.html)")
     sp.add_argument("--show", action="store_true", help="print the summary table (summary.md) at the end")
     p.commands = sub.choices         # name -> its parser: an unknown flag is told with that command's usage
     return p

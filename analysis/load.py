@@ -269,7 +269,8 @@ def _with_usage(runs, usage: dict):
     max_rss_mb, req_mem_mb, gpu_hours, queue_wait_s, requeues...); none when there is no record."""
     if not usage:
         return runs
-    keys = [k for k in next(iter(usage.values())) if k not in ("run_id", "label", "stage")]
+    keys = list(dict.fromkeys(k for r in usage.values() for k, v in r.items()
+                              if k not in ("run_id", "label", "stage") and not isinstance(v, (list, dict))))
     extra = pd.DataFrame([{f"usage_{k}": usage.get(rid, {}).get(k) for k in keys} for rid in runs["run_id"]],
                          index=runs.index)
     for col in extra.columns:

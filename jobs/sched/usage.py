@@ -50,7 +50,8 @@ def resources_of(sweep, run) -> Resources:
 
 def run_usage(sweep, sweep_dir: SweepDir, runs=None, accounting=None) -> list:
     """One dict per run (`runs`: Run objects, default every run of the sweep) with COLUMNS and run_id,
-    label, stage, state-free: what its attempts used. `accounting`: job id -> allocations (from
+    label, stage (and, on SLURM, `allocations`: each allocation's job id, state, submit, start and end
+    times, for report.html's timeline): what its attempts used. `accounting`: job id -> allocations (from
     slurm.job_accounting); asked of sacct (one call) when None and the journal names SLURM jobs."""
     runs = sweep.runs if runs is None else runs
     if accounting is None:
@@ -105,6 +106,8 @@ def _row(run, res: Resources, records, accounting, held) -> dict:
                     rss = max(rss or 0.0, alloc["max_rss_mb"])
                 req = alloc["req_mem_mb"] if alloc["req_mem_mb"] else req
                 cpus, gpus = alloc["alloc_cpus"] or cpus, alloc["gpus"]
+        row["allocations"] = [{"job_id": job, "state": a["state"], "submit": a["submit"], "start": a["start"],
+                               "end": a["end"]} for job in accounted for a in accounting[job]]
         gathered = rss is not None and cpu > 0
         row.update(source="sacct" if gathered else "sacct+job", elapsed_s=elapsed,
                    cpu_s=cpu if cpu > 0 else own_cpu, max_rss_mb=rss if rss is not None else own_rss,
