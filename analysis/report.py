@@ -30,7 +30,7 @@ body{font-family:system-ui,-apple-system,'Segoe UI',sans-serif;margin:24px auto;
 h1{font-size:1.6em;margin-bottom:0} h2{border-bottom:1px solid #ddd;padding-bottom:4px;margin-top:32px}
 .sub{color:#666;margin-top:4px} table{border-collapse:collapse;font-size:0.9em;margin:8px 0}
 th,td{border:1px solid #ddd;padding:4px 8px;text-align:right} th{background:#f5f5f5}
-td:first-child,th:first-child{text-align:left} .figure{display:inline-block;margin:8px;vertical-align:top}
+td:first-child,th:first-child{text-align:left} .scroll{overflow-x:auto} .figure{display:inline-block;margin:8px;vertical-align:top}
 .figure img{max-width:560px;border:1px solid #eee} .figure p{margin:2px 0;color:#555;font-size:0.9em}
 .legend span{display:inline-block;margin-right:14px;font-size:0.85em}
 .legend i{display:inline-block;width:12px;height:12px;margin-right:4px;vertical-align:middle}
@@ -68,8 +68,8 @@ def _e(value) -> str:
 def _summary(table) -> str:
     if table is None or table.empty:
         return "<p>No finished run to summarise yet.</p>"
-    return table.to_html(index=False, escape=True, na_rep="", float_format=lambda v: f"{v:.4g}", border=0,
-                         classes="summary")
+    return "<div class='scroll'>" + table.to_html(index=False, escape=True, na_rep="", border=0, classes="summary",
+                                                  float_format=lambda v: f"{v:.4g}") + "</div>"
 
 
 def _figures(out: Path, figure_files) -> str:
@@ -86,7 +86,8 @@ def _figures(out: Path, figure_files) -> str:
 
 def attempts_of(sweep_dir: SweepDir, runs) -> list:
     """One dict per attempt of every run, oldest first per run: run label, attempt, job id, started,
-    ended (None: still running), outcome, and when its job was submitted where the usage record knows."""
+    ended (None: still running), outcome, and where the usage record knows, when its allocation was
+    submitted (or requeued) and granted (`submit`, `granted`; None elsewhere)."""
     usage = atomic.read_json(sweep_dir.usage)
     allocations = {r["run_id"]: r.get("allocations") or [] for r in (usage or {}).get("runs", [])
                    if isinstance(r, dict) and r.get("run_id")} if isinstance(usage, dict) else {}
@@ -101,12 +102,15 @@ def attempts_of(sweep_dir: SweepDir, runs) -> list:
             job = str(a.get("job_id"))
             k = seen[job] = seen.get(job, -1) + 1
             mine = [x for x in allocations.get(run_id, []) if x.get("job_id") == job]
-            submit = mine[k]["submit"] if k < len(mine) and isinstance(mine[k].get("submit"), (int, float)) else None
+            alloc = mine[k] if k < len(mine) else {}
+            submit, granted = alloc.get("submit"), alloc.get("start")
+            if not (isinstance(submit, (int, float)) and isinstance(granted, (int, float)) and submit <= granted):
+                submit = granted = None
             end = ends.get(a.get("attempt")) or {}
             out.append({"run_id": run_id, "label": label or run_id, "attempt": a.get("attempt"), "job_id": job,
                         "started": a["started"], "ended": end.get("ended"),
                         "outcome": str(end.get("outcome") or "running"),
-                        "submit": submit if submit is not None and submit <= a["started"] else None})
+                        "submit": submit, "granted": min(granted, a["started"]) if granted is not None else None})
     return out
 
 
@@ -133,11 +137,13 @@ def timeline_svg(sweep_dir: SweepDir, runs) -> str:
         svg.append(f"<text x='{left - 6}' y='{y + 13}' text-anchor='end'>{_e(label)}</text>")
         for i in (i for i in items if i["label"] == label):
             end = i["ended"] or t1
-            if i["submit"] is not None and i["submit"] < i["started"]:
+            if i["submit"] is not None and i["submit"] < i["granted"]:
+                # what sacct calls the queue wait: submitted (or requeued) until the allocation started; the
+                # gap from there to the bar is the job starting up (python, imports) before the run began
                 svg.append(f"<rect class='queued' x='{scale(i['submit']):.1f}' y='{y + 4}' "
-                           f"width='{max(1.0, scale(i['started']) - scale(i['submit'])):.1f}' height='{row - 8}' "
+                           f"width='{max(1.0, scale(i['granted']) - scale(i['submit'])):.1f}' height='{row - 8}' "
                            f"fill='{COLOURS['queued']}'><title>{_e(label)}: job {_e(i['job_id'])} queued "
-                           f"{i['started'] - i['submit']:.0f} s</title></rect>")
+                           f"{i['granted'] - i['submit']:.0f} s</title></rect>")
             colour = COLOURS.get(i["outcome"], "#8e24aa")
             svg.append(f"<rect class='attempt' data-outcome='{_e(i['outcome'])}' x='{scale(i['started']):.1f}' "
                        f"y='{y + 2}' width='{max(2.0, scale(end) - scale(i['started'])):.1f}' height='{row - 4}' "
@@ -148,7 +154,7 @@ def timeline_svg(sweep_dir: SweepDir, runs) -> str:
                      if k not in ("exited", "busy"))
     start = datetime.fromtimestamp(t0, timezone.utc).strftime("%Y-%m-%d %H:%M:%S UTC")
     return (f"<p class='sub'>{len(items)} attempts of {len(labels)} runs, from {start}</p>"
-            f"<div class='legend'>{legend}</div>" + "".join(svg))
+            f"<div class='legend'>{legend}</div><div class='scroll'>" + "".join(svg) + "</div>")
 
 
 def _since(seconds, span) -> str:

@@ -40,12 +40,19 @@ LOW_TIME_USE = 0.5             # the longest run below this share of time_min: s
 HEADROOM = 1.25                # what a suggestion adds to the largest peak / longest run seen
 
 
-def resources_of(sweep, run) -> Resources:
-    """The resources the run's stage asks for (the spec's defaults where it says nothing)."""
-    try:
-        return Resources.model_validate(sweep.stage_of(run).spec.get("resources") or {})
-    except (ValidationError, StopIteration):
-        return Resources()
+BASIS_MAX = 500                # done runs an estimate reads at most per group (plan stays fast on huge sweeps)
+
+
+def resources_of(sweep, run, known=None) -> Resources:
+    """The resources the run's stage asks for (the spec's defaults where it says nothing); `known`: a
+    dict that keeps them per stage (validated once, not once per run)."""
+    known = {} if known is None else known
+    if run.stage not in known:
+        try:
+            known[run.stage] = Resources.model_validate(sweep.stage_of(run).spec.get("resources") or {})
+        except (ValidationError, StopIteration):
+            known[run.stage] = Resources()
+    return known[run.stage]
 
 
 def run_usage(sweep, sweep_dir: SweepDir, runs=None, accounting=None) -> list:
@@ -63,7 +70,8 @@ def run_usage(sweep, sweep_dir: SweepDir, runs=None, accounting=None) -> list:
     for run_id, records in attempts.items():
         for job_id, seconds in _wall_by_job(records).items():
             held.setdefault(job_id, {})[run_id] = seconds
-    return [_row(r, resources_of(sweep, r), attempts[r.run_id], accounting, held) for r in runs]
+    known = {}
+    return [_row(r, resources_of(sweep, r, known), attempts[r.run_id], accounting, held) for r in runs]
 
 
 def _wall_by_job(records) -> dict:
@@ -208,27 +216,27 @@ def collect(sweep, sweep_dir: SweepDir, runs=None) -> dict:
 # ---------------------------------------------------------------- before submit: what it will cost
 
 def estimate(sweep, sweep_dir: SweepDir, states: dict) -> list:
-    """One dict per (stage, resources) group of runs not done yet: how many, the time per run its done
+    """One dict per stage (its runs share its resources) with runs not done yet: how many, the time per run its done
     runs of the same stage took (mean, its spread, how many it rests on), and the CPU-hours / GPU-hours
     that gives, low to high. `basis` 0: no finished run to go by (say so; --probe times one)."""
-    groups = {}
+    groups, known = {}, {}
     for r in sweep.runs:
-        res = resources_of(sweep, r)
-        key = (r.stage, res.model_dump_json())
-        groups.setdefault(key, {"stage": r.stage, "res": res, "left": [], "done": []})
+        key = r.stage                      # a stage's runs share its resources
+        if key not in groups:
+            groups[key] = {"stage": r.stage, "res": resources_of(sweep, r, known), "left": [], "done": []}
         groups[key]["left" if states.get(r.run_id) != RunState.DONE else "done"].append(r.run_id)
     out = []
     for g in groups.values():
         if not g["left"]:
             continue
         res = g["res"]
-        times = [t for t in (_run_seconds(sweep_dir, rid) for rid in g["done"]) if t]
+        times = [t for t in (_run_seconds(sweep_dir, rid) for rid in g["done"][:BASIS_MAX]) if t]
         row = {"stage": g["stage"], "runs_left": len(g["left"]), "basis": len(times), "cpus": res.cpus * res.world_size,
                "gpus": res.gpus * res.nodes, "time_min": res.time_min}
         if times:
             mean = statistics.fmean(times)
             spread = statistics.stdev(times) if len(times) > 1 else mean * 0.5   # one run: say +-50 %
-            low, high = max(min(times), mean - spread), max(max(times), mean + spread)
+            low, high = max(0.0, min(min(times), mean - spread)), max(max(times), mean + spread)
             row.update(seconds_per_run=mean, seconds_low=low, seconds_high=high)
             for kind, n in (("cpu", row["cpus"]), ("gpu", row["gpus"])):
                 row[f"{kind}_hours"] = len(g["left"]) * mean * n / 3600
@@ -272,8 +280,8 @@ def cost_lines(found: dict) -> list:
     for g in found["groups"]:
         where = f"stage {g['stage']}: " if len({x['stage'] for x in found['groups']}) > 1 else ""
         if not g["basis"]:
-            lines.append(f"{where}{g['runs_left']} runs left; no basis for an estimate yet (no run of this stage and "
-                         "resources has finished: submit, and plan again once some have)")
+            lines.append(f"{where}{g['runs_left']} runs left; no basis for an estimate yet (no run of this stage has "
+                         "finished: submit, and plan again once some have)")
             continue
         hours = f"{g['cpu_hours']:.3g} CPU-h ({g['cpu_hours_low']:.3g}-{g['cpu_hours_high']:.3g})"
         if g['gpus']:
