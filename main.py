@@ -156,7 +156,48 @@ def _cost(args, sweep, sweep_dir, states) -> dict:
         profile = slurm.load_profile(getattr(args, "cluster", None), getattr(args, "profiles", None), spec=sweep.path)
     except slurm.ProfileError:
         profile = None
-    return usage.cost(sweep, sweep_dir, states if sweep_dir.exists() else {}, profile)
+    probe, notes = _probe(sweep, sweep_dir, states, args.probe) if getattr(args, "probe", None) else (None, [])
+    found = usage.cost(sweep, sweep_dir, states if sweep_dir.exists() else {}, profile, probe)
+    found["notes"] = notes
+    return found
+
+
+def _probe(sweep, sweep_dir, states, seconds) -> tuple:
+    """plan --probe S: one run not done of each stage runs here for at most S seconds, in a scratch
+    sweep dir deleted after (the sweep dir is not touched); ({stage: seconds per run}, notes)."""
+    import shutil
+    import tempfile
+    import time
+    from jobs.runtime import context, runner  # noqa: F401  (torch imported before the clock starts)
+    from jobs.sched import submit, usage
+    from jobs.store import atomic
+    out, notes = {}, []
+    for stage in sweep.stages:
+        run = next((r for r in stage.runs if states.get(r.run_id) != RunState.DONE), None)
+        if run is None or any(states.get(r.run_id) == RunState.DONE for r in stage.runs):
+            continue                     # nothing left, or finished runs give the basis already
+        if submit.resources_of(sweep, stage).world_size > 1:
+            notes.append(f"stage {stage.name}: a distributed run is not probed here; submit some runs first")
+            continue
+        scratch = SweepDir(Path(tempfile.mkdtemp(prefix="hpcsweep-probe-")) / sweep.name)
+        try:
+            submit.prepare(sweep, scratch, submit.new_submission_id(), runs=[run], code=False)
+            res = submit.resources_of(sweep, stage)
+            started = time.time()
+            outcome = runner.run_any(scratch.path, run.run_id, gpus=res.gpus, cpus=res.cpus,
+                                     checkpoint=submit.checkpoint_of(sweep, stage).for_context(),
+                                     deadline=started + seconds, margin_s=0.0)
+            took, why = usage.probed_seconds(started, atomic.read_jsonl(scratch.run(run.run_id).metrics), time.time(),
+                                             outcome == "done")
+        finally:
+            shutil.rmtree(scratch.path.parent, ignore_errors=True)
+        if outcome not in ("done", "interrupted"):
+            notes.append(f"probe of {run.label or run.run_id} ({stage.name}): {outcome}; `{PROG} run` it to see why")
+        elif took is None:
+            notes.append(f"probe of {run.label or run.run_id} ({stage.name}): {why}")
+        else:
+            out[stage.name] = took
+    return out, notes
 
 
 def _changed_configs(sweep, sweep_dir) -> list:
@@ -692,6 +733,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     sp = add("plan", "show which runs a spec means (and their state if the sweep dir exists); submits nothing", cmd_plan)
     sp.add_argument("--json", action="store_true", help="print an object with a `runs` list for scripts")
+    sp.add_argument("--probe", type=float, metavar="S", help="time one unfinished run of each stage here for at most "
+                    "S seconds (in a scratch dir) where no finished run gives the cost a basis")
     max_runs(sp)
 
     sp = add("submit", "submit every run that is neither done nor in flight (of --only / --stage: those); "

@@ -46,10 +46,11 @@ BASIS_MAX = 500                # done runs an estimate reads at most per group (
 def resources_of(sweep, run, known=None) -> Resources:
     """The resources the run's stage asks for (the spec's defaults where it says nothing); `known`: a
     dict that keeps them per stage (validated once, not once per run)."""
+    from jobs.sched.submit import resources_of as of_stage
     known = {} if known is None else known
     if run.stage not in known:
         try:
-            known[run.stage] = Resources.model_validate(sweep.stage_of(run).spec.get("resources") or {})
+            known[run.stage] = of_stage(sweep, sweep.stage_of(run))
         except (ValidationError, StopIteration):
             known[run.stage] = Resources()
     return known[run.stage]
@@ -255,17 +256,45 @@ def _run_seconds(sweep_dir: SweepDir, run_id):
 
 
 
-def cost(sweep, sweep_dir: SweepDir, states: dict, profile=None) -> dict:
+def probed_seconds(started: float, lines: list, ended: float, done: bool):
+    """(seconds one run takes, why not: "") from a probe: a run started at `started` that logged `lines`
+    (metrics.jsonl) and stopped at `ended`. A run done within the probe took what it took; else its
+    start-up (until its first line) plus total_steps (its last line's) at the rate of its later lines."""
+    if done:
+        return ended - started, ""
+    timed = [r for r in lines if isinstance(r.get("step"), int) and isinstance(r.get("time"), (int, float))]
+    if len(timed) < 2 or timed[-1]["step"] <= timed[0]["step"]:
+        return None, f"the probe saw {len(timed)} logged steps: too few for a rate (probe longer)"
+    total = timed[-1].get("total_steps")
+    if not isinstance(total, int):
+        return None, "the task logs no total_steps (ctx.log(step, total_steps=N, ...)): a probe cannot tell the length"
+    rate = (timed[-1]["step"] - timed[0]["step"]) / max(1e-9, timed[-1]["time"] - timed[0]["time"])
+    return (timed[0]["time"] - started) + max(0, total - timed[0]["step"]) / rate, ""
+
+
+def with_probe(group: dict, seconds: float) -> dict:
+    """An estimate's group with one probed run's time per run: one run's rate, said as +-50 %."""
+    low, high = seconds * 0.5, seconds * 1.5
+    out = {**group, "basis": 0, "probe": True, "seconds_per_run": seconds, "seconds_low": low, "seconds_high": high}
+    for kind, n in (("cpu", group["cpus"]), ("gpu", group["gpus"])):
+        for suffix, t in (("", seconds), ("_low", low), ("_high", high)):
+            out[f"{kind}_hours{suffix}"] = group["runs_left"] * t * n / 3600
+    return out
+
+
+def cost(sweep, sweep_dir: SweepDir, states: dict, profile=None, probe=None) -> dict:
     """What `plan` says a sweep will cost: {"groups": estimate(...), "start": when SLURM would start
     the first array of runs left ("" : not on SLURM, or nothing left), "cpu_hours"/"gpu_hours": sums
     (None when some group has no basis)}."""
     groups = estimate(sweep, sweep_dir, states)
+    if probe is not None:                  # {stage: seconds per run} of `plan --probe`
+        groups = [with_probe(g, probe[g["stage"]]) if not g["basis"] and probe.get(g["stage"]) else g for g in groups]
     start = ""
     if groups and profile is not None and shutil.which("sbatch"):
         first = next(r for r in sweep.runs if r.stage == groups[0]["stage"])
         res = resources_of(sweep, first)
         start = slurm.expected_start(slurm.resources_for(res, profile), res, math.ceil(groups[0]["runs_left"] / res.pack))
-    known = all(g["basis"] for g in groups)
+    known = all(g["basis"] or g.get("probe") for g in groups)
     out = {"groups": groups, "start": start}
     for kind in ("cpu", "gpu"):
         for s in ("", "_low", "_high"):
@@ -279,16 +308,19 @@ def cost_lines(found: dict) -> list:
     lines = []
     for g in found["groups"]:
         where = f"stage {g['stage']}: " if len({x['stage'] for x in found['groups']}) > 1 else ""
-        if not g["basis"]:
+        if not g["basis"] and not g.get("probe"):
             lines.append(f"{where}{g['runs_left']} runs left; no basis for an estimate yet (no run of this stage has "
                          "finished: submit, and plan again once some have)")
             continue
         hours = f"{g['cpu_hours']:.3g} CPU-h ({g['cpu_hours_low']:.3g}-{g['cpu_hours_high']:.3g})"
         if g['gpus']:
             hours += f", {g['gpu_hours']:.3g} GPU-h ({g['gpu_hours_low']:.3g}-{g['gpu_hours_high']:.3g})"
+        basis = "from a probe of one run" if g.get("probe") else f"from {g['basis']} finished"
         lines.append(f"{where}{g['runs_left']} runs left x {g['seconds_per_run'] / 60:.1f} min per run "
-                     f"({g['seconds_low'] / 60:.1f}-{g['seconds_high'] / 60:.1f}, from {g['basis']} finished) "
+                     f"({g['seconds_low'] / 60:.1f}-{g['seconds_high'] / 60:.1f}, {basis}) "
                      f"x {g['cpus']} cpus = {hours}")
+    for note in found.get("notes", []):
+        lines.append(note)
     if found["start"]:
         lines.append(f"expected start of the first array (sbatch --test-only): {found['start']}")
     return lines

@@ -166,3 +166,43 @@ def _accounted(spec, root):
     assert out.returncode == 0, out.stderr
     found = json.loads(out.stdout)
     return found if all(r["source"] == "sacct" for r in found["runs"]) else None
+
+
+# ---------------------------------------------------------------- plan --probe
+
+STEPS = '''
+import time
+CONFIG = {"seed": 0, "steps": 40, "pause": 0.1}
+
+
+def train(cfg, ctx):
+    state = ctx.restore() or {"step": 0}
+    for step in range(state["step"], cfg["steps"]):
+        time.sleep(cfg["pause"])
+        ctx.log(step, total_steps=cfg["steps"], loss=1.0)
+        if ctx.should_checkpoint(step):
+            ctx.save(step + 1, {"step": step + 1})
+    return {"loss": 1.0}
+'''
+
+
+def test_a_probe_times_one_run_from_its_rate_and_total_steps(tmp_path):
+    (tmp_path / "steps.py").write_text(STEPS)
+    spec = tmp_path / "steps.yaml"
+    spec.write_text(json.dumps({"name": "steps", "task": "steps.py:train", "seeds": [1, 2, 3]}))
+    out = cli("plan", spec, "--root", tmp_path / "root", "--probe", "2", "--json")
+    assert out.returncode == 0, out.stderr
+    (group,) = json.loads(out.stdout)["cost"]["groups"]
+    assert group["probe"] and group["runs_left"] == 3
+    assert 4.0 / 2 <= group["seconds_per_run"] <= 4.0 * 2          # 40 steps of 0.1 s, from 2 s of them
+    assert not (tmp_path / "root").exists()                          # the sweep dir is not touched
+
+
+def test_a_probe_says_why_it_cannot_tell():
+    lines = [{"step": s, "time": 10.0 + s} for s in range(3)]
+    assert usage.probed_seconds(8.0, lines, 13.0, False) == (None, usage.probed_seconds(0, lines, 0, False)[1])
+    assert "total_steps" in usage.probed_seconds(8.0, lines, 13.0, False)[1]
+    assert "too few" in usage.probed_seconds(8.0, lines[:1], 13.0, False)[1]
+    timed = [{**line, "total_steps": 10} for line in lines]
+    assert usage.probed_seconds(8.0, timed, 13.0, False) == (2.0 + 10, "")      # start-up 2 s, then 1 step/s
+    assert usage.probed_seconds(8.0, timed, 13.0, True) == (5.0, "")            # done within the probe
