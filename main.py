@@ -580,6 +580,7 @@ def cmd_export(args) -> int:
 
 def cmd_usage(args) -> int:
     """What each run used (sacct on SLURM, the jobs' own measurement locally) and what to change."""
+    import shutil
     from jobs.sched import progress, usage
     sweep = _load(args)
     sweep_dir = _sweep_dir(args, sweep)
@@ -595,8 +596,8 @@ def cmd_usage(args) -> int:
     print(f"{sweep.name}: {progress.usage_totals(out['sweep'])}")
     if out.get("scheduler_error"):
         print(f"(sacct could not be asked, the jobs' own measurements stand in: {out['scheduler_error']})")
-    print(progress.usage_table([r for r in out["runs"] if r["source"]], 1_000 if not sys.stdout.isatty() else
-                               __import__("shutil").get_terminal_size((120, 40)).columns))
+    width = shutil.get_terminal_size((120, 40)).columns if sys.stdout.isatty() else 1_000   # whole rows into a pipe
+    print(progress.usage_table([r for r in out["runs"] if r["source"]], width))
     for line in out["suggestions"]:
         print(f"suggestion: {line}")
     return 0

@@ -417,11 +417,11 @@ def usage_table(rows, width=120) -> str:
 def usage_totals(totals) -> str:
     """The sweep's totals in one or two lines."""
     parts = [f"{totals['measured']} of {totals['runs']} runs measured",
-             f"{totals['elapsed_hours']:.2f} h elapsed", f"{totals['cpu_hours']:.2f} CPU-h allocated"]
+             f"{totals['elapsed_hours']:.3g} h elapsed", f"{totals['cpu_hours']:.3g} CPU-h allocated"]
     if totals["cpu_eff"] is not None:
         parts.append(f"CPU efficiency {totals['cpu_eff']:.0%}")
     if totals["gpu_hours"]:
-        parts.append(f"{totals['gpu_hours']:.2f} GPU-h")
+        parts.append(f"{totals['gpu_hours']:.3g} GPU-h")
     if totals["max_rss_mb"] is not None:
         parts.append(f"peak RSS {usage_cell('max_rss_mb', totals['max_rss_mb'])} "
                      f"(median {usage_cell('max_rss_mb', totals['median_rss_mb'])})")

@@ -246,7 +246,7 @@ def submit_chained(sweep_dir, pack_job) -> str:
     return new_id
 
 
-def expected_start(job_res: dict, res: Resources, count: int) -> str:
+def expected_start(job_res: dict, res: Resources, count: int, profile: ClusterProfile = None) -> str:
     """When SLURM would start an array of `count` such jobs now (`sbatch --test-only`: nothing is
     submitted), as its answer says it ("2026-12-04T14:36:54 on vm"); "" when it does not say.
     `job_res` from resources_for: values checked when the spec and profile were read, passed as
@@ -257,8 +257,10 @@ def expected_start(job_res: dict, res: Resources, count: int) -> str:
     for key in ("partition", "account", "qos", "constraint"):
         if job_res.get(key):
             cmd.append(f"--{key}={job_res[key]}")
-    if res.gpus:
-        cmd.append(f"--gres=gpu:{res.gpus}")
+    if res.gpus:                          # as executor_params asks for them
+        kind = f"{profile.gpu_type}:" if profile is not None and profile.gpu_type else ""
+        cmd.append(f"--gpus-per-node={kind}{res.gpus}" if profile is not None and profile.gpu_syntax == "gpus"
+                   else f"--gres=gpu:{kind}{res.gpus}")
     if not shutil.which("sbatch"):
         return ""
     try:

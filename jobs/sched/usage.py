@@ -293,7 +293,8 @@ def cost(sweep, sweep_dir: SweepDir, states: dict, profile=None, probe=None) -> 
     if groups and profile is not None and shutil.which("sbatch"):
         first = next(r for r in sweep.runs if r.stage == groups[0]["stage"])
         res = resources_of(sweep, first)
-        start = slurm.expected_start(slurm.resources_for(res, profile), res, math.ceil(groups[0]["runs_left"] / res.pack))
+        start = slurm.expected_start(slurm.resources_for(res, profile), res, math.ceil(groups[0]["runs_left"] / res.pack),
+                                     profile)
     known = all(g["basis"] or g.get("probe") for g in groups)
     out = {"groups": groups, "start": start}
     for kind in ("cpu", "gpu"):
