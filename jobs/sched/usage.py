@@ -201,12 +201,19 @@ def suggestions(rows) -> list:
 def collect(sweep, sweep_dir: SweepDir, runs=None) -> dict:
     """{"runs": rows, "sweep": totals, "suggestions": [...], "time"}, also written to the sweep dir's
     usage record (what analysis.runs folds in as its `usage_` columns). When the scheduler cannot be
-    asked, the jobs' own measurements stand in and `scheduler_error` says why."""
+    asked, the jobs' own measurements stand in and `scheduler_error` says why; a record sacct filled
+    earlier (a sweep dir copied off its cluster) is kept and shown instead."""
     error = ""
     try:
         rows = run_usage(sweep, sweep_dir, runs)
     except slurm.SchedulerError as e:
         error, rows = str(e), run_usage(sweep, sweep_dir, runs, accounting={})
+        kept = atomic.read_json(sweep_dir.usage)
+        if isinstance(kept, dict) and any(isinstance(r, dict) and str(r.get("source", "")).startswith("sacct")
+                                          for r in kept.get("runs") or []):
+            # a sweep dir copied away from its cluster: what sacct said there beats the jobs' own figures
+            return {**kept, "scheduler_error": f"{error} (showing the record read on "
+                                               f"{time.strftime('%Y-%m-%d %H:%M', time.localtime(kept.get('time', 0)))})"}
     out = {"runs": rows, "sweep": sweep_usage(rows), "suggestions": suggestions(rows), "time": time.time(),
            **({"scheduler_error": error} if error else {})}
     if sweep_dir.path.is_dir() and runs is None:

@@ -16,7 +16,7 @@ import pytest
 import analysis
 from jobs.sched import slurm, usage
 from jobs.spec import load_sweep
-from jobs.store import SweepDir
+from jobs.store import SweepDir, atomic
 from tests.sched.slurmkit import all_done, attempts, cli, metric_lines, wait_for
 
 TASK = '''
@@ -206,3 +206,18 @@ def test_a_probe_says_why_it_cannot_tell():
     timed = [{**line, "total_steps": 10} for line in lines]
     assert usage.probed_seconds(8.0, timed, 13.0, False) == (2.0 + 10, "")      # start-up 2 s, then 1 step/s
     assert usage.probed_seconds(8.0, timed, 13.0, True) == (5.0, "")            # done within the probe
+
+
+def test_without_sacct_a_record_sacct_filled_is_kept(tmp_path, monkeypatch):
+    sweep = load_sweep(hog_spec(tmp_path, seeds=(1,)))
+    sweep_dir = SweepDir(tmp_path / "root" / "hog")
+    sweep_dir.runs.mkdir(parents=True)
+    earlier = {"runs": [{"run_id": sweep.runs[0].run_id, "source": "sacct", "max_rss_mb": 300.0}], "time": 0}
+    atomic.write_json(sweep_dir.usage, earlier)
+
+    def no_sacct(*_):
+        raise slurm.SchedulerError("sacct is not on PATH")
+    monkeypatch.setattr(usage, "run_usage", lambda *a, accounting=None: no_sacct() if accounting is None else [])
+    found = usage.collect(sweep, sweep_dir)
+    assert found["runs"] == earlier["runs"] and "sacct is not on PATH" in found["scheduler_error"]
+    assert atomic.read_json(sweep_dir.usage) == earlier
