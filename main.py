@@ -84,8 +84,10 @@ def cmd_plan(args) -> int:
     changes = {"added": [r.run_id for r in sweep.runs if r.run_id not in before],
                "removed": [rid for rid in before if rid not in now],
                "unchanged": [r.run_id for r in sweep.runs if r.run_id in before]}
+    found = _cost(args, sweep, sweep_dir, states)
     if args.json:
         out = {"name": sweep.name, "task": sweep.task, "spec": str(sweep.path), "count": len(sweep.runs),
+               "cost": found,
                "sweep_dir": str(sweep_dir), "exists": exists,
                "axes": sweep.axes,
                "stages": [{"name": st.name, "task": st.task, "after": st.after, "runs": len(st.runs)} for st in sweep.stages],
@@ -146,7 +148,62 @@ def cmd_plan(args) -> int:
         print(f"\nremoved since the last submit ({len(changes['removed'])}): "
               + ", ".join(before[rid] or rid for rid in changes["removed"][:20])
               + (" ..." if len(changes["removed"]) > 20 else ""))
+    from jobs.sched import usage
+    lines = usage.cost_lines(found)
+    if lines:
+        print("\ncost:\n" + "\n".join(f"  {line}" for line in lines))
     return 0
+
+
+def _cost(args, sweep, sweep_dir, states) -> dict:
+    """usage.cost for plan: from the runs done so far in this sweep; SLURM's expected start where sbatch is."""
+    from jobs.sched import slurm, usage
+    try:
+        profile = slurm.load_profile(getattr(args, "cluster", None), getattr(args, "profiles", None), spec=sweep.path)
+    except slurm.ProfileError:
+        profile = None
+    probe, notes = _probe(sweep, sweep_dir, states, args.probe) if getattr(args, "probe", None) else (None, [])
+    found = usage.cost(sweep, sweep_dir, states if sweep_dir.exists() else {}, profile, probe)
+    found["notes"] = notes
+    return found
+
+
+def _probe(sweep, sweep_dir, states, seconds) -> tuple:
+    """plan --probe S: one run not done of each stage runs here for at most S seconds, in a scratch
+    sweep dir deleted after (the sweep dir is not touched); ({stage: seconds per run}, notes)."""
+    import shutil
+    import tempfile
+    import time
+    from jobs.runtime import context, runner  # noqa: F401  (torch imported before the clock starts)
+    from jobs.sched import submit, usage
+    from jobs.store import atomic
+    out, notes = {}, []
+    for stage in sweep.stages:
+        run = next((r for r in stage.runs if states.get(r.run_id) != RunState.DONE), None)
+        if run is None or any(states.get(r.run_id) == RunState.DONE for r in stage.runs):
+            continue                     # nothing left, or finished runs give the basis already
+        if submit.resources_of(sweep, stage).world_size > 1:
+            notes.append(f"stage {stage.name}: a distributed run is not probed here; submit some runs first")
+            continue
+        scratch = SweepDir(Path(tempfile.mkdtemp(prefix="hpcsweep-probe-")) / sweep.name)
+        try:
+            submit.prepare(sweep, scratch, submit.new_submission_id(), runs=[run], code=False)
+            res = submit.resources_of(sweep, stage)
+            started = time.time()
+            outcome = runner.run_any(scratch.path, run.run_id, gpus=res.gpus, cpus=res.cpus,
+                                     checkpoint=submit.checkpoint_of(sweep, stage).for_context(),
+                                     deadline=started + seconds, margin_s=0.0)
+            took, why = usage.probed_seconds(started, atomic.read_jsonl(scratch.run(run.run_id).metrics), time.time(),
+                                             outcome == "done")
+        finally:
+            shutil.rmtree(scratch.path.parent, ignore_errors=True)
+        if outcome not in ("done", "interrupted"):
+            notes.append(f"probe of {run.label or run.run_id} ({stage.name}): {outcome}; `{PROG} run` it to see why")
+        elif took is None:
+            notes.append(f"probe of {run.label or run.run_id} ({stage.name}): {why}")
+        else:
+            out[stage.name] = took
+    return out, notes
 
 
 def _changed_configs(sweep, sweep_dir) -> list:
@@ -545,6 +602,33 @@ def cmd_export(args) -> int:
     return 0
 
 
+# ---------------------------------------------------------------- usage
+
+def cmd_usage(args) -> int:
+    """What each run used (sacct on SLURM, the jobs' own measurement locally) and what to change."""
+    import shutil
+    from jobs.sched import progress, usage
+    sweep = _load(args)
+    sweep_dir = _sweep_dir(args, sweep)
+    if not sweep_dir.exists():
+        print(f"{sweep.name}: not submitted yet ({sweep_dir} does not exist)\nnext: {PROG} submit {_named(args)}")
+        return 0
+    chosen = _chosen(args, sweep)
+    out = usage.collect(sweep, sweep_dir, None if chosen is None else [r for r in sweep.runs if r.run_id in chosen])
+    if args.json:
+        json.dump(out, sys.stdout, indent=1, default=str)
+        print()
+        return 0
+    print(f"{sweep.name}: {progress.usage_totals(out['sweep'])}")
+    if out.get("scheduler_error"):
+        print(f"(sacct could not be asked, the jobs' own measurements stand in: {out['scheduler_error']})")
+    width = shutil.get_terminal_size((120, 40)).columns if sys.stdout.isatty() else 1_000   # whole rows into a pipe
+    print(progress.usage_table([r for r in out["runs"] if r["source"]], width))
+    for line in out["suggestions"]:
+        print(f"suggestion: {line}")
+    return 0
+
+
 # ---------------------------------------------------------------- aggregate
 
 def cmd_aggregate(args) -> int:
@@ -567,6 +651,7 @@ def cmd_aggregate(args) -> int:
         hint = "; submit the spec first" if target.is_file() else " (no spec.yaml, plan.json or runs/)"
         print(f"error: {sweep_dir} is not a sweep dir{hint}", file=sys.stderr)
         return 2
+    _record_usage(args, sweep_dir, locals().get("sweep"))
     try:
         paths = aggregate(sweep_dir.path, out=args.out, formats=args.format, analysis=analysis,
                           spec_file=target if target.is_file() else None, runs=runs)
@@ -581,6 +666,18 @@ def cmd_aggregate(args) -> int:
     if args.show and table is not None and table.exists():
         print(f"\n{table}:\n{table.read_text()}", end="")
     return 0
+
+
+def _record_usage(args, sweep_dir, sweep) -> None:
+    """Before aggregate reads the sweep dir: its usage record read anew (sacct, the jobs' own
+    measurements), so runs.csv and report.html carry it. A sweep whose spec cannot be loaded here
+    keeps its last record; a scheduler that cannot be asked leaves the jobs' own measurements."""
+    from jobs.sched import usage
+    try:
+        sweep = sweep or _load(args)
+        usage.collect(sweep, sweep_dir)
+    except (specs.SpecError, OSError, ValueError) as e:
+        print(f"note: usage not read anew ({str(e).splitlines()[0][:200]})", file=sys.stderr)
 
 
 # ---------------------------------------------------------------- parser
@@ -663,6 +760,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     sp = add("plan", "show which runs a spec means (and their state if the sweep dir exists); submits nothing", cmd_plan)
     sp.add_argument("--json", action="store_true", help="print an object with a `runs` list for scripts")
+    sp.add_argument("--probe", type=float, metavar="S", help="time one unfinished run of each stage here for at most "
+                    "S seconds (in a scratch dir) where no finished run gives the cost a basis")
     max_runs(sp)
 
     sp = add("submit", "submit every run that is neither done nor in flight (of --only / --stage: those); "
@@ -718,9 +817,14 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--out", help="where to write (default: clusters.yaml at the top of this project: the git checkout "
                                   "of the working directory, else the working directory)")
 
+    sp = add("usage", "what each run used: elapsed, CPU efficiency, peak memory against what it asked, GPU-hours, "
+                      "queue waits, requeues (sacct on SLURM; the jobs' own measurement locally), and what to change",
+             cmd_usage)
+    sp.add_argument("--json", action="store_true", help="print an object with `runs`, `sweep` totals and `suggestions`")
+
     sp = add("aggregate", "turn a sweep dir into tables (CSV, Markdown, LaTeX) and figures (PNG, PDF)", cmd_aggregate)
     sp.add_argument("--out", help="where to write (default: <sweep dir>/analysis)")
-    sp.add_argument("--format", help="comma list of csv,md,tex,png,pdf (default: all)")
+    sp.add_argument("--format", help="comma list of csv,md,tex,png,pdf,html (default: all; html: report.html)")
     sp.add_argument("--show", action="store_true", help="print the summary table (summary.md) at the end")
     add("pull", "copy a sweep dir from a cluster reached over ssh (a profile with `ssh:`) into a local mirror: only "
                 "the files analysis reads, only those that changed", cmd_pull, parents=(where,))

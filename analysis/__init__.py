@@ -10,7 +10,9 @@
 `runs(path)`: one row per run: run_id, label, state (jobs.store.RunState: done, failed, pending,
 corrupt result, new), stage, attempts, wall_time_s, finished, the config keys (from each run's
 frozen config.yaml), the final metrics (NaN / inf kept as floats), diverged (any final metric
-non-finite), error (a failed run's last traceback line), in_plan (False: a run dir of an earlier plan).
+non-finite), error (a failed run's last traceback line), in_plan (False: a run dir of an earlier plan),
+and once `usage` or `aggregate` read the accounting, usage_* columns (usage_elapsed_s, usage_cpu_eff,
+usage_max_rss_mb, usage_req_mem_mb, usage_gpu_hours, usage_queue_wait_s, usage_requeues...: docs/usage.md).
 `curves(path, metrics=None, dtype_backend="numpy")`: every logged line, long form: run_id (categorical), step,
 time, one column per logged metric (`metrics` picks some; a name no run logged is an error with a
 did-you-mean); `dtype_backend="pyarrow"` gives Arrow-backed columns without a copy (a metric a line

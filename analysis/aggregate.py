@@ -10,6 +10,8 @@ Writes under <sweep dir>/analysis/ (or --out):
                                final metrics, diverged
     summary.csv / .md / .tex   per group of `analysis.group_by`: mean, std, n, 95% CI per metric
     <figure>.png / .pdf        each entry of `analysis.figures` (and <figure>.csv: a Pareto front)
+    report.html                one self-contained page: summary, figures, a timeline of every attempt,
+                               usage and suggestions, provenance (analysis/report.py; format `html`)
     curves.csv                 only when asked (`--format csv,md,curves.csv`): every logged line, long form
 Curves live as Parquet in <sweep dir>/analysis/.curves/ (analysis.curve_store: each run's metrics.jsonl
 converted once, on the first read after it changed); `analysis.curves(path)` reads them as a DataFrame.
@@ -41,7 +43,7 @@ from analysis import summary as summary_mod
 from analysis.load import DONE, FAILED, PENDING, load
 from jobs.store import SweepDir, atomic
 
-FORMATS = ("csv", "md", "tex", "png", "pdf")
+FORMATS = ("csv", "md", "tex", "png", "pdf", "html")
 ON_REQUEST = ("curves.csv",)            # written only when named in --format
 BLOCK = 16 << 20
 WARNINGS_SHOWN = 8
@@ -232,6 +234,12 @@ def aggregate(sweep_dir, out=None, formats=None, log=print, timings=None, analys
     if formats & {"png", "pdf", "csv"}:
         _search_outputs(sweep, formats, emit)
         lap("search")
+
+    if "html" in formats:               # last: it inlines the figures just written
+        from analysis import report as report_mod
+        pngs = [p.name for p, _ in results if p.suffix == ".png" and p.exists()]
+        emit("report.html", report_mod.render(sweep, table, out, pngs))
+        lap("report.html")
 
     report(results, sweep.warnings, log)
     if errors:

@@ -252,8 +252,35 @@ def load(sweep_dir, analysis=None) -> Sweep:
     runs["diverged"] = (~finite) & (runs["state"] == DONE).to_numpy()
     analysis["group_by"] = _group_by(analysis, varied, runs, warnings)
     analysis["metrics"] = _metrics(analysis, metrics, runs, warnings)
+    usage = _usage(sweep_dir, warnings)
+    runs, all_runs = _with_usage(runs, usage), _with_usage(all_runs, usage)
     return Sweep(sdir, spec, analysis, runs, config_keys, varied, metrics, lists, warnings, nonfinite,
                  all_runs, stage)
+
+
+def _usage(sweep_dir, warnings) -> dict:
+    """run_id -> what the sweep's usage record (written by `usage` and `aggregate`) says it used."""
+    record, err = read_json(sweep_dir.usage)
+    if err:
+        warnings.append(("usage", f"{sweep_dir.usage}: unreadable ({err}); no usage_ columns"))
+    if not isinstance(record, dict) or not isinstance(record.get("runs"), list):
+        return {}
+    return {r["run_id"]: r for r in record["runs"] if isinstance(r, dict) and r.get("run_id") and r.get("source")}
+
+
+def _with_usage(runs, usage: dict):
+    """`runs` with a `usage_<figure>` column per figure of the usage record (elapsed_s, cpu_eff,
+    max_rss_mb, req_mem_mb, gpu_hours, queue_wait_s, requeues...); none when there is no record."""
+    if not usage:
+        return runs
+    keys = list(dict.fromkeys(k for r in usage.values() for k, v in r.items()
+                              if k not in ("run_id", "label", "stage") and not isinstance(v, (list, dict))))
+    extra = pd.DataFrame([{f"usage_{k}": usage.get(rid, {}).get(k) for k in keys} for rid in runs["run_id"]],
+                         index=runs.index)
+    for col in extra.columns:
+        if col != "usage_source":
+            extra[col] = pd.to_numeric(extra[col], errors="coerce")
+    return pd.concat([runs, extra], axis=1)
 
 
 def _logged_nan(rows, metric) -> np.ndarray:

@@ -18,6 +18,7 @@ TINY = {
     "plan.py": [],
     "resmlp_cpu.py": ["--shape", "digits", "--epochs", "2", "--repeats", "1"],
     "search_vs_grid.py": ["--tiny"],
+    "system_metrics.py": ["--seconds", "1"],
 }
 NEED_SLURM = {"slurm.py": ["--runs", "20", "--single", "3", "--preemptions", "1"], "ssh.py": ["--runs", "4"]}
 ELSEWHERE = {"scale.py": "tests/sched/test_scale.py runs it", "resmlp_gpu.py": "needs a CUDA device"}

@@ -32,6 +32,7 @@ import math
 import os
 import random
 import sys
+import threading
 import time
 import warnings
 from numbers import Number
@@ -165,6 +166,19 @@ class RunContext:
         # (jobs/runtime/loggers.py) start at the first ctx.log and end at close()
         self._logging, self._project = (self._logging_settings(logging) if self.is_main else (None, ""))
         self._loggers = None
+        # `logging: {system: N}`: a thread samples CPU, memory and GPUs every N s and logs through ctx.log,
+        # at the step the task logged last (jobs/runtime/sysmetrics.py); the lock keeps its lines whole
+        self._log_lock = threading.RLock()
+        self._last_step = 0
+        self._sampler = None
+        if self._logging is not None and self._logging.system:
+            try:
+                from jobs.runtime import sysmetrics
+                self._sampler = sysmetrics.Sampler(lambda **sample: self.log(self._last_step, **sample),
+                                                   self._logging.system, run_id or self.run_dir.name)
+            except Exception as e:       # never the run's failure
+                print(f"hpcsweep: run {run_id or self.run_dir.name}: system metrics are off: {type(e).__name__}: {e}",
+                      file=sys.stderr, flush=True)
 
     # --- distributed runs -----------------------------------------------------------------------
 
@@ -327,7 +341,9 @@ class RunContext:
         for (kind, gen), saved in zip(self._generators, self._generator_states):
             _set_generator(kind, gen, saved)
         if self.is_main:
-            self._cut_metrics(payload.get("metrics_lines"), step)
+            with self._log_lock:
+                self._cut_metrics(payload.get("metrics_lines"), step)
+                self._last_step = int(step)
         self.barrier()                   # rank 0 has cut metrics.jsonl before anyone logs again
         self._restored = True
         self.start_step = self._last_save_step = step
@@ -388,6 +404,11 @@ class RunContext:
                                                             else "filled in by ctx.log itself") + "; name the metric otherwise")
         row = {"step": int(step), "time": time.time()}
         row.update((k, plain(v, k)) for k, v in metrics.items())
+        with self._log_lock:               # the task's thread and the system-metrics sampler
+            self._last_step = row["step"]
+            self._append(row)
+
+    def _append(self, row: dict) -> None:
         line = (json.dumps(row) + "\n").encode("utf-8")
         try:
             f = open(self.metrics_path, "ab+", buffering=0)
@@ -422,7 +443,11 @@ class RunContext:
     def close(self) -> None:
         """Flush and close the logging backends of this attempt (the runner calls it when the attempt
         ends; W&B's service process ends with it). Idempotent; ctx.log after it writes metrics.jsonl only."""
-        backends, self._loggers, self._logging = self._loggers, None, None
+        if self._sampler is not None:
+            self._sampler.stop()
+            self._sampler = None
+        with self._log_lock:
+            backends, self._loggers, self._logging = self._loggers, None, None
         if backends is not None:
             backends.close()
 
@@ -444,7 +469,7 @@ class RunContext:
             print(f"hpcsweep: run {self.run_id or self.run_dir.name}: TensorBoard / W&B logging is off: {e}",
                   file=sys.stderr, flush=True)
             return None, name
-        return (settings if settings.enabled else None), name
+        return (settings if settings.enabled or settings.system else None), name
 
     def _start_loggers(self) -> None:
         label = ""

@@ -17,6 +17,7 @@ import importlib.util
 import json
 import multiprocessing
 import os
+import resource
 import signal
 import socket
 import sys
@@ -260,6 +261,7 @@ def _attempt(sweep_dir, run_dir, deadline, margin_s, device, checkpoint, on_ctx,
     world = 1 if ranks is None else ranks.world_size
     attempt = attempt or len(run_dir.starts()) + 1
     started = time.time()
+    used_before = own_usage()
     where = {}
     if world > 1:
         from jobs.runtime import distributed
@@ -328,8 +330,25 @@ def _attempt(sweep_dir, run_dir, deadline, margin_s, device, checkpoint, on_ctx,
         if main:
             atomic.append_jsonl(run_dir.attempts, {
                 "event": "end", "attempt": attempt, "job_id": job_id(), "started": started, "submission": submission,
-                "ended": time.time(), "outcome": outcome, **({"error": detail} if detail else {})}, lock=False)
+                "ended": time.time(), "outcome": outcome, **({"error": detail} if detail else {}),
+                **measured(used_before)}, lock=False)
     return outcome
+
+
+def own_usage() -> tuple:
+    """(CPU seconds of this process and its ended children, its peak RSS in MB so far)."""
+    me, children = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+    cpu = me.ru_utime + me.ru_stime + children.ru_utime + children.ru_stime
+    return cpu, max(me.ru_maxrss, children.ru_maxrss) / 1024       # ru_maxrss: KB on Linux
+
+
+def measured(before: tuple) -> dict:
+    """The attempt's own measurement for its end record (`usage` falls back to it where the cluster's
+    accounting gathers nothing, and uses it for local runs): CPU seconds the attempt used and the
+    process's peak RSS (the peak since the process started: in a pack run one after another, a run's
+    figure is at least its predecessors')."""
+    cpu, rss = own_usage()
+    return {"cpu_s": round(cpu - before[0], 3), "max_rss_mb": round(rss, 1)}
 
 
 def write_error(run_dir, text, ranks=None, places=None) -> None:

@@ -371,3 +371,61 @@ def _mtime(path) -> float:
         return os.stat(path).st_mtime
     except OSError:
         return 0.0
+
+
+# ---------------------------------------------------------------- `usage`
+
+USAGE_COLUMNS = (("label", "run"), ("jobs", "jobs"), ("requeues", "requeues"), ("elapsed_s", "elapsed"),
+                 ("cpu_eff", "CPU eff"), ("alloc_cpus", "cpus"), ("max_rss_mb", "peak RSS"), ("req_mem_mb", "asked"),
+                 ("mem_eff", "mem use"), ("gpu_hours", "GPU-h"), ("queue_wait_s", "queue wait"), ("source", "from"))
+
+
+def usage_cell(key, value) -> str:
+    """One figure of a usage row as `usage` shows it ("" when unknown)."""
+    if value is None or value == "":
+        return ""
+    if key in ("elapsed_s", "queue_wait_s"):
+        return duration(value)
+    if key in ("cpu_eff", "mem_eff"):
+        return f"{value:.0%}"
+    if key in ("max_rss_mb", "req_mem_mb"):
+        return f"{value / 1024:.2f} GB" if value >= 1024 else f"{value:.0f} MB"
+    if key == "gpu_hours":
+        return f"{value:.2f}"
+    return str(value)
+
+
+def usage_table(rows, width=120) -> str:
+    """The runs' usage as aligned columns (a column empty in every row is left out: no GPU, no queue)."""
+    if not rows:
+        return ""
+    cells = [{k: (r.get("label") or r["run_id"]) if k == "label" else usage_cell(k, r.get(k)) for k, _ in USAGE_COLUMNS}
+             for r in rows]
+    if not any(r.get("gpus") for r in rows):
+        for c in cells:
+            c["gpu_hours"] = ""
+    columns = [(k, h) for k, h in USAGE_COLUMNS if k == "label" or any(c[k] for c in cells)]
+    t = Table(box=None, pad_edge=False, show_edge=False, header_style="bold", padding=(0, 2, 0, 0))
+    for key, header in columns:
+        t.add_column(header, justify="left" if key in ("label", "source") else "right", overflow="ellipsis",
+                     no_wrap=True)
+    for c in cells:
+        t.add_row(*(c[k] for k, _ in columns))
+    return render(t, width)
+
+
+def usage_totals(totals) -> str:
+    """The sweep's totals in one or two lines."""
+    parts = [f"{totals['measured']} of {totals['runs']} runs measured",
+             f"{totals['elapsed_hours']:.3g} h elapsed", f"{totals['cpu_hours']:.3g} CPU-h allocated"]
+    if totals["cpu_eff"] is not None:
+        parts.append(f"CPU efficiency {totals['cpu_eff']:.0%}")
+    if totals["gpu_hours"]:
+        parts.append(f"{totals['gpu_hours']:.3g} GPU-h")
+    if totals["max_rss_mb"] is not None:
+        parts.append(f"peak RSS {usage_cell('max_rss_mb', totals['max_rss_mb'])} "
+                     f"(median {usage_cell('max_rss_mb', totals['median_rss_mb'])})")
+    if totals["queue_wait_mean_s"] is not None:
+        parts.append(f"queue wait {duration(totals['queue_wait_mean_s'])} mean, {duration(totals['queue_wait_max_s'])} max")
+    parts.append(f"{totals['requeues']} requeues")
+    return ", ".join(parts)

@@ -246,6 +246,31 @@ def submit_chained(sweep_dir, pack_job) -> str:
     return new_id
 
 
+def expected_start(job_res: dict, res: Resources, count: int, profile: ClusterProfile = None) -> str:
+    """When SLURM would start an array of `count` such jobs now (`sbatch --test-only`: nothing is
+    submitted), as its answer says it ("2026-12-04T14:36:54 on vm"); "" when it does not say.
+    `job_res` from resources_for: values checked when the spec and profile were read, passed as
+    arguments, never through a shell."""
+    cmd = ["sbatch", "--test-only", f"--time={max(1, int(job_res['time_min']))}", f"--nodes={res.nodes}",
+           f"--ntasks-per-node={res.tasks_per_node}", f"--cpus-per-task={res.cpus}",
+           f"--mem={int(res.mem_gb * 1024)}M", f"--array=0-{max(0, count - 1)}"]
+    for key in ("partition", "account", "qos", "constraint"):
+        if job_res.get(key):
+            cmd.append(f"--{key}={job_res[key]}")
+    if res.gpus:                          # as executor_params asks for them
+        kind = f"{profile.gpu_type}:" if profile is not None and profile.gpu_type else ""
+        cmd.append(f"--gpus-per-node={kind}{res.gpus}" if profile is not None and profile.gpu_syntax == "gpus"
+                   else f"--gres=gpu:{kind}{res.gpus}")
+    if not shutil.which("sbatch"):
+        return ""
+    try:
+        proc = subprocess.run(cmd + ["--wrap", "true"], capture_output=True, text=True, timeout=30)
+    except (OSError, subprocess.TimeoutExpired):
+        return ""
+    m = re.search(r"to start at (\S+)(?: using .*? on nodes (\S+))?", proc.stdout + proc.stderr)
+    return f"{m.group(1)}" + (f" on {m.group(2)}" if m.group(2) else "") if m else ""
+
+
 def cancel(job_ids) -> None:
     """scancel: SIGTERM (SIGKILL KillWait later); each run checkpoints and stays resumable.
 
@@ -337,6 +362,7 @@ class _SchedulerPoller:
 
     def __init__(self):
         self.key, self.at, self.answer, self.pinned = None, 0.0, ({}, {}, {}), 0
+        self.usage_cache = {}
 
     def __call__(self, job_ids, since) -> tuple:
         key = (tuple(sorted(job_ids)), since)
@@ -346,6 +372,17 @@ class _SchedulerPoller:
         queue, details = squeue_details(job_ids)
         answer = (queue, sacct_states(job_ids, since), details)
         self.key, self.at, self.answer = key, time.monotonic(), answer
+        return answer
+
+    def accounting(self, job_ids, since) -> dict:
+        """job id -> its accounting rows (sacct_usage), from one sacct call for all of them; cached
+        like the states (a finished job's accounting no longer changes)."""
+        key = (tuple(sorted(job_ids)), since)
+        cached = self.usage_cache.get(key)
+        if cached is not None and time.monotonic() - cached[0] < SACCT_MIN_INTERVAL_S:
+            return cached[1]
+        answer = sacct_usage(job_ids, since)
+        self.usage_cache = {key: (time.monotonic(), answer)}
         return answer
 
     @contextlib.contextmanager
@@ -377,6 +414,14 @@ def queue_details(jobs) -> dict:
     """job id -> (reason, node) for those of `jobs` the controller holds: why a pending job waits
     (Priority, Resources, Dependency, BeginTime...) and where a running one runs; the same squeue call."""
     return _polled(jobs)[2]
+
+
+def job_accounting(jobs) -> dict:
+    """job id -> one dict per allocation of the job (a requeued job has one per attempt, in order): what
+    sacct accounted, from one (cached) sacct call for all `jobs` (from jobs_in); see sacct_usage."""
+    if not jobs:
+        return {}
+    return poll.accounting([j.job_id for j in jobs], _clamped(min(j.since or "" for j in jobs)))
 
 
 def _polled(jobs) -> tuple:
@@ -441,6 +486,98 @@ def sacct_states(job_ids, since: str) -> dict:
         return {}
     roots = sorted({str(j).split("_")[0] for j in job_ids})
     return parse_sacct(_ask(["sacct", "-X", "-n", "-P", "-o", "JobID,State", "-S", since, "-j", ",".join(roots)]))
+
+
+# what `usage` asks of sacct (seff's figures): one row per allocation and per step, requeued ones too (-D)
+USAGE_FIELDS = ("JobID", "State", "ElapsedRaw", "TotalCPU", "AllocCPUS", "MaxRSS", "ReqMem", "AllocTRES",
+                "Submit", "Start", "End")
+
+
+def sacct_usage(job_ids, since: str) -> dict:
+    """job id -> [one dict per allocation, oldest first], from ONE `sacct -D` call (allocation rows and
+    their steps; a requeued job has an allocation row per attempt). Each dict: state, elapsed_s,
+    cpu_s (TotalCPU; the steps' sum when the allocation row has none), alloc_cpus, max_rss_mb (the
+    largest step's MaxRSS; None where the cluster gathers nothing), req_mem_mb, gpus (AllocTRES
+    gres/gpu), submit, start, end (epoch seconds, None when unknown)."""
+    if not job_ids:
+        return {}
+    roots = sorted({str(j).split("_")[0] for j in job_ids})
+    text = _ask(["sacct", "-D", "-n", "-P", "-o", ",".join(USAGE_FIELDS), "-S", since, "-j", ",".join(roots)])
+    return parse_sacct_usage(text)
+
+
+def parse_sacct_usage(text: str) -> dict:
+    """sacct_usage's answer from sacct's text (`-P -o USAGE_FIELDS`): a step row belongs to the latest
+    allocation row of its job above it (sacct -D lists each attempt's steps after it)."""
+    out, current = {}, {}
+    for line in text.splitlines():
+        parts = line.strip().split("|")
+        if len(parts) < len(USAGE_FIELDS) or not parts[0]:
+            continue
+        row = dict(zip(USAGE_FIELDS, parts))
+        job, _, step = row["JobID"].partition(".")
+        if not step:
+            if job.endswith("]"):
+                continue                  # pending array tasks, folded: nothing accounted yet
+            record = {"state": row["State"].split()[0] if row["State"] else "",
+                      "elapsed_s": _number(row["ElapsedRaw"]) or 0.0, "cpu_s": _cpu_seconds(row["TotalCPU"]),
+                      "alloc_cpus": int(_number(row["AllocCPUS"]) or 0), "max_rss_mb": _megabytes(row["MaxRSS"]),
+                      "req_mem_mb": _megabytes(row["ReqMem"], int(_number(row["AllocCPUS"]) or 1)),
+                      "gpus": _gpus(row["AllocTRES"]), "submit": _epoch(row["Submit"]), "start": _epoch(row["Start"]),
+                      "end": _epoch(row["End"]), "steps_cpu_s": 0.0}
+            out.setdefault(job, []).append(record)
+            current[job] = record
+        elif job in current:
+            record = current[job]
+            rss = _megabytes(row["MaxRSS"])
+            if rss is not None:
+                record["max_rss_mb"] = max(record["max_rss_mb"] or 0.0, rss)
+            record["steps_cpu_s"] += _cpu_seconds(row["TotalCPU"])
+    for records in out.values():
+        for record in records:
+            steps = record.pop("steps_cpu_s")
+            record["cpu_s"] = record["cpu_s"] or steps
+    return out
+
+
+def _number(text):
+    try:
+        return float(text)
+    except (TypeError, ValueError):
+        return None
+
+
+def _cpu_seconds(text: str) -> float:
+    """sacct's TotalCPU ([D-][HH:]MM:SS[.mmm]) in seconds (0 when empty)."""
+    m = re.fullmatch(r"(?:(\d+)-)?(?:(\d+):)?(\d+):(\d+(?:\.\d+)?)", (text or "").strip())
+    if not m:
+        return 0.0
+    days, hours, minutes, seconds = m.groups()
+    return int(days or 0) * 86400 + int(hours or 0) * 3600 + int(minutes) * 60 + float(seconds)
+
+
+def _megabytes(text: str, cpus: int = 1):
+    """A sacct memory figure (219556K, 1G, 4000Mn, 2Gc: per node or per CPU) in MB; None when empty."""
+    m = re.fullmatch(r"(\d+(?:\.\d+)?)([KMGTP]?)([nc]?)", (text or "").strip())
+    if not m:
+        return None
+    value = float(m.group(1)) * {"": 1 / 1024 ** 2, "K": 1 / 1024, "M": 1, "G": 1024, "T": 1024 ** 2,
+                                 "P": 1024 ** 3}[m.group(2)]
+    return value * (cpus if m.group(3) == "c" else 1)
+
+
+def _gpus(tres: str) -> int:
+    """The GPUs an allocation holds (AllocTRES gres/gpu=N; typed entries gres/gpu:a100=N are the same GPUs)."""
+    m = re.search(r"(?:^|,)gres/gpu=(\d+)", tres or "")
+    return int(m.group(1)) if m else 0
+
+
+def _epoch(text: str):
+    """sacct's local time (2026-12-04T20:45:12) in epoch seconds; None for Unknown / None."""
+    try:
+        return time.mktime(time.strptime(text.strip(), "%Y-%m-%dT%H:%M:%S"))
+    except (ValueError, OverflowError, AttributeError):
+        return None
 
 
 def parse_sacct(text: str) -> dict:

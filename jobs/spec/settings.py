@@ -152,6 +152,8 @@ class Logging(Settings):
     tensorboard: bool = Field(False, description="TensorBoard event files in <run dir>/tensorboard/")
     wandb: Optional[WandB] = Field(None, description="a W&B run per run: a mapping, or true for the defaults "
                                                      "(false / null: off)")
+    system: Optional[float] = Field(None, gt=0, description="seconds between samples of the run's CPU %, RSS and "
+                                    "(NVML) GPU utilisation, memory, power, logged as sys_* metrics (null: off)")
 
     @field_validator("wandb", mode="before")
     @classmethod
@@ -163,6 +165,13 @@ class Logging(Settings):
         if value is None or isinstance(value, (dict, WandB)):
             return value
         raise ValueError(f"expected true, false or a mapping {{project, entity, mode}}, got {value!r}")
+
+    @field_validator("system", mode="before")
+    @classmethod
+    def _seconds(cls, value):
+        if isinstance(value, int) and not isinstance(value, bool):
+            return float(value)           # `system: 30` is as good as 30.0
+        return value
 
     @property
     def enabled(self) -> bool:

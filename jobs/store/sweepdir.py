@@ -236,6 +236,7 @@ class SweepDir:
     submit_lock = property(lambda self: self.path / "submit.lock")
     analysis = property(lambda self: self.path / "analysis")
     failures = property(lambda self: self.path / "failures")
+    usage = property(lambda self: self.path / "usage.json")   # what `usage` / `aggregate` last read of the accounting
 
     search = property(lambda self: self.path / "search")
 

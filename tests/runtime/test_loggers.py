@@ -281,7 +281,8 @@ def test_a_child_spec_merges_its_logging_block_key_by_key(tmp_path):
 
 
 def test_logging_settings_complete_the_block_with_its_defaults():
-    assert logging_settings(None).model_dump() == {"tensorboard": False, "wandb": None}
+    assert logging_settings(None).model_dump() == {"tensorboard": False, "wandb": None, "system": None}
+    assert logging_settings({"system": 30}).system == 30.0
     assert logging_settings({"wandb": True}).wandb.model_dump() == {"project": None, "entity": None, "mode": "offline"}
     assert logging_settings({"wandb": False}).wandb is None
     with pytest.raises(ValueError, match="logging.wandb.entity"):
