@@ -16,7 +16,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 TINY_ASHA = ["--set", "search.trials=9", "--set", "search.parallel=2", "--set", "search.budget.max=3",
-             "--set", "base.epochs=3", "--set", "base.schedule_epochs=3", "--set", "base.d_hidden=32",
+             "--set", "base.epochs=3", "--set", "base.schedule_epochs=3",
              "--set", "search.space.d_hidden={choice: [16, 32]}"]
 TINY_GRID = ["--set", "grid.lr=[0.001, 0.01]", "--set", "grid.d_hidden=[16, 32]", "--set", "seeds=[0]",
              "--set", "base.epochs=3"]

@@ -114,8 +114,11 @@ def restore_same_config(ctx, cfg, task):
     state = ctx.restore()
     if state is not None:
         raised = getattr(ctx, "budget_key", None)
-        changed = sorted(k for k in cfg if state["config"].get(k) != cfg[k]
-                         and not (k == raised and cfg[k] >= state["config"].get(k, cfg[k])))
+        saved = state["config"]
+        # a key the checkpoint does not know came after it, with a default the run keeps (a run that sets
+        # it otherwise has another id, so another run dir)
+        changed = sorted(k for k in cfg if k in saved and saved[k] != cfg[k]
+                         and not (k == raised and cfg[k] >= saved[k]))
         if changed:
             raise ValueError(f"{task}: the checkpoint was saved with other values of {changed}; "
                              f"a run's config cannot change once it has checkpoints")

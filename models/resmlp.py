@@ -345,7 +345,7 @@ def fit(cfg, ctx, data):
                 metrics["val_loss"], metrics["val_acc"] = evaluate(model, data["x_val"], data["y_val"])
             model.train()
         ctx.log(step, total_steps=total, **metrics)
-        if epoch == cfg["epochs"] and step > ctx.start_step:
+        if epoch == cfg["epochs"]:
             # the end of the budget: saved after the epoch's line, so a run trained on later (a promoted
             # search trial) continues from here and trains no step twice
             ctx.save(step, {
