@@ -18,7 +18,8 @@ What we measured (d=256, L=4, seeds 42 123 456, --input-dim 3072):
 The depth-ladder memo's anchors (per block ~0.10; stack 0.196 ± 0.003, cos 0.981 ± 0.001) are the
 normal(0.02) init's; PyTorch's default moves the input about three times as far.
 
-Also a task (CONFIG, train) so a sweep can run it over seeds and widths: one seed per run.
+Also a task (CONFIG, train) so a sweep can run it over seeds, widths and inits: one seed per run
+(sweeps/frozen_init.yaml).
 """
 import argparse
 import sys
@@ -39,6 +40,7 @@ CONFIG = {
     "mlp_ratio": 4,
     "init": "torch",
     "init_std": 0.02,
+    "input_dim": 0,               # 0: the dataset's inputs; N: 2,000 standard-normal inputs of dimension N
 }
 
 CHOICES = {"dataset": ["digits", "cifar10"], "init": ["torch", "normal"]}
@@ -64,9 +66,20 @@ def measure(x, seed, d_hidden, num_blocks, mlp_ratio, n_classes=10, init="torch"
 def train(cfg, ctx):
     """The task form: the measurements for cfg['seed'] (no training, no checkpoint)."""
     cfg = {**CONFIG, **cfg}
-    data = datasets.load(cfg["dataset"], cfg["data_dir"], ctx.device, cfg["test_fraction"])
-    return measure(data["x_train"], cfg["seed"], cfg["d_hidden"], cfg["num_blocks"], cfg["mlp_ratio"],
-                   data["n_classes"], cfg["init"], cfg["init_std"])
+    if cfg["input_dim"]:
+        x, n_classes = standard_normal_inputs(cfg["input_dim"]).to(ctx.device), 10
+    else:
+        data = datasets.load(cfg["dataset"], cfg["data_dir"], ctx.device, cfg["test_fraction"])
+        x, n_classes = data["x_train"], data["n_classes"]
+    return measure(x, cfg["seed"], cfg["d_hidden"], cfg["num_blocks"], cfg["mlp_ratio"], n_classes,
+                   cfg["init"], cfg["init_std"])
+
+
+def standard_normal_inputs(dim, n=2000):
+    """n standard-normal inputs of dimension dim (a fixed draw: the stand-in for a standardised dataset)."""
+    if isinstance(dim, bool) or not isinstance(dim, int) or dim < 1:
+        raise ValueError(f"frozen_check: input_dim must be an integer >= 1, got {dim!r}")
+    return torch.randn(n, dim, generator=torch.Generator().manual_seed(0))
 
 
 def summarise(per_seed):
@@ -96,7 +109,7 @@ def main(argv=None):
     if args.input_dim is not None:
         if args.input_dim < 1:
             sys.exit(f"frozen_check: --input-dim must be >= 1, got {args.input_dim}")
-        x = torch.randn(2000, args.input_dim, generator=torch.Generator().manual_seed(0))
+        x = standard_normal_inputs(args.input_dim)
         source, n_classes = f"standard-normal inputs of dimension {args.input_dim}", 10
     else:
         try:
