@@ -15,7 +15,7 @@ see LN(h), so a standardised CIFAR-10 batch (N = 3072) and this stand-in give th
 What we measured (d=256, L=4, seeds 42 123 456, --input-dim 3072):
     --init torch            per block 0.345 0.330 0.312 0.294; stack 0.696, cos 0.821
     --init normal (0.02)    per block 0.100 0.099 0.099 0.099; stack 0.200, cos 0.981
-The depth-ladder memo's anchors (per block ~0.10; stack 0.196 ± 0.003, cos 0.981 ± 0.001) are the
+The depth-ladder study's anchors (per block ~0.10; stack 0.196 ± 0.003, cos 0.981 ± 0.001) are the
 normal(0.02) init's; PyTorch's default moves the input about three times as far.
 
 Also a task (CONFIG, train) so a sweep can run it over seeds, widths and inits: one seed per run

@@ -12,7 +12,7 @@ PyTorch's default Linear init (uniform in +-1/sqrt(fan_in)); init=normal draws e
 from N(0, init_std^2) with zero biases (GPT-2's and timm's choice). The two differ in how far the
 frozen blocks move the input: on a 3072-dimensional standardised input (CIFAR-10's size) with
 d=256, L=4, torch gives per-block ||f(h)||/||h|| 0.29-0.35 and a stack change of 0.70 (cos 0.82),
-normal(0.02) gives 0.10 per block and 0.20 (cos 0.981), the anchors the depth-ladder memo reports
+normal(0.02) gives 0.10 per block and 0.20 (cos 0.981), the anchors the depth-ladder study reports
 (0.10; 0.196, cos 0.981). Under normal(0.02) the ratio depends on the input's dimension (the
 embedding's output norm is 0.02 sqrt(d * in_dim) for a standardised input): on digits' 64 inputs
 it is 0.44-0.69, so the digits demo keeps init=torch.
@@ -30,7 +30,7 @@ the root mean square over all B x d elements of g, and n(g) = g / rms(g).
   learned matrix of a trainable block (W1, W2) sends the gradient to its input through its own fixed
   random matrix B (shaped like W, drawn like PyTorch's init) instead of W^T. The head H sends the
   exact gradient H^T e to h_L (fa_head=exact, the default: "the last block sees the exact output
-  gradient", as the memo states); fa_head=random sends it through B_H as vanilla FA does.
+  gradient", as the study states); fa_head=random sends it through B_H as vanilla FA does.
   LayerNorm, GELU, the residual paths and the frozen blocks keep their exact backward (no learned
   matrix there). At every block boundary h_0..h_L the arriving signal g_i is rms-normalised, so
       readout (LN, H):  CE, its own gradient (LN's gain sees the exact signal, or B_H's with fa_head=random)

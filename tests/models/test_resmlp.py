@@ -286,9 +286,9 @@ def test_fa_last_block_sees_the_exact_output_gradient_unless_fa_head_is_random()
     assert _cos(bp["blocks.1.fc1.weight"], exact["blocks.1.fc1.weight"]) < 0.99     # below it, FA's random paths
 
 
-def test_normal_init_reproduces_the_memo_anchors_on_a_cifar_sized_input():
+def test_normal_init_reproduces_the_studys_anchors_on_a_cifar_sized_input():
     """init=normal(0.02) on 3072-dim standardised inputs: per block ~0.10, stack ~0.20, cos ~0.981
-    (the memo's 0.10; 0.196, 0.981); PyTorch's default is ~3x further from the identity."""
+    (the study's 0.10; 0.196, 0.981); PyTorch's default is ~3x further from the identity."""
     x = torch.randn(400, 3072, generator=torch.Generator().manual_seed(0))
     normal = frozen_check.measure(x, 42, 256, 4, 4, init="normal")
     torch_init = frozen_check.measure(x, 42, 256, 4, 4, init="torch")
