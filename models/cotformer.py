@@ -32,11 +32,12 @@ tokens continue:
     router weights: training-time routing is not causal (as in the authors' model).
   - inference, `length_factors`: the same top-k with fixed factors; `depth=d` is the factors
     (1,..,1,0,..,0) with d-1 ones (every token runs exactly d repeats, still mixed by w).
-  - inference, `threshold`: per token, causal: a token continues past router r iff its weight
-    w_r >= 1 - threshold (the authors' convention: threshold 0 stops nearly every token after
-    repeat 1, threshold 1 runs every token through every repeat; more threshold, more MACs). The
-    authors turn a threshold into per-router capacities (share of tokens over 1 - threshold) and
-    then use top-k; the per-token rule here is what the threshold means for a single token.
+  - inference, `threshold` (the cascaded rule): per token, causal: a token continues past router
+    r iff its weight w_r >= 1 - threshold (the authors' convention: threshold 0 stops nearly every
+    token after repeat 1, threshold 1 runs every token through every repeat; more threshold, more
+    MACs). The authors' Figure 4 instead turns a threshold into length factors (the share of all
+    tokens whose full-depth w_r >= 1 - threshold, per router) and runs the top-k above:
+    models/lm_eval.py's threshold_rule capacity (its default) does that; cascaded calls this.
 Rows of a batch may keep different numbers of tokens under a threshold: the active set is padded
 to the longest row, padding slots are never keys and write nowhere (the `counts` returned count only
 real tokens).
@@ -51,7 +52,8 @@ import torch.nn as nn
 from models.gpt import GPT, KVCache, LMBase
 
 MODELS = ("base", "cotformer", "ln_cotformer", "adm")
-DEPTH_RANDOM_METHODS = ("uniform", "more_chance_for_zero_too", "exponential_decay", "pick_mid_and_recurse")
+DEPTH_RANDOM_METHODS = ("uniform", "uniform_random_range", "more_chance_for_zero_too", "exponential_decay",
+                        "pick_mid_and_recurse")
 
 
 def build_model(cfg):
@@ -85,6 +87,10 @@ class CoTFormer(LMBase):
         if n_mid < 1 or cfg["n_repeat"] < 1:
             raise ValueError("need n_layer > n_layer_begin + n_layer_end and n_repeat >= 1")
         self.n_repeat = cfg["n_repeat"]
+        mr = cfg.get("min_repeat", 0)
+        if isinstance(mr, bool) or not isinstance(mr, int) or not 0 <= mr <= self.n_repeat:
+            raise ValueError(f"min_repeat {mr!r}: expected an integer from 0 to n_repeat={self.n_repeat} "
+                             f"(0: n_repeat for fixed-depth models, 1 for adm)")
         self.h_begin = nn.ModuleList(self.block() for _ in range(cfg["n_layer_begin"]))
         self.h_mid = nn.ModuleList(self.block() for _ in range(n_mid))
         self.h_end = nn.ModuleList(self.block() for _ in range(cfg["n_layer_end"]))
@@ -117,6 +123,11 @@ class CoTFormer(LMBase):
 
     def forward(self, idx, targets=None, depth=None, **_):
         B, T = idx.shape
+        if depth is None and self.training and min_repeat_of(self.cfg) < self.n_repeat:
+            # stochastic depth without a router: one depth for the whole forward, uniform in
+            # [min_repeat, n_repeat] (the authors draw it per token; a fixed-depth model has no
+            # router to gate single tokens with, so the draw is per batch here)
+            depth = int(torch.randint(min_repeat_of(self.cfg), self.n_repeat + 1, (1,)))
         R = self.n_repeat if depth is None else int(depth)
         if not 1 <= R <= self.n_repeat:
             raise ValueError(f"depth {R} outside 1..{self.n_repeat}")
@@ -132,9 +143,31 @@ class CoTFormer(LMBase):
                 "counts": {"B": B, "T": T, "repeats": [full] * R, "routed": []}}
 
 
-def random_length_factors(method, n, gen=None):
-    """n descending shares of the sequence that reach repeats 2..n+1 (the authors' training draws)."""
+def min_repeat_of(cfg):
+    """The fewest repeats a token runs in training: cfg['min_repeat'], where 0 means n_repeat for the
+    fixed-depth models (trained at full depth) and 1 for the adaptive one."""
+    if cfg.get("min_repeat", 0):
+        return int(cfg["min_repeat"])
+    return 1 if cfg["model"] == "adm" else cfg["n_repeat"]
+
+
+def random_length_factors(method, n, gen=None, min_repeat=1):
+    """n descending shares of the sequence that reach repeats 2..n+1 (the authors' training draws).
+
+    min_repeat: every token runs at least that many repeats (the shares of repeats 2..min_repeat
+    are 1). uniform_random_range: a range [a, b] drawn uniformly in [min_repeat, n + 1] (a <= b),
+    then token depths spread evenly over it: share 1 up to repeat a, (b - q + 1) / (b - a + 1) for
+    repeat q in (a, b], 0 after b."""
     rand = lambda k: torch.rand(k, generator=gen)
+    lo = max(1, int(min_repeat))
+    if lo > n + 1:
+        raise ValueError(f"min_repeat {min_repeat} exceeds n_repeat {n + 1}")
+    if method == "uniform_random_range":
+        a, b = sorted(int(v) for v in torch.randint(lo, n + 2, (2,), generator=gen))
+        return [1.0 if q <= a else 0.0 if q > b else (b - q + 1) / (b - a + 1) for q in range(2, n + 2)]
+    if lo > 1:
+        rest = random_length_factors(method, n + 1 - lo, gen) if n + 1 - lo > 0 else []
+        return [1.0] * (lo - 1) + rest
     if method == "uniform":
         return torch.clamp(rand(n) * 1.05, max=1).sort(descending=True).values.tolist()
     if method == "more_chance_for_zero_too":
@@ -173,7 +206,7 @@ class AdaptiveCoTFormer(CoTFormer):
             fixed = self.cfg.get("training_length_factor") or []
             if fixed:
                 return self._factors(None, fixed)
-            return random_length_factors(self.cfg["depth_random_method"], n)
+            return random_length_factors(self.cfg["depth_random_method"], n, min_repeat=min_repeat_of(self.cfg))
         return [1.0] * n
 
     def forward(self, idx, targets=None, depth=None, length_factors=None, threshold=None, **_):

@@ -7,8 +7,12 @@ Models (models/cotformer.py, models/gpt.py): `model` base | cotformer | ln_cotfo
 n_layer blocks of width n_embd and n_head heads, n_layer_begin / n_layer_end of them run once
 around a mid stack repeated n_repeat times (cross-repeat KV accumulation), ln_mid between
 repeats unless disable_ln_mid, depth_embedding linear_learned | learned | None. The adaptive
-model's router trains with random length factors (depth_random_method) unless
-training_length_factor fixes them. Byte-level data by default (models/corpus.py, models/lm_prepare.py).
+model's router trains with random length factors (depth_random_method: uniform,
+uniform_random_range, ...) unless training_length_factor fixes them; min_repeat (the authors' name)
+is the fewest repeats any token runs in training. Its default here, 0, means the authors'
+advice per model: n_repeat for the fixed-depth models ("set to n_repeat" for a non-adaptive
+model: trained at full depth) and 1 for the adaptive one; a fixed-depth model with
+min_repeat < n_repeat trains at a depth drawn per batch in [min_repeat, n_repeat]. Byte-level data by default (models/corpus.py, models/lm_prepare.py).
 
 Optimisation (the CoTFormer reproduction's defaults, same names). AdamW (beta1, beta2 = 0.9, 0.95;
 weight_decay 0.1 on Linear weights only: embeddings / tied head and LayerNorms are not decayed).
@@ -70,7 +74,8 @@ CONFIG = {
     "n_layer_end": 0,
     "depth_embedding": None,      # linear_learned | learned | None
     "disable_ln_mid": False,
-    "depth_random_method": "uniform",
+    "depth_random_method": "uniform",   # adm: how length factors are drawn (models/cotformer.py)
+    "min_repeat": 0,              # fewest repeats a token trains with; 0: n_repeat (fixed-depth models), 1 (adm)
     "training_length_factor": [],  # adm: n_repeat - 1 fixed length factors instead of random ones
     "batch_size": 32,
     "acc_steps": 4,
@@ -91,7 +96,8 @@ CONFIG = {
 
 CHOICES = {"model": ["base", "cotformer", "ln_cotformer", "adm"],
            "depth_embedding": [None, "linear_learned", "learned"],
-           "depth_random_method": ["uniform", "more_chance_for_zero_too", "exponential_decay", "pick_mid_and_recurse"],
+           "depth_random_method": ["uniform", "uniform_random_range", "more_chance_for_zero_too", "exponential_decay",
+                                   "pick_mid_and_recurse"],
            "scheduler": ["cos", "linear", "none"], "final_lr_rule": ["onecycle", "fraction"],
            "dtype": ["bfloat16", "float16", "float32"]}
 

@@ -12,7 +12,15 @@ start of val.bin (`eval_tokens` 0: all of it), in batches of the training batch_
                     mixed by its router weights)
     mode depth      `eval_depth` repeats (a prefix 1..n_repeat; the adaptive model keeps mixing by
                     router weight), every token the same depth
-    mode threshold  the adaptive model only: a token continues past router r iff w_r >= 1 - threshold
+    mode threshold  the adaptive model only, by `threshold_rule`:
+                    capacity (default; the authors' get_ppl_per_mac.py): one pass at full depth
+                      collects every router weight on the evaluation windows; length factor
+                      f_r = the share of tokens with w_r >= 1 - threshold, rounded up to a
+                      multiple of 1/sequence_length and then to 2 decimals (as the authors format
+                      them); then the evaluation runs with those factors (the top-k capacities of
+                      models/cotformer.py). `length_factors` in the result lists them.
+                    cascaded: per token, causal: a token continues past router r iff
+                      w_r >= 1 - threshold (it has to have passed every earlier router)
 
 Result metrics: loss (mean over batches of the mean cross-entropy), `loss_sem` (std over batches,
 ddof 1, / sqrt(n_batches): batches, not tokens, are the samples, as the reproduction does), `ppl` =
@@ -46,6 +54,7 @@ from models.macs import forward_macs
 CONFIG = {
     "mode": "full",              # full | depth | threshold
     "threshold": 1.0,            # threshold mode: continue iff router weight >= 1 - threshold
+    "threshold_rule": "capacity",  # capacity (the authors': shares over the threshold -> top-k) | cascaded (per token)
     "eval_depth": 0,             # depth mode: repeats to run (1..n_repeat)
     "checkpoint_step": 0,        # 0: the train run's last checkpoint
     "data_dir": None,            # None: the training run's data
@@ -57,7 +66,8 @@ CONFIG = {
     "dtype": "bfloat16",
 }
 
-CHOICES = {"mode": ["full", "depth", "threshold"], "dtype": ["bfloat16", "float16", "float32"]}
+CHOICES = {"mode": ["full", "depth", "threshold"], "dtype": ["bfloat16", "float16", "float32"],
+           "threshold_rule": ["capacity", "cascaded"]}
 
 
 def _autocast(device, dtype):
@@ -123,6 +133,18 @@ def router_histograms(router, bins):
     return edges.tolist(), out
 
 
+def capacity_factors(router, threshold, seq_len):
+    """The authors' length factors for a threshold: per router, the share of tokens whose weight
+    (at full depth) is >= 1 - threshold, rounded up to a multiple of 1/seq_len, then to 2 decimals."""
+    out = []
+    for w in router:
+        w = w.flatten()
+        w = w[~torch.isnan(w)]
+        share = float((w >= 1.0 - threshold).float().mean()) if w.numel() else 0.0
+        out.append(round(math.ceil(share * seq_len - 1e-6) / seq_len, 2))     # 1e-6: float32 shares
+    return out
+
+
 def load_model(state, device):
     """The model of a training checkpoint, weights loaded, on `device`, in eval mode."""
     tcfg = dict(state["config"])
@@ -149,9 +171,15 @@ def train(cfg, ctx):
     elif cfg["mode"] == "threshold":
         if model.cfg["model"] != "adm":
             raise ValueError("mode threshold needs the adaptive model (model: adm)")
-        kw["threshold"] = cfg["threshold"]
+        if cfg["threshold_rule"] == "cascaded":
+            kw["threshold"] = cfg["threshold"]
+        else:
+            full = evaluate(model, val, bs, T, ctx.device, None, cfg["dtype"], cfg["eval_tokens"], collect_router=True)
+            kw["length_factors"] = capacity_factors(full["router"], cfg["threshold"], T)
     ev = evaluate(model, val, bs, T, ctx.device, None, cfg["dtype"], cfg["eval_tokens"], **kw)
     result = {k: v for k, v in ev.items()}
+    if "length_factors" in kw:
+        result["length_factors"] = kw["length_factors"]
     result["evaluated_step"] = int(state["iteration"])    # not `checkpoint_step`: that is a config key
     if cfg["router_hist"] and model.cfg["model"] == "adm":
         steps = list(cfg["hist_steps"]) or list(up.checkpoint_steps())[-2:]

@@ -42,10 +42,11 @@ before clipping exceeds max_norm, and grad_clip_ratio is the epoch's clipped sha
 After each epoch: the validation objective (the same weighted total, on the validation samples)
 drives ReduceLROnPlateau(mode min, factor 0.5, patience 3, cooldown 1: the LR halves on the 4th
 epoch in a row without a new minimum, then one epoch of rest). Early stopping ends training once
-early_stop_metric has not improved for early_stop_patience (10) epochs: val_loss (the default, the
-validation objective) or val_f1 (the study also calls F1 "a much better signal for early stopping";
-it reads the true graph, so it is an option, not the default). Batches are drawn by a seeded
-torch.Generator (seed); the model init by torch.manual_seed(seed); seed 1337 by default.
+early_stop_metric has not improved for early_stop_patience (10) epochs: val_f1 (the default: the
+study calls F1 "a much better signal for early stopping"; it reads the true graph, which synthetic
+SEMs and a user's graph_file provide) or val_loss (the validation objective, for data without a
+graph to score against; in 100 epochs it keeps falling slowly and never fires). Batches are drawn
+by a seeded torch.Generator (seed); the model init by torch.manual_seed(seed); seed 1337 by default.
 
 Validation protocol, every epoch (the graph is A itself, so the validation samples only enter the
 validation objective): the off-diagonal A against the true graph at the 21 thresholds
@@ -58,14 +59,19 @@ Health log, one ctx.log line per epoch (step = epoch) with the study's field nam
 train_loss, train_loss_components {recon, sparse, acyclic, disen} (also flat: loss_recon,
 loss_sparse, loss_acyclic, loss_disen, for tables and curves), val_f1, val_shd, edge_count,
 grad_clip_ratio, learning_rate (after the scheduler's step), best_threshold, epoch_time; plus
-val_loss, max_grad_norm, total_steps (= epochs), and `warnings`, a list of the health checks that
-failed this epoch, which also go to stderr and to Python's warnings (HealthWarning):
-    grad_clip_ratio > 0.5 (healthy 0-0.2),  edge_count == 0 (healthy > 5),  val_f1 == 0 (healthy > 0.1).
+val_loss, max_grad_norm, total_steps (= epochs); grad_adj_recon, grad_adj_sparse, grad_adj_acyclic
+(the norm of each weighted term's gradient on the adjacency logits, on the validation samples: why
+a lambda does or does not move the graph); and `warnings`, a list of the health checks that failed
+this epoch, which also go to stderr and to Python's warnings (HealthWarning), the study's table:
+    grad_clip_ratio > 0.5 (healthy 0-0.2),  edge_count == 0 (healthy > 5),  val_f1 == 0 (healthy > 0.1),
+    best_threshold >= 0.5 (healthy 0-0.3: edges too small),
+    train_loss flat (healthy: decreasing): it fell by less than 0.1 % over the last 5 epochs.
 
 Final metrics: the last epoch's val_f1, val_shd, edge_count, best_threshold, grad_clip_ratio,
 learning_rate, train_loss, val_loss, loss_*; best_val_f1 / best_epoch (the early-stopping
 record: best_epoch is the epoch of early_stop_metric's best, best_val_f1 the highest val_f1 of any
-epoch); tpr, fdr, nnz at the last best_threshold, and f1, shd (= val_f1, val_shd: the names the
+epoch); tpr, fdr, nnz at the last best_threshold; edge_tpr, edge_fdr, edge_f1 of the edges
+counted by edge_count (A > edge_threshold: the recall a fixed threshold keeps as sparsity grows); f1, shd (= val_f1, val_shd: the names the
 structure task reports, so a NOTEARS baseline shares the table's columns); n_true_edges; is_dag
 (of A > best_threshold); epochs_run, stopped_early, steps (optimizer steps), train_time_s.
 
@@ -74,17 +80,26 @@ Adam, the scheduler, the early-stopping record, the batch generator's state, the
 step count; the data are regenerated from the seed. A resumed run is bit-identical to an
 uninterrupted one on CPU.
 
-What to expect (measured; 2,000 series of 10 steps, 10 variables, 10-15 true edges): the clipped
-share is 1.0 for ~5 epochs and ~0.1 from epoch 10. At the recommended weights A keeps ~38-43 edges
-above 0.5 (val_f1 0.41-0.47, where predicting every edge scores 2E/(E + d(d-1)) = 0.29 for E = 15):
-with acyclicity this weak each variable is reconstructed from its Markov blanket, children included.
-Over the study's ranges (lambda_sparse 1e-5..1e-2, lambda_acyclic 1e-7..1e-4, with lambda_recon 10)
-the penalties are orders of magnitude below the reconstruction's gradient and change nothing
-measurable (100 epochs, seed 1337: val_f1 0.414 and 43 edges at all 9 points of the systematic
-sweep); sparsity starts to prune at lambda_sparse ~1 (30 epochs: ~12 edges, val_shd ~12) and
-collapses every edge at 10 (edge_count 0 by epoch ~23). In 100 epochs the validation objective
-still falls slowly, so the plateau schedule does not cut the LR and val_loss early stopping does
-not fire; val_f1 peaks near epoch 35.
+What to expect (measured; 2,000 series of 10 steps, 10 variables, 10-15 true edges, seed 1337).
+Why the study's lambda ranges change nothing: at init the weighted gradients on the adjacency
+logits are recon 0.26, sparse 2.4e-6, acyclic 8.5e-7 (lambda 10, 1e-4, 1e-5; the unweighted terms'
+gradients are all ~0.02-0.09, since every term is mean-reduced over d^2 entries or B*T*d values).
+Adam follows the sum, so a penalty 1e-5 of the reconstruction's is invisible: over lambda_sparse
+1e-5..1e-2 and lambda_acyclic 1e-7..1e-4 (lambda_recon 10) A keeps ~38-43 edges above 0.5 and
+val_f1 0.41-0.47 at every point (predicting every edge scores 2E/(E + d(d-1)) = 0.29 for E = 15):
+with acyclicity this weak each variable is reconstructed from its Markov blanket, children
+included. The trade-off the study expects (fewer edges, lower recall, fewer false ones) lies
+where lambda_sparse's gradient meets the reconstruction's, lambda_sparse / lambda_recon ~ 1e-2..1:
+lambda_sparse 1 keeps ~12 edges (val_shd ~12), 10 collapses every edge (edge_count 0 by epoch ~23);
+sweeps/neural_dag_smoke.yaml walks that range. The study's own model collapsed edges at 1e-4, so
+its penalties must have weighed more there than mean-reduced ones weigh here.
+Clipping: the clipped share falls once the loss is fitted, after ~150 optimizer steps, so its
+shape by epoch depends on the batches in an epoch. With the 2,000-series default (25 batches) it
+is 1.0 for epochs 1-6, then ~0.5 and ~0.05. With 8,000 series (100 batches): 1.0, 0.67, 0.05,
+0.02, 0.03 (seed 1338: 1.0, 0.96, 0.33, 0.20, 0.16); with 12,000: 0.99, 0.15, 0.04, 0.03, 0.02.
+That is the study's fall (96 % -> 39 % -> 4 % by epoch 3), but the tail stays at 2-3 % of batches
+rather than the study's < 0.2 % from epoch 5: a few batches keep norms just over 1.0.
+Early stopping on val_f1 fires: val_f1 peaks near epoch 35 and training stops ~10 epochs later.
 """
 import math
 import sys
@@ -132,7 +147,7 @@ CONFIG = {
     "lr_factor": 0.5,             # ReduceLROnPlateau
     "lr_patience": 3,
     "lr_cooldown": 1,
-    "early_stop_metric": "val_loss",  # val_loss | val_f1
+    "early_stop_metric": "val_f1",    # val_f1 (the study's "better signal for early stopping") | val_loss
     "early_stop_patience": 10,
     "edge_threshold": 0.5,        # edge_count counts A > this
 }
@@ -141,7 +156,8 @@ CHOICES = {"data": ["sem", "file"], "sem_type": ["linear", "nonlinear"], "noise_
            "acyclicity": ["power", "expm"], "early_stop_metric": ["val_f1", "val_loss"]}
 
 THRESHOLDS = np.linspace(0, 1, 21)
-CLIP_WARN, EDGES_MIN = 0.5, 0
+CLIP_WARN, EDGES_MIN, THRESHOLD_WARN = 0.5, 0, 0.5
+LOSS_TREND_EPOCHS, LOSS_TREND_TOL = 5, 1e-3   # flat: train_loss fell by < 0.1 % over the last 5 epochs
 
 
 class HealthWarning(UserWarning):
@@ -244,8 +260,11 @@ def threshold_search(a, b_true, thresholds=THRESHOLDS):
     return best_t, best
 
 
-def health_warnings(row):
-    """The study's health checks that this epoch's log line fails, as short texts."""
+def health_warnings(row, loss_history=()):
+    """The study's health checks that this epoch's log line fails, as short texts.
+
+    `loss_history`: the train_loss of every epoch so far, this one last; the trend check needs
+    LOSS_TREND_EPOCHS + 1 of them."""
     out = []
     if row["grad_clip_ratio"] > CLIP_WARN:
         out.append(f"grad_clip_ratio {row['grad_clip_ratio']:.2f} > {CLIP_WARN}: gradients too high")
@@ -253,7 +272,28 @@ def health_warnings(row):
         out.append("edge_count 0: structure not learned (lower lambda_sparse / lambda_acyclic)")
     if row["val_f1"] == 0:
         out.append("val_f1 0: no true edge found at any threshold")
+    if row["best_threshold"] >= THRESHOLD_WARN:
+        out.append(f"best_threshold {row['best_threshold']:.2f} >= {THRESHOLD_WARN}: edges too small")
+    if len(loss_history) > LOSS_TREND_EPOCHS:
+        now, before = loss_history[-1], loss_history[-1 - LOSS_TREND_EPOCHS]
+        if now > before - LOSS_TREND_TOL * abs(before):
+            out.append(f"train_loss flat: {now:.4g} vs {before:.4g} {LOSS_TREND_EPOCHS} epochs ago "
+                       f"(healthy: decreasing): learning stuck")
     return out
+
+
+def adjacency_gradients(model, x, cfg):
+    """{grad_adj_recon, grad_adj_sparse, grad_adj_acyclic}: the norm of each weighted loss term's
+    gradient on the adjacency logits, on x. What decides whether a lambda moves the graph: Adam
+    follows the sum, so a term whose gradient is 1e-5 of the reconstruction's changes nothing."""
+    out = model(x)
+    _, parts = losses(out, x, cfg)
+    norms = {}
+    for key in ("recon", "sparse", "acyclic"):
+        grad, = torch.autograd.grad(cfg[f"lambda_{key}"] * parts[key], model.logits, retain_graph=True,
+                                    allow_unused=True)
+        norms[f"grad_adj_{key}"] = 0.0 if grad is None else float(grad.norm())
+    return norms
 
 
 # ---------------------------------------------------------------- config
@@ -359,7 +399,7 @@ def train(cfg, ctx):
     gen = torch.Generator().manual_seed(seed)
     maximise = cfg["early_stop_metric"] == "val_f1"
     stop = {"best": -math.inf if maximise else math.inf, "best_epoch": 0, "bad_epochs": 0, "stopped": False,
-            "best_f1": 0.0}
+            "best_f1": 0.0, "loss_history": []}
     epoch, steps, spent, last = 0, 0, 0.0, None
 
     state = restore_same_config(ctx, cfg, "neural_dag")
@@ -369,6 +409,7 @@ def train(cfg, ctx):
         sched.load_state_dict(state["scheduler"])
         gen.set_state(state["generator"])
         stop, last = dict(state["early_stop"]), state["last"]
+        stop["loss_history"] = list(stop.get("loss_history", []))
         epoch, steps, spent = state["epoch"], state["steps"], state["train_time_s"]
 
     resumed_at = time.time()
@@ -379,6 +420,7 @@ def train(cfg, ctx):
         steps += len(norms)
         model.eval()
         val_loss, _ = validate(model, x_val, cfg)
+        grads = adjacency_gradients(model, x_val, cfg)
         sched.step(val_loss)
         a = model.adjacency().detach().cpu().double().numpy()
         best_t, acc = threshold_search(a, b_true)
@@ -389,7 +431,7 @@ def train(cfg, ctx):
                "val_loss": val_loss, "val_f1": acc["f1"], "val_shd": acc["shd"],
                "edge_count": int(((a > cfg["edge_threshold"]) & (np.eye(d) == 0)).sum()),
                "grad_clip_ratio": clip_ratio(norms, cfg["max_norm"]), "max_grad_norm": max(norms),
-               "learning_rate": opt.param_groups[0]["lr"], "best_threshold": best_t}
+               "learning_rate": opt.param_groups[0]["lr"], "best_threshold": best_t, **grads}
         stop["best_f1"] = max(stop["best_f1"], acc["f1"])
         score = acc["f1"] if maximise else val_loss
         if (score > stop["best"]) if maximise else (score < stop["best"]):
@@ -397,13 +439,16 @@ def train(cfg, ctx):
         else:
             stop["bad_epochs"] += 1
             stop["stopped"] = stop["bad_epochs"] >= cfg["early_stop_patience"]
-        problems = health_warnings(row)
+        stop["loss_history"] = stop["loss_history"] + [sums["total"]]
+        problems = health_warnings(row, stop["loss_history"])
         for text in problems:
             print(f"neural_dag health: epoch {epoch}: {text}", file=sys.stderr)
             warnings.warn(text, HealthWarning, stacklevel=2)
         row["epoch_time"] = time.time() - t0
         last = {k: v for k, v in row.items() if k not in ("train_loss_components", "epoch_time")}
         last.update(tpr=acc["tpr"], fdr=acc["fdr"], nnz=acc["nnz"], is_dag=bool(sem_data.is_dag(a > best_t)))
+        fixed = count_accuracy(b_true, (a > cfg["edge_threshold"]) & (np.eye(d) == 0))
+        last.update(edge_tpr=fixed["tpr"], edge_fdr=fixed["fdr"], edge_f1=fixed["f1"])
         ctx.log(epoch, total_steps=cfg["epochs"], **row, warnings=problems)
         if ctx.should_checkpoint(epoch):
             ctx.save(epoch, {"model": model.state_dict(), "optimizer": opt.state_dict(),

@@ -7,7 +7,15 @@ should; under a method whose deep credit assignment fails it stays flat or falls
     python -m models.frozen_check --d-hidden 256 --num-blocks 4 --seeds 42 123 456
 
 Model. x -> h_0 = E x -> h_i = h_{i-1} + f_i(h_{i-1}), i = 1..L -> z = LN(h_L) -> y = H z, where
-f_i(h) = W2 gelu(W1 LN(h) + b1) + b2 (models/blocks.py, width mlp_ratio * d). PyTorch's default init.
+f_i(h) = W2 gelu(W1 LN(h) + b1) + b2 (models/blocks.py, width mlp_ratio * d). init=torch keeps
+PyTorch's default Linear init (uniform in +-1/sqrt(fan_in)); init=normal draws every Linear weight
+from N(0, init_std^2) with zero biases (GPT-2's and timm's choice). The two differ in how far the
+frozen blocks move the input: on a 3072-dimensional standardised input (CIFAR-10's size) with
+d=256, L=4, torch gives per-block ||f(h)||/||h|| 0.29-0.35 and a stack change of 0.70 (cos 0.82),
+normal(0.02) gives 0.10 per block and 0.20 (cos 0.981), the anchors the depth-ladder study reports
+(0.10; 0.196, cos 0.981). Under normal(0.02) the ratio depends on the input's dimension (the
+embedding's output norm is 0.02 sqrt(d * in_dim) for a standardised input): on digits' 64 inputs
+it is 0.44-0.69, so the digits demo keeps init=torch.
 Blocks 1..L-k stay frozen at their initialisation (still in the forward pass); blocks L-k+1..L,
 the embedding E, the output LayerNorm and the head H are trained. The init depends only on `seed`,
 so runs that differ in method or k start from the same weights.
@@ -19,11 +27,13 @@ the root mean square over all B x d elements of g, and n(g) = g / rms(g).
 - bp: AdamW on the gradient of CE through everything, frozen blocks included (they pass gradient
   to the embedding; their own weights get none). One optimizer over all trainable parameters.
 - fa (feedback alignment, Lillicrap et al. 2016): the backward pass is backprop except that every
-  learned matrix (the head H, and W1, W2 of each trainable block) sends the gradient to its input
-  through its own fixed random matrix B (shaped like W, drawn like W's init) instead of W^T.
+  learned matrix of a trainable block (W1, W2) sends the gradient to its input through its own fixed
+  random matrix B (shaped like W, drawn like PyTorch's init) instead of W^T. The head H sends the
+  exact gradient H^T e to h_L (fa_head=exact, the default: "the last block sees the exact output
+  gradient", as the study states); fa_head=random sends it through B_H as vanilla FA does.
   LayerNorm, GELU, the residual paths and the frozen blocks keep their exact backward (no learned
   matrix there). At every block boundary h_0..h_L the arriving signal g_i is rms-normalised, so
-      readout (LN, H):  CE, its own gradient (LN's gain sees the signal through B_H)
+      readout (LN, H):  CE, its own gradient (LN's gain sees the exact signal, or B_H's with fa_head=random)
       block i:          l_i = (1/B) sum_b <h_i,b, sg(n(g_i))_b>,   g_L = FA signal from the readout,
                         g_{i-1} = n(g_i)/B + J_fi(h_{i-1})^T|_{W->B} n(g_i)/B  (the FA path into h_{i-1})
       embedding:        l_0 = (1/B) sum_b <h_0,b, sg(n(g_0))_b>
@@ -84,9 +94,13 @@ CONFIG = {
     "lr": 1e-3,
     "weight_decay": 0.01,
     "eval_every": 1,              # epochs between test-set evaluations in metrics.jsonl
+    "init": "torch",              # torch (PyTorch's Linear default) | normal (weights N(0, init_std^2), biases 0)
+    "init_std": 0.02,             # init=normal only
+    "fa_head": "exact",           # fa only: exact (the last block sees the exact output gradient H^T e) | random (via B_H)
 }
 
-CHOICES = {"method": ["bp", "fa", "dfa"], "dataset": ["digits", "cifar10"]}
+CHOICES = {"method": ["bp", "fa", "dfa"], "dataset": ["digits", "cifar10"], "init": ["torch", "normal"],
+           "fa_head": ["exact", "random"]}
 
 
 # ---------------------------------------------------------------- model
@@ -122,6 +136,9 @@ def resolve(cfg):
             raise ValueError(f"resmlp: {key} must be an integer >= 1, got {cfg[key]!r}")
     if not (isinstance(cfg["schedule_epochs"], int) and cfg["schedule_epochs"] >= 0):
         raise ValueError(f"resmlp: schedule_epochs must be an integer >= 0, got {cfg['schedule_epochs']!r}")
+    if not (isinstance(cfg["init_std"], (int, float)) and not isinstance(cfg["init_std"], bool)
+            and cfg["init_std"] > 0):
+        raise ValueError(f"resmlp: init_std must be a number > 0, got {cfg['init_std']!r}")
     return cfg
 
 
@@ -129,6 +146,12 @@ def build_model(cfg, in_dim, n_classes):
     """The ResMLP at its initialisation for cfg['seed'], with the first num_blocks - k blocks frozen."""
     torch.manual_seed(cfg["seed"])
     model = ResMLP(in_dim, n_classes, cfg["d_hidden"], cfg["num_blocks"], cfg["mlp_ratio"])
+    if cfg["init"] == "normal":
+        with torch.no_grad():
+            for module in model.modules():
+                if isinstance(module, nn.Linear):
+                    module.weight.normal_(0.0, cfg["init_std"])
+                    module.bias.zero_()
     for i in frozen_blocks(cfg):
         model.blocks[i].requires_grad_(False)
     return model
@@ -148,6 +171,8 @@ def make_feedback(model, cfg):
     fa: "head" and "block{i}.fc1", "block{i}.fc2", each shaped and scaled like the forward weight
     (uniform in +-1/sqrt(fan_in), PyTorch's Linear init). dfa: "head", "embed" and "block{i}", each
     n_classes x d. Matrices for every block are drawn in order, and only the trainable ones kept.
+    fa's "head" is drawn (and saved) even when fa_head=exact leaves it unused, so that the blocks'
+    matrices do not depend on fa_head.
     """
     method = cfg["method"]
     if method == "bp":
@@ -190,6 +215,8 @@ def _forward_fa(model, x, cfg, fb):
     for i, block in enumerate(model.blocks):
         mats = {"fc1": fb[f"block{i}.fc1"], "fc2": fb[f"block{i}.fc2"]} if i in keep else None
         h = normalise_grad(block(h, mats))
+    if cfg["fa_head"] == "exact":
+        return model.head(model.norm(h))
     return feedback_linear(model.norm(h), model.head.weight, model.head.bias, fb["head"])
 
 

@@ -22,9 +22,10 @@ EXPECTED = {
     "refine_random.yaml": 8 * 1,
     "neural_dag_grid.yaml": 27 * 3,
     "neural_dag_sweep.yaml": 9 * 3,
-    "neural_dag_smoke.yaml": 3 * 2 * 2,
+    "neural_dag_smoke.yaml": 4 * 2 * 2,
     "neural_dag_notears.yaml": 3 * 3,
-    "cotformer_smoke.yaml": 1 + 2 + (6 + 11),
+    "frozen_init.yaml": 2 * 3,
+    "cotformer_smoke.yaml": 1 + 2 * 2 + 2 * (6 + 12),
     "cotformer_paper.yaml": 4 + 34,
     "resmlp_asha.yaml": 27,                       # the search's trials (worker jobs decide what trains)
     "resmlp_grid.yaml": 7 * 4 * 2,

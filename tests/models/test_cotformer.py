@@ -180,7 +180,10 @@ def test_eval_task_metrics_and_router_histograms(tmp_path, data_dir):
     assert up.checkpoint_steps() == [6, 12]
     results = {}
     for name, kw in {"full": {}, "d1": {"mode": "depth", "eval_depth": 1}, "d3": {"mode": "depth", "eval_depth": 3},
-                     "t0": {"mode": "threshold", "threshold": 0.0}, "hist": {"router_hist": True}}.items():
+                     "t0": {"mode": "threshold", "threshold": 0.0},
+                     "t1": {"mode": "threshold", "threshold": 1.0},
+                     "t0c": {"mode": "threshold", "threshold": 0.0, "threshold_rule": "cascaded"},
+                     "hist": {"router_hist": True}}.items():
         ecfg = {**lm_eval.CONFIG, "eval_tokens": 2048, **kw}
         ectx = StoppingContext(tmp_path / name, ecfg)
         ectx.upstream = {"train": up}
@@ -193,6 +196,11 @@ def test_eval_task_metrics_and_router_histograms(tmp_path, data_dir):
     assert results["d1"]["avg_depth"] == 1.0 and results["d3"]["avg_depth"] == 3.0
     assert results["d1"]["macs_per_token"] < results["d3"]["macs_per_token"]
     assert results["t0"]["macs_per_token"] <= results["full"]["macs_per_token"]
+    assert results["t0c"]["macs_per_token"] <= results["full"]["macs_per_token"]
+    # the authors' capacity rule: threshold 1 lets every token through (factors 1), 0 only weights of exactly 1
+    assert results["t1"]["length_factors"] == [1.0, 1.0] and results["t1"]["avg_depth"] == 3.0
+    assert results["t0"]["length_factors"] == [0.0, 0.0] and results["t0"]["avg_depth"] == 1.0
+    assert "length_factors" not in results["t0c"]
     lines = metrics_of(tmp_path / "hist")
     assert [(l["checkpoint_step"], l["repeat"], l["step"]) for l in lines] == [(6, 2, 1), (6, 3, 2), (12, 2, 3), (12, 3, 4)]
     for l in lines:
@@ -261,3 +269,37 @@ def test_two_process_ddp_training_and_resume(tmp_path, data_dir):
         return {k: v for k, v in result["metrics"].items() if k != "train_time_s"}, \
             [{k: v for k, v in strip_times(m).items() if k != "tokens_per_s"} for m in metrics_of(run_dir)]
     assert final(tmp_path / "stopped") == final(tmp_path / "ref")
+
+
+def test_capacity_factors_are_the_authors_shares_rounded_up():
+    w = torch.tensor([[0.1, 0.5, 0.8, 0.95]] * 2)                # 8 tokens, 2 rows of a batch
+    nan = torch.tensor([[0.9, float("nan"), 0.2, 0.7]] * 2)      # NaN: a token that did not reach the router
+    assert lm_eval.capacity_factors([w, nan], 0.25, 4) == [0.5, 0.5]    # w >= 0.75: 4 of 8; 3 of 6 reached
+    assert lm_eval.capacity_factors([w], 0.0, 4) == [0.0]
+    assert lm_eval.capacity_factors([w], 1.0, 4) == [1.0]
+    assert lm_eval.capacity_factors([torch.tensor([[0.9, 0.1, 0.1]])], 0.5, 3) == [0.33]   # 1/3, up to 1/T, then 2 decimals
+
+
+def test_min_repeat_and_uniform_random_range_bound_the_training_depths():
+    from models.cotformer import random_length_factors
+    g = torch.Generator().manual_seed(0)
+    for _ in range(50):
+        f = random_length_factors("uniform", 4, g, min_repeat=3)         # repeats 2..5; at least 3 of them
+        assert f[:2] == [1.0, 1.0] and f == sorted(f, reverse=True) and len(f) == 4
+        r = random_length_factors("uniform_random_range", 4, g, min_repeat=2)
+        assert len(r) == 4 and r == sorted(r, reverse=True) and r[0] == 1.0
+        a = 1 + sum(v == 1.0 for v in r)                                  # every token runs a repeats ...
+        b = 1 + sum(v > 0 for v in r)                                     # ... and none more than b
+        assert 2 <= a <= b <= 5
+        if b > a:                                                         # depths spread evenly over [a, b]
+            assert r[a - 1] == pytest.approx((b - a) / (b - a + 1))
+    with pytest.raises(ValueError, match="min_repeat"):
+        random_length_factors("uniform", 2, g, min_repeat=4)
+    with pytest.raises(ValueError, match="min_repeat"):
+        _model("ln_cotformer", min_repeat=7)
+    # a fixed-depth model with min_repeat < n_repeat trains at a depth drawn in [min_repeat, n_repeat]
+    model = _model("ln_cotformer", min_repeat=2).train()
+    idx = torch.randint(0, 256, (2, 8))
+    seen = {int(model(idx, idx)["depth"][0, 0]) for _ in range(30)}
+    assert seen == {2, 3}
+    assert {int(_model("ln_cotformer").train()(idx, idx)["depth"][0, 0])} == {3}     # default: full depth

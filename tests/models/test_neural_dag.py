@@ -259,7 +259,8 @@ def test_notears_reads_the_same_generated_data():
 # ---------------------------------------------------------------- the health log
 
 HEALTH = ("epoch", "train_loss", "train_loss_components", "val_f1", "val_shd", "edge_count",
-          "grad_clip_ratio", "learning_rate", "best_threshold", "epoch_time")
+          "grad_clip_ratio", "learning_rate", "best_threshold", "epoch_time",
+          "grad_adj_recon", "grad_adj_sparse", "grad_adj_acyclic")
 
 
 def test_health_log_has_the_studys_fields_every_epoch(tmp_path):
@@ -323,10 +324,33 @@ def test_a_changed_config_does_not_resume(tmp_path):
 
 
 def test_health_checks_follow_the_healthy_ranges():
-    row = {"grad_clip_ratio": 0.5, "learning_rate": 5e-4, "edge_count": 3, "val_f1": 0.2}
-    assert neural_dag.health_warnings(row) == []
-    bad = neural_dag.health_warnings({**row, "grad_clip_ratio": 0.9, "edge_count": 0, "val_f1": 0})
-    assert len(bad) == 3 and json.loads(json.dumps(bad)) == bad
+    row = {"grad_clip_ratio": 0.5, "learning_rate": 5e-4, "edge_count": 3, "val_f1": 0.2, "best_threshold": 0.45}
+    falling = [5.0, 4.0, 3.0, 2.5, 2.2, 2.0]
+    assert neural_dag.health_warnings(row, falling) == []
+    bad = neural_dag.health_warnings({**row, "grad_clip_ratio": 0.9, "edge_count": 0, "val_f1": 0,
+                                      "best_threshold": 0.5}, [2.0, 2.1, 1.9, 2.0, 2.05, 1.999])
+    assert len(bad) == 5 and json.loads(json.dumps(bad)) == bad
+    assert any("best_threshold 0.50" in w for w in bad) and any("train_loss flat" in w for w in bad)
+    assert neural_dag.health_warnings(row, [2.0, 2.0, 2.0]) == []        # too few epochs to judge a trend
+
+
+def test_early_stopping_watches_f1_by_default_and_val_loss_on_request(tmp_path):
+    assert neural_dag.CONFIG["early_stop_metric"] == "val_f1"
+    cfg = {**TINY, "epochs": 50, "early_stop_patience": 2, "early_stop_metric": "val_loss"}
+    m = neural_dag.train(cfg, StoppingContext(tmp_path / "loss", cfg))
+    logs = metrics_of(tmp_path / "loss")
+    best = min(range(len(logs)), key=lambda i: logs[i]["val_loss"])
+    assert m["best_epoch"] == best + 1
+
+
+def test_adjacency_gradients_scale_with_their_lambda():
+    """The diagnostic that says why the study's lambdas do nothing: each term's gradient on the logits."""
+    model, x = _model_and_batch()
+    cfg = neural_dag.resolve({})
+    one = neural_dag.adjacency_gradients(model, x, cfg)
+    ten = neural_dag.adjacency_gradients(model, x, {**cfg, "lambda_sparse": 10 * cfg["lambda_sparse"]})
+    assert ten["grad_adj_sparse"] == pytest.approx(10 * one["grad_adj_sparse"], rel=1e-5)
+    assert ten["grad_adj_recon"] == one["grad_adj_recon"] > 1e3 * one["grad_adj_sparse"] > 0
 
 
 def test_the_choices_are_the_generators():

@@ -267,3 +267,38 @@ def test_frozen_check_is_deterministic_and_matches_the_training_init(capsys):
         h = model.embed(x)
         ratio = (model.blocks[0].branch(h).norm(dim=1) / h.norm(dim=1)).mean().item()
     assert one["block1_ratio"] == ratio
+
+
+def test_fa_last_block_sees_the_exact_output_gradient_unless_fa_head_is_random():
+    """fa_head=exact: the top block's W2 gradient is backprop's (its input gradient is H^T e, and W2's
+    own gradient needs no transport); fa_head=random sends e through B_H, and it is not."""
+    bp = _grads("bp")
+    exact = _grads("fa")
+    cfg = {**TINY, "method": "fa", "k": 3, "fa_head": "random"}
+    model = resmlp.build_model(resmlp.resolve(cfg), 64, 10)
+    data = datasets.load("digits")
+    fb = resmlp.make_feedback(model, resmlp.resolve(cfg))
+    opts = resmlp.make_optimizers(model, resmlp.resolve(cfg))
+    resmlp.train_step(model, fb, opts, resmlp.resolve(cfg), data["x_train"][:128], data["y_train"][:128], lr=0.0)
+    random_head = {n: p.grad for n, p in model.named_parameters() if p.grad is not None}
+    assert _cos(bp["blocks.2.fc2.weight"], exact["blocks.2.fc2.weight"]) > 0.9999
+    assert _cos(bp["blocks.2.fc2.weight"], random_head["blocks.2.fc2.weight"]) < 0.99
+    assert _cos(bp["blocks.1.fc1.weight"], exact["blocks.1.fc1.weight"]) < 0.99     # below it, FA's random paths
+
+
+def test_normal_init_reproduces_the_studys_anchors_on_a_cifar_sized_input():
+    """init=normal(0.02) on 3072-dim standardised inputs: per block ~0.10, stack ~0.20, cos ~0.981
+    (the study's 0.10; 0.196, 0.981); PyTorch's default is ~3x further from the identity."""
+    x = torch.randn(400, 3072, generator=torch.Generator().manual_seed(0))
+    normal = frozen_check.measure(x, 42, 256, 4, 4, init="normal")
+    torch_init = frozen_check.measure(x, 42, 256, 4, 4, init="torch")
+    assert all(0.09 < normal[f"block{i}_ratio"] < 0.11 for i in range(1, 5))
+    assert 0.18 < normal["stack_rel_change"] < 0.22 and 0.975 < normal["stack_cos"] < 0.985
+    assert torch_init["stack_rel_change"] > 3 * normal["stack_rel_change"] - 0.1
+
+
+def test_init_choices_are_checked():
+    with pytest.raises(ValueError, match="init"):
+        resmlp.resolve({**TINY, "init": "xavier"})
+    with pytest.raises(ValueError, match="init_std"):
+        resmlp.resolve({**TINY, "init": "normal", "init_std": -1})
