@@ -95,14 +95,20 @@ class UpstreamRun:
 
     def checkpoint(self, step=None):
         """The state the upstream run passed to ctx.save: at `step`, else the registered step
-        (a from_manifest stage), else its newest valid checkpoint. Loaded with weights_only."""
+        (a from_manifest stage), else its newest valid checkpoint. Loaded with weights_only. The
+        final (or registered) step is checked against the digest recorded for it; an earlier step of
+        an in-sweep upstream against its own sidecar; a registered entry offers its one step only."""
         ckpt_dir = RunDir(self.run_dir).checkpoints
         if self._record.get("name") is not None:      # a registered checkpoint: only the one registered, checked
             for key in ("step", "sha256"):
                 if self._record.get(key) is None:
                     raise ValueError(f"registered checkpoint {self._record['name']!r} (run {self.run_id}) has no {key}: "
                                      "it cannot be checked; register it again with `main.py export ... --replace`")
-        step = step if step is not None else self._record.get("step")
+        registered = self._record.get("step")
+        if self._record.get("name") is not None and step is not None and step != registered:
+            raise ValueError(f"registered checkpoint {self._record['name']!r} is run {self.run_id}'s step {registered}; "
+                             f"step {step} was not registered (register it under a name of its own)")
+        step = step if step is not None else registered
         if step is None:
             found = checkpoint.load_latest(ckpt_dir)
             if found is None:
@@ -117,7 +123,9 @@ class UpstreamRun:
         if not path.exists():
             raise FileNotFoundError(f"upstream run {self.run_id} ({self.stage}): its checkpoint at step {step} is gone "
                                     f"from {ckpt_dir} (kept: {checkpoint.list_steps(ckpt_dir) or 'none'}){fix}")
-        if self._record.get("sha256"):
+        # the final (or registered) step is checked against the digest recorded for it; an earlier one
+        # (a task reading its upstream's history) against its own sidecar, as load_step does
+        if self._record.get("sha256") and step == registered:
             digest = checkpoint.verified_digest(path)
             if digest != self._record["sha256"]:
                 raise ValueError(f"{path}: sha256 {digest} differs from the "

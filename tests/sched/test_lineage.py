@@ -119,3 +119,25 @@ def test_a_lost_upstream_checkpoint_says_to_rerun_the_upstream_not_to_retry(tmp_
     assert sweep_dir.run(ev.run_id).error.exists(), out.stdout + out.stderr
     last = sweep_dir.run(ev.run_id).error.read_text().strip().splitlines()[-1]
     assert "is gone" in last and f"--force {train.run_id}" in last, last
+
+
+def test_an_earlier_upstream_checkpoint_loads_checked_by_its_own_sidecar_not_the_final_digest(tmp_path):
+    """A task reading its upstream's history (router histograms of two checkpoints, say) asks for a step
+    before the final one: it loads (its own sidecar verifies it); the final one is still checked against
+    the digest the upstream's result recorded, and a damaged earlier one is refused."""
+    from jobs.runtime.checkpoint import ckpt_path
+    from jobs.runtime.context import UpstreamRun
+    _, _, _, sweep_dir, train, _ = finished(tmp_path)
+    up = UpstreamRun("train", {"run_id": train.run_id}, sweep_dir.runs)
+    steps = up.checkpoint_steps()
+    assert len(steps) >= 2 and up.lineage()["step"] == steps[-1], steps
+    assert up.checkpoint(steps[0])["step"] == steps[0]
+    assert up.checkpoint()["step"] == up.checkpoint(steps[-1])["step"] == steps[-1]
+    path = ckpt_path(sweep_dir.run(train.run_id).checkpoints, steps[0])
+    path.write_bytes(path.read_bytes() + b"x")
+    try:
+        up.checkpoint(steps[0])
+    except ValueError as e:
+        assert "damaged" in str(e), e
+    else:
+        raise AssertionError("a damaged earlier checkpoint loaded")
