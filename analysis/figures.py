@@ -206,10 +206,16 @@ def _averaged_away(sweep, runs, fig, axes, keys):
 
 
 def _pooled(sweep, runs, keys) -> list:
-    """Config keys (not the seed) that vary among the figure's runs but that no group keeps apart:
-    every point pools runs over them (analysis.group_by leaves them out), and the caption says so."""
-    return [k for k in sweep.varied if k != SEED and k not in keys and k in runs.columns
-            and runs[k].nunique(dropna=False) > 1]
+    """Config keys (not the seed) that vary within a group of `keys`: a point pools runs over them
+    (analysis.group_by leaves them out), and the caption says so. A key that varies only between
+    groups (constant within each, like a flag that one mode sets) pools nothing."""
+    cand = [k for k in sweep.varied if k != SEED and k not in keys and k in runs.columns]
+    if not cand or runs.empty:
+        return []
+    if not keys:
+        return [k for k in cand if runs[k].nunique(dropna=False) > 1]
+    within = runs.groupby(list(keys), dropna=False)[cand].nunique(dropna=False).max()
+    return [k for k in cand if within[k] > 1]
 
 
 def _over(sweep, pooled) -> str:
@@ -406,7 +412,7 @@ def ladder(sweep, fig, **_):
     combos = _distinct(_tuples(st, lines)) if lines else [()]
     rests = _rests(combos, hue)
     panels = _facets(st, facet)
-    f, axs = _axes(len(panels))
+    f, axs = _axes(len(panels), sharey=fig.get("sharey", True))
     handles, partial, baseline = {}, False, False
     for ax, (fv, part) in zip(axs, panels):
         for combo in combos:
@@ -481,7 +487,7 @@ def pareto(sweep, fig, **_):
         st.loc[part.index[mask], "on_front"] = True
     hue_vals = _order(st[hue].tolist()) if hue else [None]
     panels = _facets(st, facet)
-    f, axs = _axes(len(panels), sharey=True)
+    f, axs = _axes(len(panels), sharey=fig.get("sharey", True))
     handles, partial = {}, False
     for ax, (fv, part) in zip(axs, panels):
         for hi, hv in enumerate(hue_vals):
@@ -559,7 +565,7 @@ def curves(sweep, fig, logged=None, **_):
     logged = data.groupby("_g")["run"].nunique()
     hue_vals = _order([grp[keys.index(hue)] for grp in groups]) if hue else [None]
     facet_vals = _order([grp[0] for grp in groups]) if facet else [None]
-    f, axs = _axes(len(facet_vals))
+    f, axs = _axes(len(facet_vals), sharey=fig.get("sharey", True))
     handles, partial = {}, False
     rests = _rests([grp[1:] if facet else grp for grp in groups], hue)
     for ax, fv in zip(axs, facet_vals):

@@ -20,9 +20,10 @@ The block (every key optional):
 
 Figure keys, by kind (required ones first; `name` is the file stem, default derived from the kind):
 
-    ladder, line  x, y          hue, facet, logx, logy, error
-    pareto        x, y          hue, facet, logx, logy, error, x_dir, y_dir (min | max; default x min, y max)
-    curves        y             x (default step), hue, facet, logx, logy, error
+    ladder, line  x, y          hue, facet, logx, logy, error, sharey
+    pareto        x, y          hue, facet, logx, logy, error, sharey, x_dir, y_dir (min | max; default x min, y max)
+    curves        y             x (default step), hue, facet, logx, logy, error, sharey
+                                (sharey: false gives each facet its own y range; default true)
     heatmap       x, y, z       facet, annotate, cmap
     hist          y             hue, facet, logy, bins, density
     logged_hist   counts, edges hue, facet, logy, density (histograms a run logged already binned: counts
@@ -43,7 +44,7 @@ DIRECTIONS = ("min", "max")
 NAME_RE = re.compile(r"^[A-Za-z0-9_.+-]{1,80}$")
 
 COMMON = ("kind", "name", "title", "where")
-XY = ("hue", "facet", "logx", "logy", "error")
+XY = ("hue", "facet", "logx", "logy", "error", "sharey")
 FIGURE_KEYS = {
     "ladder": (("x", "y"), COMMON + XY),
     "line": (("x", "y"), COMMON + XY),
@@ -87,6 +88,7 @@ FIGURE_VALUES = {
     "title": (lambda v: isinstance(v, str), "a string"),
     "logx": (_is_bool, "true or false"),
     "logy": (_is_bool, "true or false"),
+    "sharey": (_is_bool, "true or false"),
     "annotate": (_is_bool, "true or false"),
     "density": (_is_bool, "true or false"),
     "error": (lambda v: v in ERRORS, "one of " + ", ".join(ERRORS)),

@@ -510,3 +510,23 @@ def test_title_legend_caption_and_panels_do_not_overlap(tmp_path, kind):
     for cap in boxes["caption"]:      # wrapped to the figure's width
         assert cap.width <= width, (cap, width)
     assert boxes["title"][0].y0 >= max(b.y1 for b in boxes["legend"] + boxes["panel"]) - 0.5
+
+
+def test_a_key_that_varies_only_between_groups_pools_nothing_and_facets_may_keep_their_own_range(tmp_path):
+    """A flag that one method sets (constant within every group) is not pooled over, so the caption
+    does not say it is; `sharey: false` gives each facet its own y range."""
+    runs = grid({"method": ["bp", "dfa"], "k": [0, 1, 2]}, seeds=[1, 2])
+    for r in runs:
+        c = r["config"]
+        c["hist"] = r["varied"]["hist"] = c["method"] == "bp"
+        r["metrics"] = {"test_acc": (9.0 if c["method"] == "bp" else 0.5) + 0.1 * c["k"] + 0.01 * c["seed"],
+                        "cost": 1.0 + c["k"]}
+    sweep = load(write_sweep(tmp_path / "flag", runs, analysis={"group_by": ["method", "k"]}))
+    assert "hist" in sweep.varied
+    fig = {"kind": "pareto", "x": "cost", "y": "test_acc", "facet": "method"}
+    f, _ = draw(sweep, fig)
+    assert "over seeds (n = 2)" in caption(f) and "hist" not in caption(f), caption(f)
+    assert f.axes[0].get_ylim() == f.axes[1].get_ylim()
+    f, _ = draw(sweep, {**fig, "sharey": False})
+    (lo0, hi0), (lo1, hi1) = f.axes[0].get_ylim(), f.axes[1].get_ylim()
+    assert hi1 < lo0 or hi0 < lo1, (f.axes[0].get_ylim(), f.axes[1].get_ylim())   # disjoint ranges
