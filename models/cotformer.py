@@ -91,6 +91,12 @@ class CoTFormer(LMBase):
         if isinstance(mr, bool) or not isinstance(mr, int) or not 0 <= mr <= self.n_repeat:
             raise ValueError(f"min_repeat {mr!r}: expected an integer from 0 to n_repeat={self.n_repeat} "
                              f"(0: n_repeat for fixed-depth models, 1 for adm)")
+        method = cfg.get("depth_random_method", "uniform")
+        if cfg["model"] != "adm" and mr and mr < self.n_repeat and method != "uniform":
+            # without a router a fixed-depth model draws one depth per batch, uniformly: another method
+            # would be silently ignored
+            raise ValueError(f"depth_random_method {method!r} needs the adaptive model (model: adm); a fixed-depth "
+                             f"model with min_repeat < n_repeat draws one depth per batch (depth_random_method: uniform)")
         self.h_begin = nn.ModuleList(self.block() for _ in range(cfg["n_layer_begin"]))
         self.h_mid = nn.ModuleList(self.block() for _ in range(n_mid))
         self.h_end = nn.ModuleList(self.block() for _ in range(cfg["n_layer_end"]))

@@ -27,7 +27,7 @@ processes (DDP) each process runs acc_steps / gcd(acc_steps, W) micro-batches of
 (batch_size is not divided), so W = 2 keeps 8 x 16 = 128 sequences per step. Process rank k seeds
 torch with seed + k and draws its batches from a generator seeded with data_seed (None: seed) + k.
 grad_clip > 0 clips the global gradient norm; the norm is measured either way. On CUDA the
-forward runs under autocast in `dtype` (bfloat16 default), weights in float32.
+forward runs under autocast in `dtype` (bfloat16 default), weights in float32, TF32 matmuls on.
 
 Logged every eval_freq steps and at the end: train_loss (the last step's), lr, val_loss, val_ppl,
 val_acc (next-token accuracy) on a fixed validation subset (the first eval_batches x batch_size
@@ -159,6 +159,9 @@ def train(cfg, ctx):
         sched.load_state_dict(state["scheduler"])
         start, norms, train_time = state["iteration"], list(state["norms"]), state["train_time_s"]
     dev, bs, T = ctx.device, cfg["batch_size"], cfg["sequence_length"]
+    if str(dev).startswith("cuda"):      # TF32 matmuls always on, as the reproduction does (Ampere and later)
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
     params = [p for p in raw.parameters()]
 
     def snapshot(step):

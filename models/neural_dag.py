@@ -384,6 +384,16 @@ def validate(model, x, cfg):
     return total.item(), {k: v.item() for k, v in parts.items()}
 
 
+def console_line(row, epochs, n_true, new_best) -> str:
+    """The study's per-epoch line (its section 7), printed to the run's log beside metrics.jsonl:
+    `Epoch   4/100 | Loss:   0.0105 | Val F1: 0.0690 | Val SHD:   27.0 | Edges:   0/13 | Grad Clip: 0.7% |
+    LR: 5.00e-04 | NEW BEST` (Edges: off-diagonal entries of A above edge_threshold / true edges)."""
+    return (f"Epoch {row['epoch']:3d}/{epochs} | Loss: {row['train_loss']:8.4f} | Val F1: {row['val_f1']:.4f} | "
+            f"Val SHD: {float(row['val_shd']):6.1f} | Edges: {row['edge_count']:3d}/{n_true} | "
+            f"Grad Clip: {100 * row['grad_clip_ratio']:.1f}% | LR: {row['learning_rate']:.2e}"
+            + (" | NEW BEST" if new_best else ""))
+
+
 def train(cfg, ctx):
     """The task: load or generate the data, train with the health log, return the final metrics."""
     cfg = resolve(cfg)
@@ -450,6 +460,7 @@ def train(cfg, ctx):
         fixed = count_accuracy(b_true, (a > cfg["edge_threshold"]) & (np.eye(d) == 0))
         last.update(edge_tpr=fixed["tpr"], edge_fdr=fixed["fdr"], edge_f1=fixed["f1"])
         ctx.log(epoch, total_steps=cfg["epochs"], **row, warnings=problems)
+        print(console_line(row, cfg["epochs"], int(np.asarray(b_true).sum()), stop["best_epoch"] == epoch), flush=True)
         if ctx.should_checkpoint(epoch):
             ctx.save(epoch, {"model": model.state_dict(), "optimizer": opt.state_dict(),
                              "scheduler": sched.state_dict(), "generator": gen.get_state(),

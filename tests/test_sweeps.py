@@ -17,8 +17,9 @@ EXPECTED = {
     "poh_paper.yaml": 5 * 3,
     "trm_paper.yaml": 7 * 3,
     "lambda_grid.yaml": 3 * 3 * 3,
-    "depth_ladder.yaml": 3 * (5 + 3) * 3,
+    "depth_ladder.yaml": 4 * (5 + 3) * 3,          # bp, fa (exact), fa (random), dfa
     "depth_ladder_digits.yaml": 3 * 5 * 2,
+    "fa_vanilla_digits.yaml": 5 * 2,
     "refine_random.yaml": 8 * 1,
     "neural_dag_grid.yaml": 27 * 3,
     "neural_dag_sweep.yaml": 9 * 3,
@@ -48,6 +49,6 @@ def test_plan_json_for_scripts():
                        cwd=REPO, capture_output=True, text=True)
     assert r.returncode == 0, r.stderr
     out = json.loads(r.stdout)
-    assert out["count"] == 72 and len(out["runs"]) == 72
+    assert out["count"] == 96 and len(out["runs"]) == 96
     assert {"run_id", "label", "config"} <= set(out["runs"][0])
     assert out["axes"]["method"] == ["bp", "fa", "dfa"]

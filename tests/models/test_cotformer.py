@@ -303,3 +303,12 @@ def test_min_repeat_and_uniform_random_range_bound_the_training_depths():
     seen = {int(model(idx, idx)["depth"][0, 0]) for _ in range(30)}
     assert seen == {2, 3}
     assert {int(_model("ln_cotformer").train()(idx, idx)["depth"][0, 0])} == {3}     # default: full depth
+
+
+def test_a_fixed_depth_model_refuses_a_depth_method_it_cannot_follow():
+    """Without a router a fixed-depth model draws one depth per batch (uniform): any other method would be
+    silently ignored, so it is refused by name; the adaptive model takes it."""
+    with pytest.raises(ValueError, match="depth_random_method 'uniform_random_range' needs the adaptive model"):
+        _model("ln_cotformer", min_repeat=2, depth_random_method="uniform_random_range")
+    _model("ln_cotformer", depth_random_method="uniform_random_range")     # trained at full depth: nothing drawn
+    _model("adm", min_repeat=2, depth_random_method="uniform_random_range")

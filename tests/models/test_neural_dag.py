@@ -263,10 +263,17 @@ HEALTH = ("epoch", "train_loss", "train_loss_components", "val_f1", "val_shd", "
           "grad_adj_recon", "grad_adj_sparse", "grad_adj_acyclic")
 
 
-def test_health_log_has_the_studys_fields_every_epoch(tmp_path):
+def test_health_log_has_the_studys_fields_every_epoch(tmp_path, capsys):
     cfg = {**TINY, "epochs": 3}
     m = neural_dag.train(cfg, StoppingContext(tmp_path, cfg))
     logs = metrics_of(tmp_path)
+    # the study's console line, one per epoch, from the same numbers as metrics.jsonl
+    lines = [ln for ln in capsys.readouterr().out.splitlines() if ln.startswith("Epoch ")]
+    assert len(lines) == 3, lines
+    for ln, r in zip(lines, logs):
+        assert ln.startswith(f"Epoch {r['epoch']:3d}/3 | Loss: ") and f"Val F1: {r['val_f1']:.4f}" in ln, ln
+        assert f"Edges: {r['edge_count']:3d}/{m['n_true_edges']}" in ln and f"LR: {r['learning_rate']:.2e}" in ln, ln
+    assert sum(ln.endswith("| NEW BEST") for ln in lines) >= 1 and lines[0].endswith("| NEW BEST")
     assert [r["epoch"] for r in logs] == [1, 2, 3] == [r["step"] for r in logs]
     for r in logs:
         assert set(HEALTH) <= set(r)
