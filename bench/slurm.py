@@ -51,10 +51,16 @@ def sweep_of(tmp: Path, name: str, runs: int, epochs: int, **resources) -> objec
     return load_sweep(tmp / f"{name}.yaml")
 
 
-def scancel_all(job_ids):
+def scancel_all(job_ids, timeout=120):
+    """Cancel the jobs and wait until the queue has none of them: a cancelled job's processes still
+    write its logs for a moment, and the temporary directory is removed right after."""
     roots = sorted({str(j).split("_")[0] for j in job_ids})
     for i in range(0, len(roots), 500):
         subprocess.run(["scancel", *roots[i:i + 500]], capture_output=True)
+    for i in range(0, len(roots), 500):
+        part = ",".join(roots[i:i + 500])
+        wait_for(lambda: not subprocess.run(["squeue", "-h", "-j", part], capture_output=True,
+                                            text=True).stdout.strip(), timeout)
 
 
 def wait_for(condition, timeout):
@@ -180,8 +186,6 @@ def main():
             bench_status(tmp, count, sweep, sdir, "while queued and running")
         finally:
             scancel_all(entry.get("job_ids", []))
-        root = entry["job_ids"][0].split("_")[0]
-        wait_for(lambda: not subprocess.run(["squeue", "-h", "-j", root], capture_output=True, text=True).stdout.strip(), 120)
         bench_status(tmp, count, sweep, sdir, "after scancel: nothing on the CPUs")
         bench_single(tmp, count, args.single, args.runs)
         bench_preemption(tmp, args.preemptions)

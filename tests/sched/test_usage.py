@@ -21,7 +21,7 @@ from tests.sched.slurmkit import all_done, attempts, cli, metric_lines, wait_for
 
 TASK = '''
 import time
-CONFIG = {"seed": 0, "mb": 200, "seconds": 20.0, "steps": 10}
+CONFIG = {"seed": 0, "mb": 200, "seconds": 30.0, "steps": 10}
 
 
 def train(cfg, ctx):
