@@ -209,7 +209,7 @@ def test_logs_metrics_prints_the_runs_metric_lines(tmp_path):
 
 def test_cancel_only_on_the_local_executor_stops_exactly_those_runs(tmp_path):
     # one run at a time: seed 1 runs while 2 and 3 wait in the driver's queue
-    path = spec(tmp_path, "localcancel", {"base": {"steps": 400, "sleep_s": 0.05}, "seeds": [1, 2, 3],
+    path = spec(tmp_path, "localcancel", {"base": {"steps": 200, "sleep_s": 0.05}, "seeds": [1, 2, 3],
                                           "resources": {"max_parallel": 1}})
     root = tmp_path / "root"
     assert "submitted 3 runs" in cli("submit", path, "--root", root, "--executor", "local").stdout
