@@ -247,6 +247,11 @@ def _facets(st, facet):
     return [(v, _match(st, [facet], [v])) for v in _order(st[facet].tolist())]
 
 
+def _shared_y(fig) -> bool:
+    """A figure's `sharey` (ladder, line, pareto, curves): whether its facets share one y range (default)."""
+    return fig.get("sharey", True)
+
+
 def _axes(n, fig_kwargs=None, sharey=True):
     ncols = min(n, 4)
     nrows = math.ceil(n / ncols)
@@ -412,7 +417,7 @@ def ladder(sweep, fig, **_):
     combos = _distinct(_tuples(st, lines)) if lines else [()]
     rests = _rests(combos, hue)
     panels = _facets(st, facet)
-    f, axs = _axes(len(panels), sharey=fig.get("sharey", True))
+    f, axs = _axes(len(panels), sharey=_shared_y(fig))
     handles, partial, baseline = {}, False, False
     for ax, (fv, part) in zip(axs, panels):
         for combo in combos:
@@ -487,7 +492,7 @@ def pareto(sweep, fig, **_):
         st.loc[part.index[mask], "on_front"] = True
     hue_vals = _order(st[hue].tolist()) if hue else [None]
     panels = _facets(st, facet)
-    f, axs = _axes(len(panels), sharey=fig.get("sharey", True))
+    f, axs = _axes(len(panels), sharey=_shared_y(fig))
     handles, partial = {}, False
     for ax, (fv, part) in zip(axs, panels):
         for hi, hv in enumerate(hue_vals):
@@ -565,7 +570,7 @@ def curves(sweep, fig, logged=None, **_):
     logged = data.groupby("_g")["run"].nunique()
     hue_vals = _order([grp[keys.index(hue)] for grp in groups]) if hue else [None]
     facet_vals = _order([grp[0] for grp in groups]) if facet else [None]
-    f, axs = _axes(len(facet_vals), sharey=fig.get("sharey", True))
+    f, axs = _axes(len(facet_vals), sharey=_shared_y(fig))
     handles, partial = {}, False
     rests = _rests([grp[1:] if facet else grp for grp in groups], hue)
     for ax, fv in zip(axs, facet_vals):

@@ -92,7 +92,7 @@ class CoTFormer(LMBase):
             raise ValueError(f"min_repeat {mr!r}: expected an integer from 0 to n_repeat={self.n_repeat} "
                              f"(0: n_repeat for fixed-depth models, 1 for adm)")
         method = cfg.get("depth_random_method", "uniform")
-        if cfg["model"] != "adm" and mr and mr < self.n_repeat and method != "uniform":
+        if cfg["model"] != "adm" and min_repeat_of(cfg) < self.n_repeat and method != "uniform":
             # without a router a fixed-depth model draws one depth per batch, uniformly: another method
             # would be silently ignored
             raise ValueError(f"depth_random_method {method!r} needs the adaptive model (model: adm); a fixed-depth "
